@@ -1,0 +1,206 @@
+"""Typed settings for every lifecycle stage, validated once at the boundary.
+
+A pipeline run is described by a :class:`PipelineConfig`: a :class:`DataSpec` (what the data is:
+where it lives, which column is the label, which columns are sensitive) and :class:`Settings` (how
+each stage behaves). Both load from one YAML file (``PipelineConfig.from_yaml``) and travel to KFP
+components as JSON (``model_dump(mode="json")``); each component validates what it receives back
+into these models, so a typo in a setting fails at the start of the step that reads it, naming the
+field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Model):
+    """What the data is: the only settings most users change (they are pipeline parameters)."""
+
+    source: str = Field(description="Training data: a local path or an fsspec/pyarrow URI (CSV, Parquet, JSON Lines).")
+    test_source: str | None = Field(
+        default=None, description="Held-out test data in the same layout; when unset the test split is cut from source."
+    )
+    label: str = Field(description="The label column (raw or normalised name).")
+    positive_labels: list[str | int | bool] = Field(
+        default=[1, True, "1"], description="Label values that mean the positive class; every other value is negative."
+    )
+    sensitive_features: list[str] = Field(default=[], description="Columns the fairness gate slices by.")
+
+    @field_validator("positive_labels")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("positive_labels must name at least one label value")
+        return v
+
+
+class IngestConfig(_Model):
+    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    na_values: list[str] = ["", "?", "NA", "N/A", "NaN", "null"]
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+    block_size_bytes: int = Field(default=16 << 20, ge=1 << 16, description="CSV/JSON read block; bounds memory.")
+    drop_columns: list[str] = []
+
+
+class Expectation(_Model):
+    """One Great Expectations expectation, by its snake_case name, e.g. ``expect_column_values_to_be_between``."""
+
+    type: str = Field(pattern=r"^expect_[a-z_]+$")
+    kwargs: dict[str, Any] = {}
+    severity: Literal["error", "warning"] = "error"
+
+
+class ValidateConfig(_Model):
+    expectations: list[Expectation] = []
+    infer_from_train: bool = Field(
+        default=True, description="Add a suite inferred from the train split (types, ranges, category sets, null rates)."
+    )
+    inferred_severity: Literal["error", "warning"] = "warning"
+    category_mostly: float = Field(default=0.99, gt=0.0, le=1.0)
+    null_rate_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
+    range_margin: float = Field(default=0.1, ge=0.0, description="Inferred numeric ranges widen by this share of the span.")
+
+
+class TrainConfig(_Model):
+    hidden_units: list[int] = [128, 64]
+    max_embedding_dim: int = Field(default=16, ge=1)
+    min_category_count: int = Field(default=5, ge=1, description="Rarer categories map to the unknown bucket.")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(default=12, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    learning_rate: float = Field(default=2e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    seed: int = 42
+    processes: int = Field(default=1, ge=1, description="Ranks on this node; more than 1 runs DDP under torchrun.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    exclude_features: list[str] = Field(default=[], description="Columns never fed to the model.")
+
+
+class EvaluateConfig(_Model):
+    decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_roc_auc: float = Field(default=0.85, ge=0.0, le=1.0)
+    min_pr_auc: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_regression: float = Field(
+        default=0.01, ge=0.0, description="Largest allowed drop in ROC AUC against the current champion."
+    )
+
+
+class FairnessConfig(_Model):
+    max_demographic_parity_difference: float | None = None
+    min_demographic_parity_ratio: float | None = None
+    max_equalized_odds_difference: float | None = 0.2
+    min_group_size: int = Field(
+        default=100, ge=1, description="Groups with fewer test rows are reported but do not decide the gate."
+    )
+
+
+class MlflowConfig(_Model):
+    tracking_uri: str | None = Field(
+        default=None, description="Unset: $MLFLOW_TRACKING_URI, else sqlite under $KFMLOPS_HOME (default ./.kfmlops)."
+    )
+    experiment: str = "kfmlops"
+    model_name: str = Field(default="kfmlops-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Settings(_Model):
+    """How each stage behaves; every field has a default."""
+
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    fairness: FairnessConfig = FairnessConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> "Settings":
+        return _parse(cls, raw or {}, "settings")
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON form: the config hash recorded in lineage."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class PipelineConfig(_Model):
+    data: DataSpec
+    settings: Settings = Settings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_from_sections(cls, raw: Any) -> Any:
+        # The YAML file keeps stage sections at the top level beside `data`.
+        if isinstance(raw, dict) and "settings" not in raw:
+            sections = {k: v for k, v in raw.items() if k != "data"}
+            return {"data": raw.get("data"), "settings": sections}
+        return raw
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "PipelineConfig":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping with a 'data' section, got {type(raw).__name__}")
+        config = _parse(cls, raw, str(path))
+        base = path.resolve().parent
+        return config.model_copy(update={"data": _resolve_paths(config.data, base)})
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The training pipeline's parameters for this config."""
+        d = self.data
+        return {
+            "source": d.source,
+            "test_source": d.test_source,
+            "label": d.label,
+            "positive_labels": list(d.positive_labels),
+            "sensitive_features": list(d.sensitive_features),
+            "settings": self.settings.model_dump(mode="json"),
+        }
+
+
+def _is_local_relative(uri: str) -> bool:
+    return "://" not in uri and not os.path.isabs(uri)
+
+
+def _resolve_paths(data: DataSpec, base: Path) -> DataSpec:
+    """Relative data paths in a config file are relative to that file."""
+    update = {}
+    for field in ("source", "test_source"):
+        value = getattr(data, field)
+        if value and _is_local_relative(value):
+            update[field] = str((base / value).resolve())
+    return data.model_copy(update=update)
+
+
+def _parse(model: type[BaseModel], raw: dict[str, Any], where: str):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None
