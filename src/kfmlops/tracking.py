@@ -1,0 +1,54 @@
+"""Where runs and models are recorded: the MLflow tracking URI and small helpers around it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from kfmlops.config import MlflowConfig
+
+
+def kfmlops_home() -> Path:
+    """Local state (MLflow store, pipeline root): ``$KFMLOPS_HOME``, default ``./.kfmlops``."""
+    return Path(os.environ.get("KFMLOPS_HOME", ".kfmlops")).resolve()
+
+
+def tracking_uri(config: MlflowConfig) -> str:
+    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else a sqlite file under :func:`kfmlops_home`."""
+    if config.tracking_uri:
+        return config.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = kfmlops_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def use(config: MlflowConfig) -> str:
+    """Point the mlflow client at the configured store and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///"):  # keep local artifacts beside the local store, not in ./mlruns
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return mlflow.create_experiment(config.experiment, artifact_location=artifact_location)
+
+
+def epoch_logger(config: MlflowConfig, run_id: str):
+    """A callback ``(epoch, metrics)`` that logs per-epoch metrics to ``run_id`` in one batch call."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(config))
+
+    def log(epoch: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
+
+    return log
