@@ -26,18 +26,21 @@ def tracking_uri(config: MlflowConfig) -> str:
 
 
 def use(config: MlflowConfig) -> str:
-    """Point the mlflow client at the configured store and experiment; returns the experiment id."""
+    """Make the configured store and experiment mlflow's current ones; returns the experiment id."""
     import mlflow
 
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(config.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:///"):  # keep local artifacts beside the local store, not in ./mlruns
-        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    return mlflow.create_experiment(config.experiment, artifact_location=artifact_location)
+    if experiment is None:
+        artifact_location = None
+        if uri.startswith("sqlite:///"):  # keep local artifacts beside the local store, not in ./mlruns
+            artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        experiment_id = mlflow.create_experiment(config.experiment, artifact_location=artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def epoch_logger(config: MlflowConfig, run_id: str):

@@ -1,0 +1,161 @@
+"""Register: a trained bundle in, a registered MLflow model version with lineage and aliases out.
+
+Consumes the model bundle from :mod:`kfmlops.train`, the MLflow run the training logged to, and a
+:class:`Lineage` (dataset fingerprint, config hash, code commit, pipeline run id, test metrics and
+every gate's verdict). Produces a new version of the registered model, logged as a pyfunc that
+takes raw rows and returns probabilities, with signature and input example, tagged with the
+lineage and given the ``challenger`` alias. :func:`promote` moves ``champion`` to a version and
+records the version it replaced, so a rollback knows where to go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kfmlops import __version__
+from kfmlops.config import MlflowConfig
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+TAG_PREFIX = "kfmlops."
+_TAG_LIMIT = 5000  # MLflow's limit on a tag value
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    passed: bool
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    dataset_fingerprint: str
+    config_hash: str
+    train_data: str
+    code_commit: str | None = None
+    pipeline_run_id: str | None = None
+    metrics: dict[str, float] | None = None
+    gates: dict[str, GateVerdict] | None = None
+
+    @property
+    def all_gates_passed(self) -> bool:
+        return all(g.passed for g in (self.gates or {}).values())
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "config_hash": self.config_hash,
+            "train_data": self.train_data,
+            "code_commit": self.code_commit or "unknown",
+            "pipeline_run_id": self.pipeline_run_id or "none",
+            "package_version": __version__,
+            "all_gates_passed": str(self.all_gates_passed).lower(),
+        }
+        tags |= {f"metric.{k}": f"{v:.6g}" for k, v in (self.metrics or {}).items()}
+        for name, gate in (self.gates or {}).items():
+            tags[f"gate.{name}.passed"] = str(gate.passed).lower()
+            tags[f"gate.{name}.reasons"] = json.dumps(gate.reasons)[:_TAG_LIMIT]
+        return {TAG_PREFIX + k: v for k, v in tags.items()}
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: str
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: str
+    previous_champion: str | None
+
+
+def code_commit() -> str | None:
+    """The source commit: ``$KFMLOPS_GIT_COMMIT`` (set in the image), else ``git`` in the source tree."""
+    if os.environ.get("KFMLOPS_GIT_COMMIT"):
+        return os.environ["KFMLOPS_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def register(
+    model_dir: str | Path,
+    run_id: str,
+    mlflow_config: MlflowConfig,
+    lineage: Lineage,
+    input_example: pd.DataFrame,
+) -> ModelVersionRef:
+    """Log the bundle as a pyfunc into ``run_id``, register a new version, tag it and alias it ``challenger``."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    from kfmlops import mlflow_model
+    from kfmlops.pyfunc import BUNDLE_ARTIFACT
+    from kfmlops.tracking import use
+    from kfmlops.train.model import ModelBundle
+
+    use(mlflow_config)
+    example = input_example.head(5).reset_index(drop=True)
+    bundle = ModelBundle.load(model_dir)
+    signature = infer_signature(example, bundle.predict_proba({c: example[c].to_numpy() for c in example.columns}))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=mlflow_model.__file__,
+            artifacts={BUNDLE_ARTIFACT: str(model_dir)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"kfmlops=={__version__}"],
+            registered_model_name=mlflow_config.model_name,
+        )
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in lineage.tags().items():
+        client.set_model_version_tag(mlflow_config.model_name, version, key, value)
+    client.set_registered_model_alias(mlflow_config.model_name, CHALLENGER, version)
+    return ModelVersionRef(mlflow_config.model_name, version, f"models:/{mlflow_config.model_name}/{version}")
+
+
+def current_champion(mlflow_config: MlflowConfig) -> str | None:
+    """The version the ``champion`` alias points at; None when there is no such model or alias."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from kfmlops.tracking import tracking_uri
+
+    try:
+        model = MlflowClient(tracking_uri(mlflow_config)).get_registered_model(mlflow_config.model_name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = model.aliases.get(CHAMPION)
+    return str(version) if version is not None else None
+
+
+def promote(mlflow_config: MlflowConfig, version: str) -> Promotion:
+    """Point ``champion`` at ``version``; the replaced champion is recorded on the new version."""
+    from mlflow.tracking import MlflowClient
+
+    from kfmlops.tracking import tracking_uri
+
+    previous = current_champion(mlflow_config)
+    client = MlflowClient(tracking_uri(mlflow_config))
+    name = mlflow_config.model_name
+    client.set_model_version_tag(name, version, TAG_PREFIX + "previous_champion", previous or "none")
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return Promotion(name, str(version), previous)
