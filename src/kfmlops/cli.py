@@ -1,0 +1,31 @@
+"""``kfmlops COMMAND [ARGS]``: each command lives beside the stage it runs and parses its own flags."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "run": ("kfmlops.local_run:main", "run the training pipeline locally through kfp.local and print a summary"),
+    "compile": ("kfmlops.compile:main", "compile every component and pipeline to YAML"),
+    "serve": ("kfmlops.serving.server:main", "serve a registered model with KServe's ModelServer"),
+    "sink": ("kfmlops.monitoring.sink:main", "receive KServe inference-log CloudEvents into Parquet"),
+    "drift": ("kfmlops.monitoring.drift:main", "run the drift job and, when the policy fires, retraining"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: kfmlops COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module, func = COMMANDS[argv[0]][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
