@@ -1,0 +1,16 @@
+"""KFP components, one per lifecycle stage, in pipeline order.
+
+Each is a thin ``@dsl.component`` on the kfmlops image around the stage function of the same name
+in :mod:`kfmlops`; the compiled YAML beside each file (``ingest.yaml`` ...) loads with
+``kfp.components.load_component_from_file`` for teams that do not use our Python.
+"""
+
+from kfmlops.components.ingest import ingest
+from kfmlops.components.validate import validate
+from kfmlops.components.train import train
+from kfmlops.components.evaluate import evaluate
+from kfmlops.components.fairness import fairness
+from kfmlops.components.register import register
+from kfmlops.components.promote import promote
+
+__all__ = ["ingest", "validate", "train", "evaluate", "fairness", "register", "promote"]

@@ -25,6 +25,8 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
+    # Every optional field defaults to None, so dropping Nones (KFP parameters cannot carry null)
+    # never changes a setting's meaning.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -92,6 +94,9 @@ class TrainConfig(_Model):
     processes: int = Field(default=1, ge=1, description="Ranks on this node; more than 1 runs DDP under torchrun.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     exclude_features: list[str] = Field(default=[], description="Columns never fed to the model.")
+    checkpoint_dir: str | None = Field(
+        default=None, description="Keep a resumable checkpoint here after every epoch; a rerun resumes from it."
+    )
 
 
 class EvaluateConfig(_Model):
@@ -104,9 +109,11 @@ class EvaluateConfig(_Model):
 
 
 class FairnessConfig(_Model):
-    max_demographic_parity_difference: float | None = None
-    min_demographic_parity_ratio: float | None = None
-    max_equalized_odds_difference: float | None = 0.2
+    """Thresholds of the fairness gate; None (the default) leaves a figure reported but not gated."""
+
+    max_demographic_parity_difference: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_demographic_parity_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_equalized_odds_difference: float | None = Field(default=None, ge=0.0, le=1.0)
     min_group_size: int = Field(
         default=100, ge=1, description="Groups with fewer test rows are reported but do not decide the gate."
     )
@@ -135,6 +142,10 @@ class Settings(_Model):
     @classmethod
     def parse(cls, raw: dict[str, Any] | None) -> "Settings":
         return _parse(cls, raw or {}, "settings")
+
+    def to_parameter(self) -> dict[str, Any]:
+        """The settings as a KFP pipeline parameter: JSON, overrides only (KFP parameters cannot hold null)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON form: the config hash recorded in lineage."""
@@ -178,7 +189,7 @@ class PipelineConfig(_Model):
             "label": d.label,
             "positive_labels": list(d.positive_labels),
             "sensitive_features": list(d.sensitive_features),
-            "settings": self.settings.model_dump(mode="json"),
+            "settings": self.settings.to_parameter(),
         }
 
 

@@ -55,3 +55,44 @@ def epoch_logger(config: MlflowConfig, run_id: str):
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
 
     return log
+
+
+def start_run(config: MlflowConfig, run_name: str, tags: dict[str, str]) -> str:
+    """Open a run in the configured experiment and return its id (it stays open until :func:`end_run`)."""
+    import mlflow
+
+    use(config)
+    run = mlflow.start_run(run_name=run_name, tags=tags)
+    mlflow.end_run("RUNNING")
+    return run.info.run_id
+
+
+def log_to_run(
+    config: MlflowConfig,
+    run_id: str,
+    *,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, object] | None = None,
+    tags: dict[str, str] | None = None,
+    documents: dict[str, object] | None = None,
+) -> None:
+    """Record a stage's figures in the pipeline's run; ``documents`` are JSON artifacts by file name."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(config))
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+    )
+    for name, document in (documents or {}).items():
+        client.log_dict(run_id, document, name)
+
+
+def end_run(config: MlflowConfig, run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri(config)).set_terminated(run_id, status)

@@ -1,0 +1,57 @@
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from kfmlops.components._base import component
+
+
+@component
+def fairness(
+    test_data: Input[Dataset],
+    predictions: Input[Dataset],
+    sensitive_features: list,
+    settings: dict,
+    run_id: str,
+    verdict: Output[Artifact],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> bool:
+    """Slices the candidate's test predictions by each sensitive feature and applies the fairness gate.
+
+    Args:
+        test_data: Test split from ingest (the sensitive columns are read from it).
+        predictions: Per-row label and prediction from evaluate.
+        sensitive_features: Normalised names of the columns to slice by.
+        settings: kfmlops.config.Settings as JSON (the `fairness` and `mlflow` sections are read).
+        run_id: The MLflow run to record the figures and verdict in.
+
+    Returns:
+        verdict: JSON: passed, reasons, per-feature figures by group.
+        metrics: Demographic parity difference/ratio and equalized odds difference per feature.
+        report: HTML tables by group with each check's verdict.
+        Output: Whether the candidate passed the fairness gate.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from kfmlops.config import Settings
+    from kfmlops.fairness import assess
+    from kfmlops.tracking import log_to_run
+
+    cfg = Settings.parse(settings)
+    scored = pd.read_parquet(predictions.path)
+    sensitive = pd.read_parquet(test_data.path, columns=list(sensitive_features))
+    result = assess(scored["label"].to_numpy(), scored["prediction"].to_numpy(), sensitive, cfg.fairness)
+    Path(verdict.path).write_text(json.dumps(result.to_json(), indent=1))
+    Path(report.path).write_text(result.to_html())
+    verdict.metadata.update({"passed": result.passed, "reasons": result.reasons})
+    figures = {}
+    for feature in result.features:
+        for name in ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference"):
+            figures[f"{feature.feature}.{name}"] = getattr(feature, name)
+    for name, value in figures.items():
+        metrics.log_metric(name, value)
+    log_to_run(cfg.mlflow, run_id, metrics={f"fairness.{k}": v for k, v in figures.items()},
+               tags={"kfmlops.gate.fairness.passed": str(result.passed).lower()},
+               documents={"fairness.json": result.to_json()})
+    return result.passed

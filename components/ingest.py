@@ -1,0 +1,57 @@
+from typing import NamedTuple, Optional
+
+from kfp.dsl import Dataset, Output
+
+from kfmlops.components._base import component
+
+
+@component
+def ingest(
+    source: str,
+    label: str,
+    positive_labels: list,
+    sensitive_features: list,
+    settings: dict,
+    pipeline_run_id: str,
+    train_data: Output[Dataset],
+    test_data: Output[Dataset],
+    test_source: Optional[str] = None,
+) -> NamedTuple("IngestOutputs", [("label_column", str), ("sensitive_columns", list), ("fingerprint", str), ("run_id", str)]):
+    """Reads raw data and writes normalised train/test Parquet splits; opens the run's MLflow record.
+
+    Args:
+        source: Training data path or URI (CSV, Parquet, JSON Lines; local, s3://, gs://, any fsspec URI).
+        label: Label column, raw or normalised name.
+        positive_labels: Label values that mean the positive class.
+        sensitive_features: Columns the fairness gate slices by.
+        settings: kfmlops.config.Settings as JSON (the `ingest` and `mlflow` sections are read).
+        pipeline_run_id: The KFP run id, recorded for lineage.
+        test_source: Held-out test data; when None the test split is cut from source.
+
+    Returns:
+        train_data: Train split, Parquet, normalised column names, label as 0/1.
+        test_data: Test split, same schema.
+        label_column: The label's normalised name.
+        sensitive_columns: The sensitive features' normalised names.
+        fingerprint: SHA-256 of the source bytes.
+        run_id: The MLflow run every later step records into.
+    """
+    from dataclasses import asdict
+
+    from kfmlops.config import DataSpec, Settings
+    from kfmlops.ingest import ingest as run_ingest, normalise_name
+    from kfmlops.tracking import log_to_run, start_run
+
+    cfg = Settings.parse(settings)
+    data = DataSpec(source=source, test_source=test_source, label=label,
+                    positive_labels=positive_labels, sensitive_features=sensitive_features)
+    result = run_ingest(data, cfg.ingest, train_data.path, test_data.path)
+    run_id = start_run(cfg.mlflow, run_name=f"train-{pipeline_run_id}", tags={
+        "kfmlops.pipeline_run_id": pipeline_run_id, "kfmlops.dataset_fingerprint": result.fingerprint})
+    log_to_run(cfg.mlflow, run_id, params={"source": source, "test_source": test_source, "label": result.label,
+                                           "config_hash": cfg.digest()},
+               metrics={"train_rows": result.train_rows, "test_rows": result.test_rows},
+               documents={"ingest.json": asdict(result), "settings.json": settings})
+    for artifact, rows in ((train_data, result.train_rows), (test_data, result.test_rows)):
+        artifact.metadata.update({"rows": rows, "fingerprint": result.fingerprint, "format": "parquet"})
+    return (result.label, [normalise_name(c) for c in sensitive_features], result.fingerprint, run_id)

@@ -1,0 +1,24 @@
+from typing import NamedTuple
+
+from kfmlops.components._base import component
+
+
+@component
+def promote(model_name: str, version: str, settings: dict) -> NamedTuple("PromoteOutputs", [("previous_champion", str)]):
+    """Moves the `champion` alias to a version that passed every gate.
+
+    Args:
+        model_name: The registered model (must match settings.mlflow.model_name).
+        version: The version to promote.
+        settings: kfmlops.config.Settings as JSON (the `mlflow` section is read).
+
+    Returns:
+        previous_champion: The version that was champion before, or "none"; recorded on the new version for rollback.
+    """
+    from kfmlops.config import Settings
+    from kfmlops.register import promote as run_promote
+
+    cfg = Settings.parse(settings)
+    if model_name != cfg.mlflow.model_name:
+        raise ValueError(f"model_name {model_name!r} differs from settings.mlflow.model_name {cfg.mlflow.model_name!r}")
+    return (run_promote(cfg.mlflow, version).previous_champion or "none",)

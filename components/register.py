@@ -1,0 +1,64 @@
+from typing import NamedTuple
+
+from kfp.dsl import Artifact, Dataset, Input, Model
+
+from kfmlops.components._base import component
+
+
+@component
+def register(
+    model: Input[Model],
+    test_data: Input[Dataset],
+    blessing: Input[Artifact],
+    fairness_verdict: Input[Artifact],
+    label: str,
+    source: str,
+    fingerprint: str,
+    settings: dict,
+    run_id: str,
+    pipeline_run_id: str,
+) -> NamedTuple("RegisterOutputs", [("model_name", str), ("version", str)]):
+    """Registers the candidate as a new MLflow model version with lineage tags and the `challenger` alias.
+
+    Args:
+        model: Candidate model bundle from train.
+        test_data: Test split (a few rows become the model's input example and signature).
+        blessing: Evaluate's JSON verdict.
+        fairness_verdict: Fairness's JSON verdict.
+        label: The label's normalised name.
+        source: The training data URI, recorded for drift monitoring's reference.
+        fingerprint: Dataset SHA-256 from ingest.
+        settings: kfmlops.config.Settings as JSON (the `mlflow` section is read; the whole is hashed).
+        run_id: The pipeline's MLflow run; the pyfunc model is logged into it.
+        pipeline_run_id: The KFP run id, recorded for lineage.
+
+    Returns:
+        model_name: The registered model's name.
+        version: The new version (alias `challenger`; `champion` is moved only by promote).
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from kfmlops.config import Settings
+    from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
+    from kfmlops.tracking import end_run
+
+    cfg = Settings.parse(settings)
+    evaluation = json.loads(Path(blessing.path).read_text())
+    fair = json.loads(Path(fairness_verdict.path).read_text())
+    lineage = Lineage(
+        dataset_fingerprint=fingerprint,
+        config_hash=cfg.digest(),
+        train_data=source,
+        code_commit=code_commit(),
+        pipeline_run_id=pipeline_run_id,
+        metrics={k: v for k, v in evaluation["candidate"].items() if isinstance(v, float)},
+        gates={"evaluate": GateVerdict(evaluation["blessed"], evaluation["reasons"]),
+               "fairness": GateVerdict(fair["passed"], fair["reasons"])},
+    )
+    example = pd.read_parquet(test_data.path).drop(columns=[label]).head(5)
+    ref = run_register(model.path, run_id, cfg.mlflow, lineage, example)
+    end_run(cfg.mlflow, run_id)
+    return (ref.name, ref.version)

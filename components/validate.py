@@ -1,0 +1,48 @@
+from kfp.dsl import HTML, Artifact, Dataset, Input, Output
+
+from kfmlops.components._base import component
+
+
+@component
+def validate(
+    train_data: Input[Dataset],
+    test_data: Input[Dataset],
+    label: str,
+    settings: dict,
+    run_id: str,
+    results: Output[Artifact],
+    report: Output[HTML],
+):
+    """Checks both splits against the Great Expectations suite; error-level failures stop the pipeline.
+
+    Args:
+        train_data: Train split from ingest (also the reference the inferred suite is built from).
+        test_data: Test split from ingest.
+        label: The label's normalised name.
+        settings: kfmlops.config.Settings as JSON (the `validate` and `mlflow` sections are read).
+        run_id: The MLflow run to record the outcome in.
+
+    Returns:
+        results: JSON outcome of every expectation on every split.
+        report: HTML report of the same.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from kfmlops.config import Settings
+    from kfmlops.tracking import end_run, log_to_run
+    from kfmlops.validate import validate as run_validate
+
+    cfg = Settings.parse(settings)
+    outcome = run_validate({"train": pd.read_parquet(train_data.path), "test": pd.read_parquet(test_data.path)},
+                           cfg.validate_, label)
+    Path(results.path).write_text(json.dumps(outcome.to_json(), indent=1))
+    Path(report.path).write_text(outcome.to_html())
+    results.metadata.update({"passed": outcome.passed, "errors": len(outcome.errors), "warnings": len(outcome.warnings)})
+    log_to_run(cfg.mlflow, run_id, tags={"kfmlops.gate.validate.passed": str(outcome.passed).lower()},
+               documents={"validation.json": outcome.to_json()})
+    if not outcome.passed:
+        end_run(cfg.mlflow, run_id, "FAILED")
+    outcome.raise_for_errors()
