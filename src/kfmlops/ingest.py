@@ -175,7 +175,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def test_mask(row_numbers: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+def in_test_split(row_numbers: np.ndarray, seed: int, fraction: float) -> np.ndarray:
     """Seeded, order-independent split: row ``i`` is a test row iff ``hash(seed, i) < fraction``."""
     with np.errstate(over="ignore"):  # splitmix64 relies on wrap-around
         x = row_numbers.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
@@ -271,7 +271,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
             if data.test_source:
                 write("train", batch)
             else:
-                mask = pa.array(test_mask(np.arange(row, row + batch.num_rows), config.seed, config.test_fraction))
+                mask = pa.array(in_test_split(np.arange(row, row + batch.num_rows), config.seed, config.test_fraction))
                 write("test", batch.filter(mask))
                 write("train", batch.filter(pc.invert(mask)))
             row += batch.num_rows

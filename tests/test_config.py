@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from kfmlops.config import ConfigError, PipelineConfig, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_loads_with_paths_relative_to_the_file():
+    config = PipelineConfig.from_yaml(ROOT / "pipelines" / "configs" / "adult.yaml")
+    assert config.data.source == str(ROOT / "data" / "adult" / "adult.data.gz")
+    assert config.settings.fairness.min_group_size == 500
+    assert config.settings.validate_.expectations[0].kwargs["column"] == "age"
+
+
+def test_pipeline_parameter_round_trips_and_holds_no_nulls():
+    settings = Settings.parse({"fairness": {"max_equalized_odds_difference": 0.1}, "train": {"epochs": 3}})
+    parameter = settings.to_parameter()
+    assert parameter == {"train": {"epochs": 3}, "fairness": {"max_equalized_odds_difference": 0.1}}
+    assert Settings.parse(parameter) == settings
+    assert "null" not in str(Settings().to_parameter())
+
+
+def test_bad_setting_names_the_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: x.csv, label: y}\ntrain: {epochs: 0, learning_rat: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        PipelineConfig.from_yaml(path)
+    assert "train.epochs" in str(err.value) and "train.learning_rat" in str(err.value)
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        PipelineConfig.from_yaml(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        PipelineConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_digest_changes_with_any_setting():
+    assert Settings().digest() != Settings.parse({"train": {"seed": 7}}).digest()
+    assert Settings().digest() == Settings.parse({}).digest()
