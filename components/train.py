@@ -35,8 +35,7 @@ def train(
 
     cfg = Settings.parse(settings)
     log_to_run(cfg.mlflow, run_id, params={f"train.{k}": v for k, v in cfg.train.model_dump().items()})
-    result = run_train(train_data.path, label, cfg.train, model.path, checkpoint_dir=cfg.train.checkpoint_dir,
-                       mlflow=cfg.mlflow, run_id=run_id)
+    result = run_train(train_data.path, label, cfg.train, model.path, mlflow=cfg.mlflow, run_id=run_id)
     figures = {"val_roc_auc": result.val_roc_auc, "best_epoch": result.best_epoch, "train_rows": result.train_rows,
                "samples_per_second": result.samples_per_second, "train_seconds": result.seconds}
     for name, value in figures.items():

@@ -24,17 +24,18 @@ def train(
     config: TrainConfig,
     model_dir: str | Path,
     *,
-    checkpoint_dir: str | Path | None = None,
     mlflow: MlflowConfig | None = None,
     run_id: str | None = None,
 ) -> TrainResult:
-    """Fit the tabular network; ``config.processes > 1`` runs that many local DDP ranks."""
+    """Fit the tabular network; ``config.processes > 1`` runs that many local DDP ranks.
+
+    With ``config.checkpoint_dir`` set, every epoch is checkpointed there and a rerun resumes.
+    """
     spec = WorkerSpec(
         train_path=str(train_path),
         label=label,
         config=config,
         model_dir=str(model_dir),
-        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
         mlflow=mlflow,
         run_id=run_id,
     )

@@ -1,8 +1,8 @@
 """Running the training loop as N ranks: a local launcher and the per-rank entry point.
 
-``python -m kfmlops.train.distributed SPEC.json`` is what every rank runs, whether started by
+``python -m kfmlops.train SPEC.json`` is what every rank runs, whether started by
 :func:`launch` (local processes rendezvousing through a file, gloo bound to loopback) or by
-``torchrun --nproc_per_node N -m kfmlops.train.distributed SPEC.json`` in a cluster pod (``env://``
+``torchrun --nproc_per_node N -m kfmlops.train SPEC.json`` in a cluster pod (``env://``
 rendezvous; NCCL on GPUs, gloo on CPUs). Only rank 0 logs to MLflow, writes the model and the
 result file.
 """
@@ -32,7 +32,6 @@ class WorkerSpec:
     label: str
     config: TrainConfig
     model_dir: str
-    checkpoint_dir: str | None = None
     mlflow: MlflowConfig | None = None
     run_id: str | None = None
 
@@ -58,7 +57,7 @@ def run(spec: WorkerSpec, dist: Dist) -> TrainResult:
 
         on_epoch = epoch_logger(spec.mlflow, spec.run_id)
     frame = pd.read_parquet(spec.train_path)
-    return fit(frame, spec.label, spec.config, spec.model_dir, checkpoint_dir=spec.checkpoint_dir, on_epoch=on_epoch, dist=dist)
+    return fit(frame, spec.label, spec.config, spec.model_dir, on_epoch=on_epoch, dist=dist)
 
 
 def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) -> TrainResult:
@@ -81,7 +80,7 @@ def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) 
         logs = [open(Path(tmp) / f"rank{r}.log", "w+") for r in range(processes)]
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "kfmlops.train.distributed", str(spec_path)],
+                [sys.executable, "-m", "kfmlops.train", str(spec_path)],
                 env={**env_common, "RANK": str(r), "LOCAL_RANK": str(r)},
                 stdout=logs[r] if r else None,
                 stderr=logs[r],
@@ -135,7 +134,3 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_main and os.environ.get("KFMLOPS_RESULT_FILE"):
         Path(os.environ["KFMLOPS_RESULT_FILE"]).write_text(json.dumps(asdict(result)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

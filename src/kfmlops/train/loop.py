@@ -95,7 +95,6 @@ def fit(
     config: TrainConfig,
     model_dir: str | Path,
     *,
-    checkpoint_dir: str | Path | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     dist: Dist = Dist(),
 ) -> TrainResult:
@@ -128,7 +127,7 @@ def fit(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     state = _State()
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
+    checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_FILE if config.checkpoint_dir else None
     if checkpoint and checkpoint.is_file():
         state = _State.restore(checkpoint, net, optimizer, schedule)
         log.info("train: resuming after epoch %d from %s", state.epoch, checkpoint)
