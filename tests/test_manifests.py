@@ -456,15 +456,34 @@ def test_sink_and_drift_job(overlay):
     name, objs = overlay
     sink = get(objs, "Deployment", "inference-log-sink")
     (c,) = sink["spec"]["template"]["spec"]["containers"]
-    assert c["command"] == ["kfmlops", "sink", "--port", "8080", "--root", "/data/inference-log"]
+    assert c["command"] == ["kfmlops", "sink", "--host", "0.0.0.0", "--port", "8080", "--root", "/data/inference-log"]
     assert sink["spec"]["replicas"] == (2 if name == "prod" else 1)
     pvc = get(objs, "PersistentVolumeClaim", "inference-log")
     assert pvc["spec"]["accessModes"] == (["ReadWriteMany"] if name == "prod" else ["ReadWriteOnce"])
     cron = get(objs, "CronJob", "drift-monitor")
     (d,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert d["command"] == ["kfmlops", "drift", "--config", "/etc/kfmlops/drift.yaml"]
-    drift_cfg = yaml.safe_load(get(objs, "ConfigMap", "drift-monitor")["data"]["drift.yaml"])
-    assert drift_cfg["inference_log_root"] == "/data/inference-log"
+    data = get(objs, "ConfigMap", "drift-monitor")["data"]
+    drift_cfg = yaml.safe_load(data["drift.yaml"])
+    assert drift_cfg["log_root"] == "/data/inference-log"
+    assert drift_cfg["window"]["model"] == get(objs, "InferenceService", "kfmlops-model")["metadata"]["name"]
+    assert drift_cfg["training_config"] == "/etc/kfmlops/training.yaml" and "training.yaml" in data
+    mounts = {m["mountPath"]: m for m in d["volumeMounts"]}
+    assert mounts["/data/inference-log"]["readOnly"] is True
+    assert drift_cfg["trigger"]["ledger_dir"].startswith("/var/lib/kfmlops/")  # on the drift-state PVC
+    assert "/var/lib/kfmlops" in mounts and get(objs, "PersistentVolumeClaim", "drift-state")
+
+
+def test_drift_config_parses_with_the_drift_module(rendered):
+    try:
+        from kfmlops.config import PipelineConfig
+        from kfmlops.monitoring.config import DriftConfig
+    except ImportError as exc:
+        pytest.skip(f"kfmlops.monitoring is not importable here: {exc}")
+    for name in OVERLAYS:
+        data = get(rendered[name], "ConfigMap", "drift-monitor")["data"]
+        DriftConfig.model_validate(yaml.safe_load(data["drift.yaml"]))
+        PipelineConfig.model_validate(yaml.safe_load(data["training.yaml"]))
 
 
 def test_serving_runtime_and_inference_service(overlay):

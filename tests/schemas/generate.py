@@ -4,7 +4,7 @@ Not run by the test suite.  Run it by hand in a throw-away virtualenv that
 holds the pinned upstream SDK releases (see README.md in this folder)::
 
     python -m venv /tmp/schemagen
-    /tmp/schemagen/bin/pip install kubernetes==33.1.0 six "pydantic>=2.10,<3"
+    /tmp/schemagen/bin/pip install kubernetes==36.0.3 six "pydantic>=2.10,<3"
     /tmp/schemagen/bin/pip install --no-deps kserve==0.21.0 \
         kubeflow-training==1.9.4 kubeflow-trainer-api==2.3.0
     /tmp/schemagen/bin/python tests/schemas/generate.py
