@@ -41,3 +41,10 @@ def test_missing_and_malformed_config_files(tmp_path):
 def test_digest_changes_with_any_setting():
     assert Settings().digest() != Settings.parse({"train": {"seed": 7}}).digest()
     assert Settings().digest() == Settings.parse({}).digest()
+
+
+def test_digest_ignores_where_runs_are_recorded_and_number_spelling():
+    base = Settings.parse({"validate": {"expectations": [{"type": "expect_x", "kwargs": {"min_value": 16}}]}})
+    as_kfp_sends_it = Settings.parse({"validate": {"expectations": [{"type": "expect_x", "kwargs": {"min_value": 16.0}}]},
+                                      "mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
+    assert base.digest() == as_kfp_sends_it.digest()

@@ -148,8 +148,11 @@ class Settings(_Model):
         return self.model_dump(mode="json", exclude_defaults=True)
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON form: the config hash recorded in lineage."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
+        ``mlflow`` (where a run is recorded does not change the model). Integral floats count as
+        ints, because KFP carries every number of a parameter as a double."""
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow"}))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 class PipelineConfig(_Model):
@@ -191,6 +194,16 @@ class PipelineConfig(_Model):
             "sensitive_features": list(d.sensitive_features),
             "settings": self.settings.to_parameter(),
         }
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _is_local_relative(uri: str) -> bool:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from kfmlops.config import ConfigError, PipelineConfig, Settings
+from kfmlops.register import CHAMPION
+from kfmlops.register import aliases as registry_aliases
 from kfmlops.tracking import kfmlops_home, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def summary(config: PipelineConfig, run: LocalRun) -> str:
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     mv = client.get_model_version(cfg.model_name, run.version)
-    aliases = client.get_registered_model(cfg.model_name).aliases
+    aliases = registry_aliases(cfg)
     evaluation = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/evaluation.json")
     fairness = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/fairness.json")
     validation = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/validation.json")
@@ -109,10 +111,10 @@ def summary(config: PipelineConfig, run: LocalRun) -> str:
     for name, passed, reasons in gates:
         out.append(f"  {name:<9} {'PASS' if passed else 'FAIL'}")
         out += [f"            {r}" for r in reasons]
-    mine = sorted(a for a, v in aliases.items() if str(v) == run.version)
-    champion = aliases.get("champion")
+    mine = sorted(a for a, v in aliases.items() if v == run.version)
+    champion = aliases.get(CHAMPION)
     out += ["", f"Model {cfg.model_name} v{run.version}: aliases {', '.join(mine) or 'none'}"]
-    if str(champion) == run.version:
+    if champion == run.version:
         out.append("  promoted to champion: every gate passed")
     else:
         failed = [name for name, passed, _ in gates if not passed]

@@ -130,8 +130,8 @@ def register(
     return ModelVersionRef(mlflow_config.model_name, version, f"models:/{mlflow_config.model_name}/{version}")
 
 
-def current_champion(mlflow_config: MlflowConfig) -> str | None:
-    """The version the ``champion`` alias points at; None when there is no such model or alias."""
+def aliases(mlflow_config: MlflowConfig) -> dict[str, str]:
+    """Alias -> version of the registered model (versions as str: sqlite gives ints, REST strings); {} if none."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -141,10 +141,14 @@ def current_champion(mlflow_config: MlflowConfig) -> str | None:
         model = MlflowClient(tracking_uri(mlflow_config)).get_registered_model(mlflow_config.model_name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
+            return {}
         raise
-    version = model.aliases.get(CHAMPION)
-    return str(version) if version is not None else None
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def current_champion(mlflow_config: MlflowConfig) -> str | None:
+    """The version the ``champion`` alias points at; None when there is no such model or alias."""
+    return aliases(mlflow_config).get(CHAMPION)
 
 
 def promote(mlflow_config: MlflowConfig, version: str) -> Promotion:

@@ -1,0 +1,85 @@
+"""The whole training pipeline through kfp.local, asserted on the MLflow registry and the artifacts."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT
+from kfmlops.config import PipelineConfig
+from kfmlops.local_run import PipelineFailed, run_pipeline, summary
+from kfmlops.register import aliases
+from kfmlops.tracking import tracking_uri
+
+pytestmark = pytest.mark.slow
+
+DEMO = PipelineConfig.from_yaml(ROOT / "pipelines" / "configs" / "adult.yaml")
+
+
+def _config(**sections) -> PipelineConfig:
+    raw = DEMO.settings.model_dump(mode="json", by_alias=True)
+    for name, values in sections.items():
+        raw[name] = {**raw[name], **values}
+    return DEMO.model_copy(update={"settings": type(DEMO.settings).parse(raw)})
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFMLOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_pipeline_registers_a_gated_champion_then_keeps_it_from_a_weaker_model(home):
+    good = _config(train={"epochs": 6})
+    first = run_pipeline(good.pipeline_arguments())
+    cfg = good.settings.mlflow
+    client = MlflowClient(tracking_uri(cfg))
+    mv = client.get_model_version(cfg.model_name, first.version)
+    tags = mv.tags
+    assert tags["kfmlops.all_gates_passed"] == "true"
+    assert len(tags["kfmlops.dataset_fingerprint"]) == 64
+    assert tags["kfmlops.config_hash"] == good.settings.digest()
+    assert tags["kfmlops.train_data"].endswith("adult.data.gz")
+    assert tags["kfmlops.pipeline_run_id"] not in ("", "none")
+    assert float(tags["kfmlops.metric.roc_auc"]) >= 0.89
+    assert aliases(cfg) == {"challenger": first.version, "champion": first.version}
+
+    run = client.get_run(mv.run_id)
+    assert run.info.status == "FINISHED"
+    assert {"val_roc_auc", "test_roc_auc", "fairness.sex.equalized_odds_difference"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(mv.run_id, "train_loss")) == 6
+    for step, output in [("validate", "report"), ("evaluate", "report"), ("fairness", "report"),
+                         ("evaluate", "predictions"), ("train", "model")]:
+        assert (first.pipeline_root / step / output).exists(), f"{step}/{output} missing"
+    assert (first.pipeline_root / "train" / "model" / "weights.pt").is_file()
+
+    weak = _config(train={"epochs": 1, "hidden_units": [2],
+                          "exclude_features": ["education", "education_num", "occupation", "capital_gain",
+                                               "capital_loss", "relationship", "marital_status"]})
+    second = run_pipeline(weak.pipeline_arguments())
+    assert second.version != first.version
+    assert aliases(cfg) == {"challenger": second.version, "champion": first.version}
+    weak_tags = client.get_model_version(cfg.model_name, second.version).tags
+    assert weak_tags["kfmlops.gate.evaluate.passed"] == "false"
+    reasons = json.loads(weak_tags["kfmlops.gate.evaluate.reasons"])
+    assert any("below champion v" + first.version in r for r in reasons)
+    text = summary(weak, second)
+    assert "not promoted (evaluate gate failed)" in text and f"champion stays v{first.version}" in text
+
+
+def test_data_that_breaks_the_suite_stops_the_pipeline_and_registers_nothing(home):
+    lines = gzip.open(ROOT / "data" / "adult" / "adult.data.gz", "rt").read().splitlines(keepends=True)
+    broken = [lines[0]] + [("-5" + line[line.index(","):]) if i % 10 == 0 else line for i, line in enumerate(lines[1:])]
+    (home / "broken.csv").write_text("".join(broken))
+    config = DEMO.model_copy(update={"data": DEMO.data.model_copy(update={"source": str(home / "broken.csv")})})
+    with pytest.raises(PipelineFailed, match="validate") as err:
+        run_pipeline(config.pipeline_arguments())
+    assert aliases(config.settings.mlflow) == {}
+    root = Path(str(err.value).rsplit("outputs are in ", 1)[1])
+    results = json.loads((root / "validate" / "results").read_text())
+    failed = [o for o in results["outcomes"] if not o["success"] and o["severity"] == "error"]
+    assert any(o["column"] == "age" and o["type"] == "expect_column_values_to_be_between" for o in failed)
+    assert not (root / "train").exists()
