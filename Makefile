@@ -2,6 +2,9 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# checkov pins packaging/networkx below what mlflow needs: it gets a venv of its own.
+TOOLS  ?= .venv-tools
+export CHECKOV := $(abspath $(TOOLS))/bin/checkov
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ASYNC_LOGGING := false
 
@@ -22,11 +25,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[serve,test]'
 	touch $@
 
-# Debian tools the manifest checks need (kubectl); installed once, as root.
-system-deps:
+$(CHECKOV):
+	test -x $(TOOLS)/bin/python || python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q checkov==3.3.30
+
+# kubectl (with kustomize >= v4) for the manifest checks; the machine image ships one.
+system-deps: $(CHECKOV)
 	@command -v kubectl >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; \
-	  else echo "kubectl missing: install Debian's kubernetes-client"; fi; }
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && { apt-get install -y -qq kubectl || apt-get install -y -qq kubernetes-client; } >/dev/null; \
+	  else echo "kubectl missing: the manifest tests will skip"; fi; }
 
 demo: $(STAMP)
 	$(VENV)/bin/kfmlops run
