@@ -1,0 +1,143 @@
+"""Typed settings for serving and deployment, validated once at the boundary like :mod:`kfmlops.config`.
+
+- :class:`ServingConfig`: how the predictor treats requests (unseen categories, size limits,
+  micro-batching); travels to the serving container as one JSON flag.
+- :class:`InferenceServiceConfig`: what the KServe ``InferenceService`` looks like (runtime, image,
+  resources, replicas and autoscaling, request logger, scheduling).
+- :class:`DeployConfig`: the deploy stage (target, SLOs for the pre-push validation and for the
+  canary, the canary's traffic share).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kfmlops import IMAGE
+from kfmlops.config import _Model
+
+DNS_LABEL = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class ServingConfig(_Model):
+    """How the predictor checks and scores requests."""
+
+    unseen_categories: Literal["reject", "unknown"] = Field(
+        default="reject",
+        description="A category the model has no embedding for: 'reject' answers 400 naming the column; "
+        "'unknown' scores it with the unknown bucket, as the MLflow pyfunc does.",
+    )
+    max_rows: int = Field(default=10_000, ge=1, description="Rows in one request; more is answered 413.")
+    max_body_bytes: int = Field(default=16 << 20, ge=1024, description="Request body size; more is answered 413.")
+    micro_batching: bool = Field(
+        default=False, description="Score concurrent requests together in one forward pass (adaptive micro-batching)."
+    )
+    batch_max_rows: int = Field(default=512, ge=1, description="A micro-batch is scored as soon as it holds this many rows.")
+    batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="How long the first request of a micro-batch waits for others; 0 batches only the requests "
+        "that arrived in the same event-loop turn (no added latency).",
+    )
+    parity_tolerance: float = Field(
+        default=1e-5, gt=0.0, description="Largest probability difference allowed between the served scorer and the model's "
+        "own PyTorch forward pass in the load-time self-check.",
+    )
+
+
+class Resources(_Model):
+    cpu_request: str = "500m"
+    memory_request: str = "1Gi"
+    cpu_limit: str | None = "2"
+    memory_limit: str | None = "2Gi"
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class RequestLogger(_Model):
+    """KServe's inference logger: every request/response as a CloudEvent to ``url`` (the monitoring sink)."""
+
+    url: str = Field(description="The monitoring sink's URL, e.g. http://kfmlops-sink.kubeflow.svc.cluster.local/")
+    mode: Literal["all", "request", "response"] = "all"
+
+
+class InferenceServiceConfig(_Model):
+    """The ``serving.kserve.io/v1beta1`` InferenceService the deploy stage applies."""
+
+    name: str = Field(default="kfmlops-model", pattern=DNS_LABEL)
+    namespace: str = Field(default="kubeflow", pattern=DNS_LABEL)
+    runtime: Literal["kfmlops", "mlflow"] = Field(
+        default="kfmlops",
+        description="'kfmlops': our predictor image (custom container, V1 + V2 REST); 'mlflow': KServe's standard "
+        "mlflow model format on the MLServer runtime (V2 only; the runtime image must have kfmlops installed).",
+    )
+    image: str = IMAGE
+    service_account: str | None = Field(default=None, description="Needs read access to the model storage.")
+    resources: Resources = Resources()
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=3, ge=1)
+    scale_metric: Literal["concurrency", "rps", "cpu", "memory"] = "concurrency"
+    scale_target: int = Field(default=16, ge=1, description="Autoscaling target per replica, in scale_metric's unit.")
+    container_concurrency: int | None = Field(default=None, ge=0, description="Hard limit of in-flight requests per replica.")
+    timeout_s: int | None = Field(default=None, ge=1)
+    logger: RequestLogger | None = None
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    serving: ServingConfig = ServingConfig()
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "InferenceServiceConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
+class Slo(_Model):
+    """What a healthy predictor must show under the probe."""
+
+    p99_latency_ms: float = Field(default=50.0, gt=0.0)
+    max_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of 5xx answers and transport errors.")
+    max_rejected_rate: float = Field(default=0.01, ge=0.0, le=1.0, description="Share of test rows answered 4xx.")
+
+
+class Probe(_Model):
+    """The traffic a check sends: test-split rows, bounded in count and time."""
+
+    rows: int = Field(default=2000, ge=1, description="Test rows sent (the first ones, in file order).")
+    rows_per_request: int = Field(default=1, ge=1)
+    concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0.0, description="The whole probe stops after this.")
+
+
+class Check(_Model):
+    probe: Probe = Probe()
+    slo: Slo = Slo()
+
+
+class DeployConfig(_Model):
+    """The deploy stage: validate the candidate locally, then roll it out as a canary."""
+
+    target: Literal["local", "kserve"] = Field(
+        default="local",
+        description="'local': the candidate predictor runs as a local process and takes the canary probe; "
+        "'kserve': the InferenceService is updated through the Kubernetes API.",
+    )
+    model_version: str | None = Field(default=None, description="The version to deploy; unset: the 'champion' alias.")
+    canary_traffic_percent: int = Field(default=10, ge=1, le=99)
+    max_prediction_diff: float = Field(
+        default=1e-5, gt=0.0, description="Largest difference from the registry model's own predictions on the test rows."
+    )
+    validation: Check = Check()
+    canary: Check = Check(probe=Probe(rows=1000, concurrency=4))
+    ready_timeout_s: float = Field(default=600.0, gt=0.0, description="Wait for the InferenceService to be Ready.")
+    poll_interval_s: float = Field(default=5.0, gt=0.0)
+    inference_service: InferenceServiceConfig = InferenceServiceConfig()

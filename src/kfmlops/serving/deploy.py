@@ -1,0 +1,223 @@
+"""Deploy: a registered model version in, validated and rolled out as a canary, promoted or rolled back.
+
+Consumes the test split Parquet (from :mod:`kfmlops.ingest`; the label column is dropped), the
+label's name, a :class:`~kfmlops.serving.config.DeployConfig` and the
+:class:`~kfmlops.config.MlflowConfig` of the registry; produces a :class:`DeployResult` and tags
+the version with the outcome. No KFP here: the component wraps :func:`deploy`.
+
+1. **Resolve**: the version is ``config.model_version`` or the ``champion`` alias. If the alias is
+   elsewhere, :func:`kfmlops.register.promote` moves it (recording ``kfmlops.previous_champion``).
+   The previous champion is the rollback target.
+2. **Validate before push**: the candidate predictor runs as a local process; it gets the test
+   rows (p99 latency, error and rejection rates against the SLOs; every prediction within
+   ``max_prediction_diff`` of the registry model's own pyfunc) and a battery of malformed requests
+   (each must be a 4xx, and the predictor must still be ready afterwards). A failure ends here:
+   ``rejected``, and the alias goes back.
+3. **Canary**: the target (:mod:`kfmlops.serving.rollout`) puts the candidate up with
+   ``canary_traffic_percent`` of the traffic (all of it on a first rollout) and the canary check
+   probes the candidate's own URL. Healthy: the candidate takes 100% (``promoted``). Unhealthy, or
+   a step failed: traffic goes back to the previous version and the ``champion`` alias back to the
+   previous champion (``rolled_back``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from kfmlops.config import MlflowConfig
+from kfmlops.register import CHAMPION, TAG_PREFIX, current_champion, promote
+from kfmlops.serving.config import Check, DeployConfig
+from kfmlops.serving.probe import bad_requests, probe, send_bad_requests
+from kfmlops.serving.process import PredictorProcess
+from kfmlops.serving.rollout import KServeTarget, LocalTarget, RolloutTarget
+
+log = logging.getLogger(__name__)
+
+PREVIOUS_TAG = TAG_PREFIX + "previous_champion"
+STATUS_TAG = TAG_PREFIX + "deploy.status"
+REASONS_TAG = TAG_PREFIX + "deploy.reasons"
+
+
+class DeployError(RuntimeError):
+    """The stage cannot start: no version to deploy, or no test rows."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check of a running predictor: ``passed`` and, when not, the ``reasons``."""
+
+    passed: bool
+    reasons: list[str]
+    probe: dict
+    max_prediction_diff: float | None = None
+    bad_requests: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    status: Literal["promoted", "rolled_back", "rejected"]
+    model_name: str
+    version: str
+    previous_version: str | None
+    champion: str | None
+    target: str
+    traffic_percent: int
+    validation: CheckResult
+    canary: CheckResult | None
+    steps: list[str]
+    manifest: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def deploy(test_path: str | Path, label: str, config: DeployConfig, mlflow_config: MlflowConfig) -> DeployResult:
+    """Validate, canary and promote (or roll back) one model version; see the module docstring."""
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    from kfmlops.tracking import tracking_uri
+
+    uri = tracking_uri(mlflow_config)
+    client = MlflowClient(uri, uri)
+    name = mlflow_config.model_name
+    version = config.model_version or current_champion(mlflow_config)
+    if version is None:
+        raise DeployError(f"nothing to deploy: model {name!r} has no '{CHAMPION}' alias and deploy.model_version is unset")
+    steps = []
+    champion = current_champion(mlflow_config)
+    if champion != version:
+        previous = promote(mlflow_config, version).previous_champion
+        steps.append(f"champion alias moved from {previous} to {version}")
+    else:
+        tag = client.get_model_version(name, version).tags.get(PREVIOUS_TAG, "none")
+        previous = None if tag == "none" else tag
+
+    frame = pd.read_parquet(test_path)
+    frame = frame.drop(columns=[label]) if label in frame.columns else frame
+    rows = max(config.validation.probe.rows, config.canary.probe.rows)
+    if frame.empty:
+        raise DeployError(f"{test_path} has no rows to validate with")
+    model_uri = f"models:/{name}/{version}"
+    expected = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame.head(rows)), dtype=np.float64)
+    signature = [(c.name, c.type.name, c.required) for c in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
+    serving = config.inference_service.serving
+
+    with PredictorProcess(model_uri, model_name=name, tracking_uri=uri, serving=serving) as candidate:
+        row = _first_valid_row(frame)
+        battery = bad_requests(signature, row, max_rows=serving.max_rows, unseen_rejected=serving.unseen_categories == "reject")
+        validation = _check(candidate, name, frame, config.validation, expected, config.max_prediction_diff, battery)
+        steps.append(f"validation {'passed' if validation.passed else 'failed'}")
+        if not validation.passed:
+            champion = _restore(client, name, version, previous)
+            steps.append(f"champion alias restored to {champion}")
+            return _finish(client, DeployResult("rejected", name, version, previous, champion, config.target, 0, validation, None, steps), validation.reasons)
+
+        target: RolloutTarget
+        if config.target == "local":
+            target = LocalTarget(candidate.url, previous)
+        else:
+            target = KServeTarget(
+                config.inference_service,
+                storage_uri=client.get_model_version_download_uri(name, version),
+                registered_model=name,
+                ready_timeout_s=config.ready_timeout_s,
+                poll_interval_s=config.poll_interval_s,
+            )
+        canary, percent = _canary(target, version, name, frame, config, expected, steps)
+    manifest = getattr(target, "manifest", None)
+    if canary.passed:
+        return _finish(client, DeployResult("promoted", name, version, previous, version, config.target, percent, validation, canary, steps, manifest), [])
+    try:
+        target.rollback()
+        steps.append(f"traffic rolled back to {previous}")
+    except Exception as exc:  # the alias still goes back; the failure is reported with the rest
+        canary.reasons.append(f"rollback failed: {type(exc).__name__}: {exc}")
+        steps.append("traffic rollback failed")
+    champion = _restore(client, name, version, previous)
+    steps.append(f"champion alias restored to {champion}")
+    return _finish(client, DeployResult("rolled_back", name, version, previous, champion, config.target, 0, validation, canary, steps, manifest), canary.reasons)
+
+
+def _canary(target: RolloutTarget, version: str, name: str, frame: pd.DataFrame, config: DeployConfig, expected: np.ndarray, steps: list[str]) -> tuple[CheckResult, int]:
+    """Start the candidate on the target, probe it, promote it when healthy: (the check, its final share)."""
+    percent = config.canary_traffic_percent
+    try:
+        if target.live_version() is None:
+            percent = 100
+            steps.append("first rollout: no previous version, so no canary split")
+        url = target.start(version, percent)
+        steps.append(f"canary: version {version} at {percent}% of traffic")
+        canary = _check_url(url, name, frame, config.canary, expected, config.max_prediction_diff)
+        steps.append(f"canary {'healthy' if canary.passed else 'unhealthy'}")
+        if canary.passed:
+            target.promote()
+            steps.append(f"promoted: version {version} at 100%")
+            return canary, 100
+    except Exception as exc:
+        log.exception("canary step failed")
+        canary = CheckResult(False, [f"{type(exc).__name__}: {exc}"], {})
+        steps.append("canary step failed")
+    return canary, 0
+
+
+def _check(candidate: PredictorProcess, name: str, frame: pd.DataFrame, check: Check, expected: np.ndarray, max_diff: float, battery) -> CheckResult:
+    """The validation check: SLO probe and parity, then the malformed-request battery."""
+    result = _check_url(candidate.url, name, frame, check, expected, max_diff)
+    answers = send_bad_requests(candidate.url, name, battery)
+    reasons = list(result.reasons)
+    reasons += [f"bad request {a.case!r} answered {a.status}, not 4xx: {a.message[:200]}" for a in answers if not a.refused]
+    if not candidate.alive():
+        reasons.append(f"the predictor died during the battery:\n{candidate.log_tail(1000)}")
+    answers_json = [{"case": a.case, "status": a.status, "refused": a.refused} for a in answers]
+    return CheckResult(not reasons, reasons, result.probe, result.max_prediction_diff, answers_json)
+
+
+def _check_url(url: str, name: str, frame: pd.DataFrame, check: Check, expected: np.ndarray, max_diff: float) -> CheckResult:
+    """Probe ``url`` with test rows; judge latency, error and rejection rates and parity with ``expected``."""
+    report = probe(url, name, frame, check.probe)
+    slo, reasons = check.slo, []
+    if report.requests == 0:
+        reasons.append("no request completed within the probe's time")
+    if report.p99_ms > slo.p99_latency_ms:
+        reasons.append(f"p99 latency {report.p99_ms:.1f} ms > {slo.p99_latency_ms} ms")
+    if report.error_rate > slo.max_error_rate:
+        reasons.append(f"error rate {report.error_rate:.2%} > {slo.max_error_rate:.2%} ({report.error_samples[:2]})")
+    if report.rejected_rate > slo.max_rejected_rate:
+        reasons.append(f"{report.rejected_rate:.2%} of test requests rejected > {slo.max_rejected_rate:.2%} ({report.error_samples[:2]})")
+    scored = ~np.isnan(report.predictions)
+    diff = float(np.max(np.abs(report.predictions[scored] - expected[: len(scored)][scored]))) if scored.any() else None
+    if diff is not None and diff > max_diff:
+        reasons.append(f"predictions differ from the registry model's by up to {diff:.3g} > {max_diff}")
+    return CheckResult(not reasons, reasons, report.summary(), diff)
+
+
+def _first_valid_row(frame: pd.DataFrame) -> dict:
+    from kfmlops.serving.predictor import records
+
+    complete = frame.dropna()
+    return records((complete if not complete.empty else frame).head(1))[0]
+
+
+def _restore(client, name: str, version: str, previous: str | None) -> str | None:
+    """Point ``champion`` back at ``previous`` (or remove it when there was none); returns the alias's version."""
+    if previous is None:
+        client.delete_registered_model_alias(name, CHAMPION)
+    else:
+        client.set_registered_model_alias(name, CHAMPION, previous)
+    log.warning("model %s version %s not deployed; champion alias back on %s", name, version, previous)
+    return previous
+
+
+def _finish(client, result: DeployResult, reasons: list[str]) -> DeployResult:
+    client.set_model_version_tag(result.model_name, result.version, STATUS_TAG, result.status)
+    client.set_model_version_tag(result.model_name, result.version, REASONS_TAG, json.dumps(reasons)[:5000])
+    log.info("deploy %s version %s: %s", result.model_name, result.version, result.status)
+    return result

@@ -1,0 +1,137 @@
+"""``kfmlops serve``: one kfmlops model behind KServe's ``ModelServer`` (V1 and V2 REST, health, metrics).
+
+Consumes a model source (``--model-uri``, default the ``champion`` of the configured registered
+model in the local MLflow store, or ``--model-dir``, e.g. ``/mnt/models`` in a KServe pod) and
+serves it until SIGTERM/SIGINT:
+
+- ``POST /v1/models/NAME:predict`` and ``POST /v2/models/NAME/infer``;
+- ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/NAME/ready``, ``/v2/models/NAME``
+  (metadata from the signature), ``/v1/models/NAME``;
+- ``GET /metrics`` (Prometheus; see :mod:`kfmlops.serving.metrics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kserve
+import kserve.model_server
+from fastapi.responses import ORJSONResponse
+from pydantic import Field, ValidationError
+
+from kfmlops.config import ConfigError, MlflowConfig, PipelineConfig, _Model
+from kfmlops.serving.config import ServingConfig
+from kfmlops.serving.metrics import REJECTED, ServingMiddleware
+from kfmlops.serving.predictor import REGISTRY_URI, Predictor
+from kfmlops.serving.schema import RequestRejected
+
+log = logging.getLogger(__name__)
+
+
+class ServerSettings(_Model):
+    """What one predictor process serves and where it listens."""
+
+    model: str = Field(description="Model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) or local model directory.")
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="The name in the endpoint paths.")
+    tracking_uri: str | None = None
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    access_log: bool = False
+    serving: ServingConfig = ServingConfig()
+
+
+def serve(settings: ServerSettings) -> None:
+    """Load the model (once), then run KServe's ModelServer until a stop signal."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    # Requests are small: one BLAS/torch thread per process beats contention between threads.
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+    model = Predictor(settings.model_name, settings.model, settings.serving, settings.tracking_uri)
+    model.load()  # ModelServer silently skips models that are not ready
+    app = kserve.model_server.app
+    app.add_middleware(ServingMiddleware, models=frozenset({model.name}), max_body_bytes=settings.serving.max_body_bytes)
+    app.add_exception_handler(RequestRejected, _rejected)
+    server = _ModelServer(settings.host, http_port=settings.http_port, enable_grpc=False, enable_latency_logging=False)
+    if not settings.access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    log.info("serving %r on http://%s:%d", model.name, settings.host, settings.http_port)
+    server.start([model])
+
+
+async def _rejected(request, exc: RequestRejected) -> ORJSONResponse:
+    REJECTED.labels(request.path_params.get("model_name", "(unknown)"), exc.kind).inc()
+    log.info("rejected %s: %s", request.url.path, exc)
+    return ORJSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+class _ModelServer(kserve.ModelServer):
+    """KServe's ModelServer, with its REST server bound to ``host`` (KServe always binds 0.0.0.0)."""
+
+    def __init__(self, host: str, **kwargs):
+        super().__init__(**kwargs)
+        self._host = host
+
+    def setup_event_loop(self):
+        super().setup_event_loop()  # start() calls this after it built the REST server, before it binds
+        self._rest_server.config.host = self._host
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kfmlops serve", description=__doc__.split("\n\n")[0])
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model-uri", help="default: models:/<mlflow.model_name>@champion")
+    source.add_argument("--model-dir", help="a local MLflow model directory, e.g. /mnt/models")
+    p.add_argument("--model-name", help="the name in the endpoint paths (default: the registered model's name)")
+    p.add_argument("--config", help="pipeline YAML whose 'mlflow' section names the store and the model")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: from --config, $MLFLOW_TRACKING_URI or $KFMLOPS_HOME)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 in a container")
+    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--serving", default="{}", help='ServingConfig as JSON, e.g. \'{"micro_batching": true}\'')
+    return p
+
+
+def settings_from_args(argv: list[str]) -> ServerSettings:
+    """Command-line flags -> validated :class:`ServerSettings` (raises ConfigError naming the field)."""
+    from kfmlops.tracking import tracking_uri
+
+    args = parser().parse_args(argv)
+    mlflow_config = PipelineConfig.from_yaml(args.config).settings.mlflow if args.config else MlflowConfig()
+    if args.tracking_uri:
+        mlflow_config = mlflow_config.model_copy(update={"tracking_uri": args.tracking_uri})
+    model = args.model_dir or args.model_uri or f"models:/{mlflow_config.model_name}@champion"
+    registered = REGISTRY_URI.fullmatch(model)
+    try:
+        return ServerSettings(
+            model=model,
+            model_name=args.model_name or (registered["name"] if registered else mlflow_config.model_name),
+            tracking_uri=None if args.model_dir else tracking_uri(mlflow_config),
+            host=args.host,
+            http_port=args.http_port,
+            access_log=args.access_log,
+            serving=ServingConfig.model_validate_json(args.serving),
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"kfmlops serve: {problems}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kfmlops serve`` and ``python -m kfmlops.serving.server``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""A real registered model for the serving and deploy tests: Adult ingested, trained, registered twice.
+
+``served_store`` (session) holds two versions of the registered model ``adult`` built from one
+bundle: version 1 is the ``champion``, version 2 the ``challenger``. Tests that move the aliases
+put ``champion`` back on version 1 (``reset_champion``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kfmlops.config import MlflowConfig, TrainConfig
+from kfmlops.register import CHAMPION, Lineage, promote, register
+from kfmlops.tracking import start_run
+from kfmlops.train import train
+
+
+@dataclass(frozen=True)
+class ServedStore:
+    mlflow: MlflowConfig
+    model_dir: Path
+    test_path: str
+    features: pd.DataFrame  # the test split without the label
+    champion: str
+    challenger: str
+
+
+@pytest.fixture(scope="session")
+def served_store(tmp_path_factory, adult) -> ServedStore:
+    root = tmp_path_factory.mktemp("served")
+    model_dir = root / "bundle"
+    train(adult.train_path, "y", TrainConfig(epochs=2), model_dir)
+    config = MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="serving", model_name="adult")
+    features = pd.read_parquet(adult.test_path).drop(columns=["y"])
+    lineage = Lineage("fp", "hash", "data")
+    first = register(model_dir, start_run(config, "v1", {}), config, lineage, features)
+    promote(config, first.version)
+    second = register(model_dir, start_run(config, "v2", {}), config, lineage, features)
+    return ServedStore(config, model_dir, adult.test_path, features, first.version, second.version)
+
+
+def reset_champion(store: ServedStore) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(store.mlflow.tracking_uri).set_registered_model_alias("adult", CHAMPION, store.champion)
