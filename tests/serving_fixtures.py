@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from kfmlops.config import MlflowConfig, TrainConfig
-from kfmlops.register import CHAMPION, Lineage, promote, register
+from kfmlops.provenance import generate_keypair
+from kfmlops.register import CHAMPION, GateVerdict, Lineage, promote, register
 from kfmlops.tracking import start_run
 from kfmlops.train import train
 
@@ -27,6 +28,7 @@ class ServedStore:
     features: pd.DataFrame  # the test split without the label
     champion: str
     challenger: str
+    verify_key: bytes  # the public key the versions were signed for
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +38,12 @@ def served_store(tmp_path_factory, adult) -> ServedStore:
     train(adult.train_path, "y", TrainConfig(epochs=2), model_dir)
     config = MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="serving", model_name="adult")
     features = pd.read_parquet(adult.test_path).drop(columns=["y"])
-    lineage = Lineage("fp", "hash", "data")
-    first = register(model_dir, start_run(config, "v1", {}), config, lineage, features)
+    lineage = Lineage("fp", "hash", "data", gates={"evaluate": GateVerdict(True, ["roc_auc >= 0.85"])})
+    private, public = generate_keypair()
+    first = register(model_dir, start_run(config, "v1", {}), config, lineage, features, signing_key=private)
     promote(config, first.version)
-    second = register(model_dir, start_run(config, "v2", {}), config, lineage, features)
-    return ServedStore(config, model_dir, adult.test_path, features, first.version, second.version)
+    second = register(model_dir, start_run(config, "v2", {}), config, lineage, features, signing_key=private)
+    return ServedStore(config, model_dir, adult.test_path, features, first.version, second.version, public)
 
 
 def reset_champion(store: ServedStore) -> None:

@@ -80,6 +80,10 @@ class InferenceServiceConfig(_Model):
     )
     image: str = IMAGE
     service_account: str | None = Field(default=None, description="Needs read access to the model storage.")
+    verify_key_secret: str = Field(
+        default="kfmlops-verify-key",
+        description="Secret whose 'verify.pem' is the Ed25519 public key the predictor checks model provenance with.",
+    )
     resources: Resources = Resources()
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=3, ge=1)

@@ -31,11 +31,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from kfmlops.config import MlflowConfig
+from kfmlops.config import MlflowConfig, ProvenanceConfig
 from kfmlops.register import CHAMPION, TAG_PREFIX, current_champion, promote
 from kfmlops.serving.config import Check, DeployConfig
 from kfmlops.serving.probe import bad_requests, probe, send_bad_requests
-from kfmlops.serving.process import PredictorProcess
+from kfmlops.serving.process import PredictorProcess, PredictorStartError
 from kfmlops.serving.rollout import KServeTarget, LocalTarget, RolloutTarget
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,23 @@ class DeployResult:
         return asdict(self)
 
 
-def deploy(test_path: str | Path, label: str, config: DeployConfig, mlflow_config: MlflowConfig) -> DeployResult:
-    """Validate, canary and promote (or roll back) one model version; see the module docstring."""
+def deploy(
+    test_path: str | Path,
+    label: str,
+    config: DeployConfig,
+    mlflow_config: MlflowConfig,
+    provenance: ProvenanceConfig = ProvenanceConfig(),
+) -> DeployResult:
+    """Validate, canary and promote (or roll back) one model version; see the module docstring.
+
+    ``provenance`` says where the verify key comes from: the candidate predictor refuses to start
+    on a model whose signed provenance does not verify (the validation then fails).
+    """
+    import mlflow.models
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
+    from kfmlops.provenance import verify_key
     from kfmlops.tracking import tracking_uri
 
     uri = tracking_uri(mlflow_config)
@@ -110,7 +122,16 @@ def deploy(test_path: str | Path, label: str, config: DeployConfig, mlflow_confi
     signature = [(c.name, c.type.name, c.required) for c in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
     serving = config.inference_service.serving
 
-    with PredictorProcess(model_uri, model_name=name, tracking_uri=uri, serving=serving) as candidate:
+    candidate = PredictorProcess(model_uri, model_name=name, tracking_uri=uri, serving=serving, verify_key=verify_key(provenance))
+    try:
+        candidate.start()
+    except PredictorStartError as exc:
+        validation = CheckResult(False, [str(exc)[-2000:]], {})
+        steps.append("validation failed: the candidate predictor did not start")
+        champion = _restore(client, name, version, previous)
+        steps.append(f"champion alias restored to {champion}")
+        return _finish(client, DeployResult("rejected", name, version, previous, champion, config.target, 0, validation, None, steps), validation.reasons)
+    with candidate:
         row = _first_valid_row(frame)
         battery = bad_requests(signature, row, max_rows=serving.max_rows, unseen_rejected=serving.unseen_categories == "reject")
         validation = _check(candidate, name, frame, config.validation, expected, config.max_prediction_diff, battery)

@@ -5,7 +5,8 @@ Consumes an :class:`~kfmlops.serving.config.InferenceServiceConfig`, the model's
 the registered model name and version (recorded as labels); produces the manifest:
 
 - runtime ``kfmlops``: a custom predictor container running our image
-  (``kfmlops serve --model-dir /mnt/models``, ``STORAGE_URI`` set), with readiness/liveness probes;
+  (``kfmlops serve --model-dir /mnt/models``, ``STORAGE_URI`` set, the provenance verify key from
+  a Secret), with readiness/liveness probes;
 - runtime ``mlflow``: KServe's standard ``mlflow`` model format (served by MLServer, V2 protocol);
 
 plus replicas and autoscaling (``scaleMetric``/``scaleTarget``), resources, ``canaryTrafficPercent``,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import yaml
 
+from kfmlops.provenance import VERIFY_KEY_ENV
 from kfmlops.serving.config import InferenceServiceConfig
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -94,6 +96,7 @@ def _container(config: InferenceServiceConfig, storage_uri: str, registered_mode
         "env": [
             {"name": "STORAGE_URI", "value": storage_uri},
             {"name": "KFMLOPS_MODEL_VERSION", "value": str(model_version)},
+            {"name": VERIFY_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": config.verify_key_secret, "key": "verify.pem"}}},
         ],
         "ports": [{"containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": ready, "port": HTTP_PORT}, "periodSeconds": 5},

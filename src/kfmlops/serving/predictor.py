@@ -5,7 +5,8 @@
 change the model mid-load), any other MLflow artifact URI, or a local MLflow model directory such
 as the ``/mnt/models`` that KServe's storage initializer fills. :class:`Predictor` loads it once
 (the bundle named by the MLmodel file's ``python_function`` ``bundle`` artifact, and the
-signature), compiles the network (:mod:`kfmlops.serving.scorer`) and checks the compiled pass
+signature), verifies the bundle's signed provenance (:func:`kfmlops.provenance.verify`: signature,
+file digests, every gate passed) when given the verify key, compiles the network (:mod:`kfmlops.serving.scorer`) and checks the compiled pass
 against the PyTorch model before it reports ready.
 
 ``predict`` takes KServe's decoded V1 body (``{"instances": [...]}``) or V2 ``InferRequest``
@@ -77,9 +78,12 @@ def resolve_model(source: str, tracking_uri: str | None = None, download_dir: st
 class Predictor(kserve.Model):
     """``kserve.Model`` serving one kfmlops model (see the module docstring)."""
 
-    def __init__(self, name: str, source: str, config: ServingConfig, tracking_uri: str | None = None):
+    def __init__(
+        self, name: str, source: str, config: ServingConfig, tracking_uri: str | None = None, verify_key: bytes | None = None
+    ):
         super().__init__(name)
         self.source_uri = source
+        self.verify_key = verify_key
         self.config = config
         self.tracking_uri = tracking_uri
         self.source: ModelSource | None = None
@@ -91,6 +95,7 @@ class Predictor(kserve.Model):
     def load(self) -> bool:
         from mlflow.models import Model
 
+        from kfmlops.provenance import verify
         from kfmlops.pyfunc import BUNDLE_ARTIFACT
         from kfmlops.train.model import ModelBundle
 
@@ -100,6 +105,10 @@ class Predictor(kserve.Model):
             bundle_path = mlmodel.flavors["python_function"]["artifacts"][BUNDLE_ARTIFACT]["path"]
         except KeyError:
             raise ValueError(f"{self.source.model_dir}/MLmodel has no python_function '{BUNDLE_ARTIFACT}' artifact") from None
+        if self.verify_key is not None:  # signature, file digests and gate verdicts, before any byte is loaded
+            verify(self.source.model_dir / bundle_path, self.verify_key)
+        else:
+            log.warning("serving %s without verifying its provenance", self.source.uri)
         bundle = ModelBundle.load(self.source.model_dir / bundle_path)
         signature = None
         if mlmodel.signature is not None:

@@ -1,7 +1,8 @@
 """A predictor as a local child process on a loopback port: what local deploys, tests and benchmarks start.
 
 ``with PredictorProcess(model_uri, model_name=...) as p:`` starts ``python -m kfmlops.serving.server``
-bound to 127.0.0.1 on a free port, waits until ``/v2/models/NAME/ready`` answers 200, yields with
+bound to 127.0.0.1 on a free port, waits until ``/v2/models/NAME/ready`` answers 200 (``verify_key``, a PEM public key, is handed
+to it as ``$KFMLOPS_VERIFY_KEY`` for the provenance check; unset, the child finds its own), yields with
 ``p.url`` set, and stops the process (SIGTERM, then SIGKILL) on exit. A process that dies or
 never gets ready raises :class:`PredictorStartError` with the end of its log.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from kfmlops.provenance import VERIFY_KEY_ENV
 from kfmlops.serving.config import ServingConfig
 
 LOOPBACK = "127.0.0.1"
@@ -44,6 +46,7 @@ class PredictorProcess:
         model_name: str,
         tracking_uri: str | None = None,
         serving: ServingConfig = ServingConfig(),
+        verify_key: bytes | None = None,
         ready_timeout_s: float = 120.0,
         log_path: str | Path | None = None,
     ):
@@ -51,6 +54,7 @@ class PredictorProcess:
         self.model_name = model_name
         self.tracking_uri = tracking_uri
         self.serving = serving
+        self.verify_key = verify_key
         self.ready_timeout_s = ready_timeout_s
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="kfmlops-predictor-", suffix=".log")[1])
         self.port: int | None = None
@@ -67,8 +71,11 @@ class PredictorProcess:
         command += ["--host", LOOPBACK, "--http-port", str(self.port), "--serving", self.serving.model_dump_json()]
         if self.tracking_uri:
             command += ["--tracking-uri", self.tracking_uri]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.verify_key is not None:
+            env[VERIFY_KEY_ENV] = self.verify_key.decode()
         with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             self._wait_ready()
         except BaseException:
@@ -110,7 +117,7 @@ class PredictorProcess:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def __enter__(self) -> "PredictorProcess":
-        return self.start()
+        return self if self.alive() else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -21,7 +21,7 @@ import kserve.model_server
 from fastapi.responses import ORJSONResponse
 from pydantic import Field, ValidationError
 
-from kfmlops.config import ConfigError, MlflowConfig, PipelineConfig, _Model
+from kfmlops.config import ConfigError, MlflowConfig, PipelineConfig, ProvenanceConfig, _Model
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.metrics import REJECTED, ServingMiddleware
 from kfmlops.serving.predictor import REGISTRY_URI, Predictor
@@ -39,6 +39,8 @@ class ServerSettings(_Model):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
     access_log: bool = False
+    verify_provenance: bool = Field(default=True, description="Refuse a model whose signed provenance does not verify.")
+    provenance: ProvenanceConfig = ProvenanceConfig()
     serving: ServingConfig = ServingConfig()
 
 
@@ -50,7 +52,10 @@ def serve(settings: ServerSettings) -> None:
     # Requests are small: one BLAS/torch thread per process beats contention between threads.
     threadpool_limits(1)
     torch.set_num_threads(1)
-    model = Predictor(settings.model_name, settings.model, settings.serving, settings.tracking_uri)
+    from kfmlops.provenance import verify_key
+
+    key = verify_key(settings.provenance) if settings.verify_provenance else None
+    model = Predictor(settings.model_name, settings.model, settings.serving, settings.tracking_uri, key)
     model.load()  # ModelServer silently skips models that are not ready
     app = kserve.model_server.app
     app.add_middleware(ServingMiddleware, models=frozenset({model.name}), max_body_bytes=settings.serving.max_body_bytes)
@@ -92,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 in a container")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--verify-key-file", help="Ed25519 public key (PEM) that model provenance must verify against "
+                   "(default: from --config, $KFMLOPS_VERIFY_KEY, else the development key under $KFMLOPS_HOME)")
+    p.add_argument("--no-verify-provenance", action="store_true", help="serve a model without checking its signed provenance")
     p.add_argument("--serving", default="{}", help='ServingConfig as JSON, e.g. \'{"micro_batching": true}\'')
     return p
 
@@ -101,7 +109,11 @@ def settings_from_args(argv: list[str]) -> ServerSettings:
     from kfmlops.tracking import tracking_uri
 
     args = parser().parse_args(argv)
-    mlflow_config = PipelineConfig.from_yaml(args.config).settings.mlflow if args.config else MlflowConfig()
+    settings = PipelineConfig.from_yaml(args.config).settings if args.config else None
+    mlflow_config = settings.mlflow if settings else MlflowConfig()
+    provenance = settings.provenance if settings else ProvenanceConfig()
+    if args.verify_key_file:
+        provenance = provenance.model_copy(update={"verify_key_file": args.verify_key_file})
     if args.tracking_uri:
         mlflow_config = mlflow_config.model_copy(update={"tracking_uri": args.tracking_uri})
     model = args.model_dir or args.model_uri or f"models:/{mlflow_config.model_name}@champion"
@@ -114,6 +126,8 @@ def settings_from_args(argv: list[str]) -> ServerSettings:
             host=args.host,
             http_port=args.http_port,
             access_log=args.access_log,
+            verify_provenance=not args.no_verify_provenance,
+            provenance=provenance,
             serving=ServingConfig.model_validate_json(args.serving),
         )
     except ValidationError as exc:

@@ -1,0 +1,185 @@
+"""The predictor behind KServe's real ModelServer, in a child process on a loopback port.
+
+V1 and V2 requests (httpx and KServe's own ``InferenceRESTClient``) against the MLflow pyfunc's
+predictions in process; health, metadata and Prometheus metrics; a battery of bad requests, each
+a 4xx naming the field, with the server still answering afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+import httpx
+import mlflow.models
+import mlflow.pyfunc
+import numpy as np
+import orjson
+import pytest
+from serving_fixtures import served_store  # noqa: F401  (fixture)
+
+from kfmlops.serving.config import ServingConfig
+from kfmlops.serving.predictor import records
+from kfmlops.serving.probe import bad_requests, send_bad_requests
+from kfmlops.serving.process import PredictorProcess, PredictorStartError
+
+ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def server(served_store):
+    with PredictorProcess(
+        "models:/adult@champion", model_name="adult", tracking_uri=served_store.mlflow.tracking_uri, verify_key=served_store.verify_key
+    ) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def expected(served_store) -> np.ndarray:
+    model = mlflow.pyfunc.load_model(f"models:/adult/{served_store.champion}")
+    return np.asarray(model.predict(served_store.features.head(ROWS)))
+
+
+@pytest.fixture(scope="module")
+def signature(served_store):
+    info = mlflow.models.get_model_info(f"models:/adult/{served_store.champion}")
+    return [(c.name, c.type.name, c.required) for c in info.signature.inputs.inputs]
+
+
+def _v1(server, body: dict | bytes, **kwargs) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return httpx.post(f"{server.url}/v1/models/adult:predict", content=content, headers={"content-type": "application/json"}, **kwargs)
+
+
+def _v2_inputs(frame, signature) -> list[dict]:
+    inputs = []
+    for name, type_, _ in signature:
+        values = records(frame[[name]])
+        inputs.append({
+            "name": name,
+            "shape": [len(frame)],
+            "datatype": "BYTES" if type_ == "string" else "INT64",
+            "data": [v[name] for v in values],
+        })
+    return inputs
+
+
+def test_v1_objects_and_lists_match_the_pyfunc(server, served_store, expected, signature):
+    rows = records(served_store.features.head(ROWS))
+    got = _v1(server, {"instances": rows})
+    assert got.status_code == 200, got.text
+    np.testing.assert_allclose(got.json()["predictions"], expected, atol=1e-5)
+    lists = [[r[name] for name, *_ in signature] for r in rows[:10]]
+    np.testing.assert_allclose(_v1(server, {"instances": lists}).json()["predictions"], expected[:10], atol=1e-5)
+    singles = [_v1(server, {"instances": [r]}).json()["predictions"][0] for r in rows[:20]]
+    np.testing.assert_allclose(singles, expected[:20], atol=1e-5)
+
+
+def test_v2_rest_and_the_kserve_client_match_the_pyfunc(server, served_store, expected, signature):
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    frame = served_store.features.head(ROWS)
+    inputs = _v2_inputs(frame, signature)
+    got = httpx.post(f"{server.url}/v2/models/adult/infer", json={"id": "req-1", "inputs": inputs})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["id"] == "req-1" and body["model_name"] == "adult"
+    (output,) = body["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("probability", "FP64", [ROWS])
+    np.testing.assert_allclose(output["data"], expected, atol=1e-5)
+
+    async def with_sdk():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+        request = InferRequest(
+            model_name="adult",
+            infer_inputs=[InferInput(i["name"], i["shape"], i["datatype"], i["data"]) for i in inputs],
+        )
+        try:
+            return await client.infer(server.url, request, model_name="adult")
+        finally:
+            await client.close()
+
+    response = asyncio.run(with_sdk())
+    np.testing.assert_allclose(response.outputs[0].data, expected, atol=1e-5)
+
+
+def test_health_metadata_and_metrics(server):
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{server.url}/v2/models/adult/ready").json() == {"name": "adult", "ready": True}
+    assert httpx.get(f"{server.url}/v1/models/adult").json() == {"name": "adult", "ready": True}
+    metadata = httpx.get(f"{server.url}/v2/models/adult").json()
+    types = {i["name"]: i["datatype"] for i in metadata["inputs"]}
+    assert types["age"] == "FP64" and types["workclass"] == "BYTES"
+    assert metadata["outputs"] == [{"name": "probability", "datatype": "FP64", "shape": [-1]}]
+    assert _v1(server, {"instances": [{"age": 1}]}).status_code == 400
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        'kfmlops_requests_total{code="200",model="adult",protocol="v1"}',
+        "kfmlops_request_duration_seconds_bucket",
+        'kfmlops_request_errors_total{kind="client",model="adult",protocol="v1"}',
+        'kfmlops_rejected_requests_total{kind="missing_column",model="adult"}',
+        "kfmlops_request_rows_bucket",
+        'kfmlops_model_info{model="adult",registered_model="adult",version="1"} 1.0',
+    ):
+        assert name in metrics, name
+
+
+def test_every_bad_request_is_a_4xx_naming_the_field_and_the_server_keeps_serving(server, served_store, signature):
+    row = records(served_store.features.dropna().head(1))[0]
+    results = send_bad_requests(server.url, "adult", bad_requests(signature, row, max_rows=ServingConfig().max_rows))
+    assert len(results) >= 14
+    for result in results:
+        assert result.refused, (result.case, result.status, result.message)
+    messages = {r.case: r.message for r in results}
+    assert "age" in messages["string_in_numeric_column"] and "not-a-number" in messages["string_in_numeric_column"]
+    assert "__kfmlops_unseen__" in messages["unseen_category"] and "workclass" in messages["unseen_category"]
+    assert "age" in messages["null_in_required_numeric_column"]
+    assert "10001 rows" in messages["oversized_batch"]
+    assert next(r.status for r in results if r.case == "oversized_batch") == 413
+    assert "instances" in messages["not_an_object"]
+    # other shapes of garbage, then the server still scores
+    assert _v1(server, b"\xff\xfe garbage").status_code == 400
+    text = httpx.post(f"{server.url}/v1/models/adult:predict", content=b"hello", headers={"content-type": "text/plain"})
+    assert text.status_code == 400
+    assert httpx.post(f"{server.url}/v1/models/nope:predict", json={"instances": [row]}).status_code == 404
+    assert _v1(server, {"instances": [row]}).status_code == 200
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert server.alive()
+
+
+def test_concurrent_requests_with_micro_batching_and_a_body_limit(served_store, expected):
+    serving = ServingConfig(micro_batching=True, batch_wait_ms=2.0, max_body_bytes=4096)
+    rows = records(served_store.features.head(ROWS))
+    with PredictorProcess(
+        "models:/adult@champion",
+        model_name="adult",
+        tracking_uri=served_store.mlflow.tracking_uri,
+        serving=serving,
+        verify_key=served_store.verify_key,
+    ) as p:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda r: _v1(p, {"instances": [r]}).json()["predictions"][0], rows))
+        np.testing.assert_allclose(answers, expected, atol=1e-5)
+        big = _v1(p, {"instances": rows[:40]})
+        assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]
+        def chunks():
+            yield orjson.dumps({"instances": rows[:40]})
+        chunked = httpx.post(f"{p.url}/v1/models/adult:predict", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+        assert _v1(p, {"instances": rows[:2]}).status_code == 200
+        metrics = httpx.get(f"{p.url}/metrics").text
+        batches = float(next(l for l in metrics.splitlines() if l.startswith('kfmlops_batch_rows_count{model="adult"}')).split()[-1])
+        assert 0 < batches <= ROWS + 1
+
+
+def test_a_model_that_cannot_load_fails_the_start_with_its_log(tmp_path, served_store):
+    from kfmlops.provenance import generate_keypair
+
+    with pytest.raises(PredictorStartError, match="not an MLflow model directory"):
+        PredictorProcess(str(tmp_path), model_name="adult", ready_timeout_s=60).start()
+    stranger = generate_keypair()[1]  # a key the model was not signed with
+    with pytest.raises(PredictorStartError, match="[Ss]ignature"):
+        PredictorProcess(
+            "models:/adult@champion", model_name="adult", tracking_uri=served_store.mlflow.tracking_uri, verify_key=stranger
+        ).start()
