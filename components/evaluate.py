@@ -40,10 +40,13 @@ def evaluate(
 
     from kfmlops.config import Settings
     from kfmlops.evaluate import bless, champion_probabilities, score
-    from kfmlops.tracking import log_to_run, use
+    from kfmlops.residency import enforce
+    from kfmlops.tracking import log_to_run, tracking_uri, use
     from kfmlops.train import ModelBundle
 
     cfg = Settings.parse(settings)
+    enforce({"read": [test_data.uri, model.uri], "write": [predictions.uri, blessing.uri, report.uri],
+             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
     frame = pd.read_parquet(test_data.path)
     features = frame.drop(columns=[label])
     y_true = frame[label].to_numpy()

@@ -36,9 +36,12 @@ def fairness(
 
     from kfmlops.config import Settings
     from kfmlops.fairness import assess
-    from kfmlops.tracking import log_to_run
+    from kfmlops.residency import enforce
+    from kfmlops.tracking import log_to_run, tracking_uri
 
     cfg = Settings.parse(settings)
+    enforce({"read": [test_data.uri, predictions.uri], "write": [verdict.uri, report.uri],
+             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
     scored = pd.read_parquet(predictions.path)
     sensitive = pd.read_parquet(test_data.path, columns=list(sensitive_features))
     result = assess(scored["label"].to_numpy(), scored["prediction"].to_numpy(), sensitive, cfg.fairness)

@@ -40,9 +40,12 @@ def ingest(
 
     from kfmlops.config import DataSpec, Settings
     from kfmlops.ingest import ingest as run_ingest, normalise_name
-    from kfmlops.tracking import log_to_run, start_run
+    from kfmlops.residency import enforce
+    from kfmlops.tracking import log_to_run, start_run, tracking_uri
 
     cfg = Settings.parse(settings)
+    enforce({"read": [source, test_source], "write": [train_data.uri, test_data.uri],
+             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
     data = DataSpec(source=source, test_source=test_source, label=label,
                     positive_labels=positive_labels, sensitive_features=sensitive_features)
     result = run_ingest(data, cfg.ingest, train_data.path, test_data.path)

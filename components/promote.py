@@ -17,8 +17,11 @@ def promote(model_name: str, version: str, settings: dict) -> NamedTuple("Promot
     """
     from kfmlops.config import Settings
     from kfmlops.register import promote as run_promote
+    from kfmlops.residency import enforce
+    from kfmlops.tracking import tracking_uri
 
     cfg = Settings.parse(settings)
+    enforce({"mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
     if model_name != cfg.mlflow.model_name:
         raise ValueError(f"model_name {model_name!r} differs from settings.mlflow.model_name {cfg.mlflow.model_name!r}")
     return (run_promote(cfg.mlflow, version).previous_champion or "none",)

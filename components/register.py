@@ -18,7 +18,7 @@ def register(
     run_id: str,
     pipeline_run_id: str,
 ) -> NamedTuple("RegisterOutputs", [("model_name", str), ("version", str)]):
-    """Registers the candidate as a new MLflow model version with lineage tags and the `challenger` alias.
+    """Registers the candidate as a new MLflow model version: lineage tags, signed provenance, alias `challenger`.
 
     Args:
         model: Candidate model bundle from train.
@@ -39,13 +39,19 @@ def register(
     import json
     from pathlib import Path
 
+    import mlflow
     import pandas as pd
 
     from kfmlops.config import Settings
     from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
-    from kfmlops.tracking import end_run
+    from kfmlops.provenance import signing_key
+    from kfmlops.residency import enforce, residency_record
+    from kfmlops.tracking import end_run, tracking_uri, use
 
     cfg = Settings.parse(settings)
+    use(cfg.mlflow)
+    verdicts = enforce({"read": [model.uri, test_data.uri, source], "mlflow": tracking_uri(cfg.mlflow),
+                        "model storage": mlflow.get_run(run_id).info.artifact_uri}, cfg.residency)
     evaluation = json.loads(Path(blessing.path).read_text())
     fair = json.loads(Path(fairness_verdict.path).read_text())
     lineage = Lineage(
@@ -59,6 +65,7 @@ def register(
                "fairness": GateVerdict(fair["passed"], fair["reasons"])},
     )
     example = pd.read_parquet(test_data.path).drop(columns=[label]).head(5)
-    ref = run_register(model.path, run_id, cfg.mlflow, lineage, example)
+    ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, signing_key=signing_key(cfg.provenance),
+                       residency=residency_record(cfg.residency, verdicts))
     end_run(cfg.mlflow, run_id)
     return (ref.name, ref.version)

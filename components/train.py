@@ -30,10 +30,13 @@ def train(
     from dataclasses import asdict
 
     from kfmlops.config import Settings
-    from kfmlops.tracking import log_to_run
+    from kfmlops.residency import enforce
+    from kfmlops.tracking import log_to_run, tracking_uri
     from kfmlops.train import train as run_train
 
     cfg = Settings.parse(settings)
+    enforce({"read": train_data.uri, "write": [model.uri, cfg.train.checkpoint_dir],
+             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
     log_to_run(cfg.mlflow, run_id, params={f"train.{k}": v for k, v in cfg.train.model_dump().items()})
     result = run_train(train_data.path, label, cfg.train, model.path, mlflow=cfg.mlflow, run_id=run_id)
     figures = {"val_roc_auc": result.val_roc_auc, "best_epoch": result.best_epoch, "train_rows": result.train_rows,

@@ -32,10 +32,13 @@ def validate(
     import pandas as pd
 
     from kfmlops.config import Settings
-    from kfmlops.tracking import end_run, log_to_run
+    from kfmlops.residency import enforce
+    from kfmlops.tracking import end_run, log_to_run, tracking_uri
     from kfmlops.validate import validate as run_validate
 
     cfg = Settings.parse(settings)
+    enforce({"read": [train_data.uri, test_data.uri], "write": [results.uri, report.uri],
+             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
     outcome = run_validate({"train": pd.read_parquet(train_data.path), "test": pd.read_parquet(test_data.path)},
                            cfg.validate_, label)
     Path(results.path).write_text(json.dumps(outcome.to_json(), indent=1))

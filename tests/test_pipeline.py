@@ -8,7 +8,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
-from kfmlops.config import PipelineConfig
+import mlflow
+
+from kfmlops.config import PipelineConfig, ProvenanceConfig
+from kfmlops.provenance import PROVENANCE_FILE, verify, verify_key
 from kfmlops.local_run import PipelineFailed, run_pipeline, summary
 from kfmlops.register import aliases
 from kfmlops.tracking import tracking_uri
@@ -55,6 +58,11 @@ def test_pipeline_registers_a_gated_champion_then_keeps_it_from_a_weaker_model(h
                          ("evaluate", "predictions"), ("train", "model")]:
         assert (first.pipeline_root / step / output).exists(), f"{step}/{output} missing"
     assert (first.pipeline_root / "train" / "model" / "weights.pt").is_file()
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.model_name}@champion", dst_path=str(home / "dl")))
+    record = verify(next(local.rglob(PROVENANCE_FILE)).parent, verify_key(ProvenanceConfig()))
+    assert record.dataset_fingerprint == tags["kfmlops.dataset_fingerprint"]
+    assert {"evaluate", "fairness"} == set(record.gates)
 
     weak = _config(train={"epochs": 1, "hidden_units": [2],
                           "exclude_features": ["education", "education_num", "occupation", "capital_gain",
@@ -83,3 +91,15 @@ def test_data_that_breaks_the_suite_stops_the_pipeline_and_registers_nothing(hom
     failed = [o for o in results["outcomes"] if not o["success"] and o["severity"] == "error"]
     assert any(o["column"] == "age" and o["type"] == "expect_column_values_to_be_between" for o in failed)
     assert not (root / "train").exists()
+
+
+def test_a_residency_violation_is_refused_before_any_data_moves(home):
+    config = _config()
+    raw = config.settings.model_dump(mode="json", by_alias=True)
+    raw["residency"] = {"allowed_regions": ["me-central-1"], "allowed_locations": ["s3://uae-data/"], "allow_local": False}
+    config = config.model_copy(update={"settings": type(config.settings).parse(raw)})
+    with pytest.raises(PipelineFailed, match="ingest") as err:
+        run_pipeline(config.pipeline_arguments())
+    root = Path(str(err.value).rsplit("outputs are in ", 1)[1])
+    assert not (root / "ingest" / "train_data").exists()
+    assert aliases(config.settings.mlflow) == {}

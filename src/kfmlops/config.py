@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kfmlops.residency import ResidencyPolicy
+
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the field."""
@@ -127,6 +129,22 @@ class MlflowConfig(_Model):
     model_name: str = Field(default="kfmlops-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+class ProvenanceConfig(_Model):
+    """Where the Ed25519 keys that sign and verify model provenance come from."""
+
+    signing_key_file: str | None = Field(
+        default=None, description="PEM private key file (a mounted Secret); unset: $KFMLOPS_SIGNING_KEY."
+    )
+    verify_key_file: str | None = Field(
+        default=None, description="PEM public key file; unset: $KFMLOPS_VERIFY_KEY."
+    )
+    development_keys: bool = Field(
+        default=True,
+        description="With no key configured, use a key pair generated once under $KFMLOPS_HOME/keys "
+        "(local runs); set false on a cluster so a missing Secret fails instead.",
+    )
+
+
 class Settings(_Model):
     """How each stage behaves; every field has a default."""
 
@@ -136,6 +154,10 @@ class Settings(_Model):
     evaluate: EvaluateConfig = EvaluateConfig()
     fairness: FairnessConfig = FairnessConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    provenance: ProvenanceConfig = ProvenanceConfig()
+    residency: ResidencyPolicy | None = Field(
+        default=None, description="Allowed regions and locations; every step refuses a URI outside them."
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
@@ -149,9 +171,9 @@ class Settings(_Model):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow`` (where a run is recorded does not change the model). Integral floats count as
+        ``mlflow`` and ``provenance`` (where a run is recorded and who signs it do not change the model). Integral floats count as
         ints, because KFP carries every number of a parameter as a double."""
-        data = _canonical(self.model_dump(mode="json", exclude={"mlflow"}))
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -27,11 +27,14 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+if TYPE_CHECKING:
+    from kfmlops.config import ProvenanceConfig
 
 PROVENANCE_FILE = "provenance.json"
 SIGNING_KEY_ENV = "KFMLOPS_SIGNING_KEY"
@@ -432,3 +435,37 @@ def _load_pem(path: str | os.PathLike | None, env: str, kind: str) -> bytes:
     if not value:
         raise SigningKeyError(f"no {kind} key: pass the path of a mounted Secret file or set ${env} to the PEM key")
     return value.encode("ascii", errors="replace") + b"\n"
+
+
+DEVELOPMENT_KEY_DIR = "keys"
+
+
+def signing_key(config: "ProvenanceConfig") -> bytes:
+    """The private key to sign with: the configured file, else ``$KFMLOPS_SIGNING_KEY``, else (when
+    ``development_keys``) the local development pair, generated on first use."""
+    if config.signing_key_file or os.environ.get(SIGNING_KEY_ENV) or not config.development_keys:
+        return load_private_key(config.signing_key_file)
+    return _development_pair()[0]
+
+
+def verify_key(config: "ProvenanceConfig") -> bytes:
+    """The public key to verify with, by the same rules as :func:`signing_key`."""
+    if config.verify_key_file or os.environ.get(VERIFY_KEY_ENV) or not config.development_keys:
+        return load_public_key(config.verify_key_file)
+    return _development_pair()[1]
+
+
+def _development_pair() -> tuple[bytes, bytes]:
+    from kfmlops.tracking import kfmlops_home
+
+    folder = kfmlops_home() / DEVELOPMENT_KEY_DIR
+    private, public = folder / "signing.pem", folder / "verify.pem"
+    if not private.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        private_pem, public_pem = generate_keypair()
+        fd = os.open(folder / "signing.pem.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_pem)
+        public.write_bytes(public_pem)
+        os.replace(folder / "signing.pem.tmp", private)
+    return load_private_key(private), load_public_key(public)

@@ -1,10 +1,12 @@
 """Register: a trained bundle in, a registered MLflow model version with lineage and aliases out.
 
-Consumes the model bundle from :mod:`kfmlops.train`, the MLflow run the training logged to, and a
+Consumes the model bundle from :mod:`kfmlops.train`, the MLflow run the training logged to, a
 :class:`Lineage` (dataset fingerprint, config hash, code commit, pipeline run id, test metrics and
-every gate's verdict). Produces a new version of the registered model, logged as a pyfunc that
-takes raw rows and returns probabilities, with signature and input example, tagged with the
-lineage and given the ``challenger`` alias. :func:`promote` moves ``champion`` to a version and
+every gate's verdict) and an Ed25519 signing key. Produces a new version of the registered model,
+logged as a pyfunc that takes raw rows and returns probabilities, with signature and input
+example, tagged with the lineage and given the ``challenger`` alias. The bundle inside it carries
+``provenance.json``: the lineage, the residency verdicts and the SHA-256 of every file, signed
+(see :mod:`kfmlops.provenance`). :func:`promote` moves ``champion`` to a version and
 records the version it replaced, so a rollback knows where to go.
 """
 
@@ -12,9 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -63,6 +68,21 @@ class Lineage:
             tags[f"gate.{name}.reasons"] = json.dumps(gate.reasons)[:_TAG_LIMIT]
         return {TAG_PREFIX + k: v for k, v in tags.items()}
 
+    def provenance(self, model_name: str, run_id: str, residency: dict[str, Any] | None):
+        """The record to sign; the artifact digests are filled in when the bundle is signed."""
+        from kfmlops.provenance import Provenance
+
+        return Provenance(
+            model_name=model_name,
+            dataset_fingerprint=self.dataset_fingerprint,
+            code_commit=self.code_commit,
+            config_hash=self.config_hash,
+            pipeline_run_id=self.pipeline_run_id or run_id,
+            metrics=dict(self.metrics or {}),
+            gates={name: {"passed": g.passed, "reasons": list(g.reasons)} for name, g in (self.gates or {}).items()},
+            residency=residency or {},
+        )
+
 
 @dataclass(frozen=True)
 class ModelVersionRef:
@@ -97,13 +117,18 @@ def register(
     mlflow_config: MlflowConfig,
     lineage: Lineage,
     input_example: pd.DataFrame,
+    *,
+    signing_key: bytes,
+    residency: dict[str, Any] | None = None,
 ) -> ModelVersionRef:
-    """Log the bundle as a pyfunc into ``run_id``, register a new version, tag it and alias it ``challenger``."""
+    """Sign a copy of the bundle, log it as a pyfunc into ``run_id``, register a new version, tag it
+    and alias it ``challenger``. ``residency`` is the policy and verdicts recorded in the provenance."""
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
     from kfmlops import mlflow_model
+    from kfmlops.provenance import sign_model_dir
     from kfmlops.pyfunc import BUNDLE_ARTIFACT
     from kfmlops.tracking import use
     from kfmlops.train.model import ModelBundle
@@ -112,11 +137,14 @@ def register(
     example = input_example.head(5).reset_index(drop=True)
     bundle = ModelBundle.load(model_dir)
     signature = infer_signature(example, bundle.predict_proba({c: example[c].to_numpy() for c in example.columns}))
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory(prefix="kfmlops-register-") as tmp, mlflow.start_run(run_id=run_id):
+        bundle_dir = Path(tmp) / BUNDLE_ARTIFACT
+        shutil.copytree(model_dir, bundle_dir)
+        signed = sign_model_dir(bundle_dir, lineage.provenance(mlflow_config.model_name, run_id, residency), signing_key)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=mlflow_model.__file__,
-            artifacts={BUNDLE_ARTIFACT: str(model_dir)},
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
             signature=signature,
             input_example=example,
             pip_requirements=[f"kfmlops=={__version__}"],
@@ -124,6 +152,7 @@ def register(
         )
     client = MlflowClient()
     version = str(info.registered_model_version)
+    client.set_model_version_tag(mlflow_config.model_name, version, TAG_PREFIX + "provenance_key_id", signed.key_id)
     for key, value in lineage.tags().items():
         client.set_model_version_tag(mlflow_config.model_name, version, key, value)
     client.set_registered_model_alias(mlflow_config.model_name, CHALLENGER, version)

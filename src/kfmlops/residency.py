@@ -229,8 +229,8 @@ def check(uri: str, policy: ResidencyPolicy | None, *, purpose: str) -> Residenc
 def enforce(uris: Mapping[str, str | Sequence[str] | None], policy: ResidencyPolicy | None) -> list[ResidencyVerdict]:
     """Check every location of a run before anything is read or written.
 
-    Consumes ``{purpose: uri or list of uris}`` (``None`` entries, e.g. an unset optional source,
-    are skipped) and a policy. Produces every verdict, in input order, when all are allowed;
+    Consumes ``{purpose: uri or list of uris}`` (``None`` entries and list items, e.g. an unset
+    optional source, are skipped) and a policy. Produces every verdict, in input order, when all are allowed;
     otherwise raises :class:`ResidencyError` listing every violation.
     """
     verdicts = []
@@ -238,7 +238,8 @@ def enforce(uris: Mapping[str, str | Sequence[str] | None], policy: ResidencyPol
         if value is None:
             continue
         for uri in [value] if isinstance(value, str) else value:
-            verdicts.append(check(uri, policy, purpose=purpose))
+            if uri is not None:
+                verdicts.append(check(uri, policy, purpose=purpose))
     violations = [v for v in verdicts if not v.allowed]
     if violations:
         raise ResidencyError(violations)
