@@ -19,7 +19,7 @@ from serving_fixtures import reset_champion, served_store  # noqa: F401  (fixtur
 
 from kfmlops import IMAGE
 from kfmlops.config import ProvenanceConfig
-from kfmlops.register import CHAMPION, current_champion
+from kfmlops.register import current_champion
 from kfmlops.serving.config import Check, DeployConfig, InferenceServiceConfig, Probe, RequestLogger, Slo, Toleration
 from kfmlops.serving.deploy import REASONS_TAG, STATUS_TAG, deploy
 from kfmlops.serving.inferenceservice import VERSION_LABEL, inference_service, to_yaml

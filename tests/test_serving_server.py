@@ -158,8 +158,10 @@ def test_concurrent_requests_with_micro_batching_and_a_body_limit(served_store, 
         serving=serving,
         verify_key=served_store.verify_key,
     ) as p:
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(lambda r: _v1(p, {"instances": [r]}).json()["predictions"][0], rows))
+        with httpx.Client(base_url=p.url, limits=httpx.Limits(max_connections=16)) as client, concurrent.futures.ThreadPoolExecutor(16) as pool:
+            def one(row):
+                return client.post("/v1/models/adult:predict", json={"instances": [row]}).json()["predictions"][0]
+            answers = list(pool.map(one, rows))
         np.testing.assert_allclose(answers, expected, atol=1e-5)
         big = _v1(p, {"instances": rows[:40]})
         assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]
@@ -173,13 +175,37 @@ def test_concurrent_requests_with_micro_batching_and_a_body_limit(served_store, 
         assert 0 < batches <= ROWS + 1
 
 
-def test_a_model_that_cannot_load_fails_the_start_with_its_log(tmp_path, served_store):
-    from kfmlops.provenance import generate_keypair
-
+def test_a_model_that_cannot_load_fails_the_start_with_its_log(tmp_path):
     with pytest.raises(PredictorStartError, match="not an MLflow model directory"):
         PredictorProcess(str(tmp_path), model_name="adult", ready_timeout_s=60).start()
-    stranger = generate_keypair()[1]  # a key the model was not signed with
-    with pytest.raises(PredictorStartError, match="[Ss]ignature"):
-        PredictorProcess(
-            "models:/adult@champion", model_name="adult", tracking_uri=served_store.mlflow.tracking_uri, verify_key=stranger
-        ).start()
+
+
+def test_a_model_signed_by_another_key_is_refused_before_loading(served_store):
+    from kfmlops.provenance import ProvenanceError, generate_keypair
+    from kfmlops.serving.predictor import Predictor
+
+    stranger = generate_keypair()[1]
+    model = Predictor("adult", "models:/adult@champion", ServingConfig(), served_store.mlflow.tracking_uri, stranger)
+    with pytest.raises(ProvenanceError, match="signed by key"):
+        model.load()
+    assert not model.ready
+
+
+def test_serve_flags_become_typed_settings(tmp_path, monkeypatch):
+    from kfmlops.config import ConfigError
+    from kfmlops.serving.server import settings_from_args
+
+    monkeypatch.setenv("KFMLOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = settings_from_args([])
+    assert default.model == "models:/kfmlops-model@champion" and default.model_name == "kfmlops-model"
+    assert default.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and default.host == "127.0.0.1"
+    pod = settings_from_args(["--model-dir", "/mnt/models", "--model-name", "adult", "--host", "0.0.0.0",
+                              "--verify-key-file", "/keys/verify.pem", "--serving", '{"micro_batching": true}'])
+    assert (pod.model, pod.model_name, pod.tracking_uri, pod.host) == ("/mnt/models", "adult", None, "0.0.0.0")
+    assert pod.serving.micro_batching and pod.provenance.verify_key_file == "/keys/verify.pem"
+    assert settings_from_args(["--model-uri", "models:/adult/3"]).model_name == "adult"
+    with pytest.raises(ConfigError, match="max_rows"):
+        settings_from_args(["--serving", '{"max_rows": 0}'])
+    with pytest.raises(ConfigError, match="unknown_setting"):
+        settings_from_args(["--serving", '{"unknown_setting": 1}'])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class ModelSource:
     model_dir: Path
     registered_model: str | None = None
     version: str | None = None
+    temporary: Path | None = None  # the download folder to remove once the model is in memory
 
 
 def resolve_model(source: str, tracking_uri: str | None = None, download_dir: str | Path | None = None) -> ModelSource:
@@ -72,7 +74,7 @@ def resolve_model(source: str, tracking_uri: str | None = None, download_dir: st
         mlflow.set_registry_uri(tracking_uri)
     dst = Path(download_dir or tempfile.mkdtemp(prefix="kfmlops-model-"))
     path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri)
-    return ModelSource(source, Path(path), name, version)
+    return ModelSource(source, Path(path), name, version, temporary=None if download_dir else dst)
 
 
 class Predictor(kserve.Model):
@@ -93,23 +95,32 @@ class Predictor(kserve.Model):
         self._batcher: MicroBatcher | None = None
 
     def load(self) -> bool:
+        self.source = resolve_model(self.source_uri, self.tracking_uri)
+        try:
+            self._load(self.source.model_dir)
+        finally:  # everything needed is in memory now
+            if self.source.temporary is not None:
+                shutil.rmtree(self.source.temporary, ignore_errors=True)
+        self.ready = True
+        return self.ready
+
+    def _load(self, model_dir: Path) -> None:
         from mlflow.models import Model
 
         from kfmlops.provenance import verify
         from kfmlops.pyfunc import BUNDLE_ARTIFACT
         from kfmlops.train.model import ModelBundle
 
-        self.source = resolve_model(self.source_uri, self.tracking_uri)
-        mlmodel = Model.load(self.source.model_dir)
+        mlmodel = Model.load(model_dir)
         try:
             bundle_path = mlmodel.flavors["python_function"]["artifacts"][BUNDLE_ARTIFACT]["path"]
         except KeyError:
-            raise ValueError(f"{self.source.model_dir}/MLmodel has no python_function '{BUNDLE_ARTIFACT}' artifact") from None
+            raise ValueError(f"{model_dir}/MLmodel has no python_function '{BUNDLE_ARTIFACT}' artifact") from None
         if self.verify_key is not None:  # signature, file digests and gate verdicts, before any byte is loaded
-            verify(self.source.model_dir / bundle_path, self.verify_key)
+            verify(model_dir / bundle_path, self.verify_key)
         else:
             log.warning("serving %s without verifying its provenance", self.source.uri)
-        bundle = ModelBundle.load(self.source.model_dir / bundle_path)
+        bundle = ModelBundle.load(model_dir / bundle_path)
         signature = None
         if mlmodel.signature is not None:
             signature = [(c.name, c.type.name, c.required) for c in mlmodel.signature.inputs.inputs]
@@ -118,7 +129,7 @@ class Predictor(kserve.Model):
         )
         self.net = CompiledNet(bundle.net)
         diff = check_parity(self.net, bundle.net, *random_inputs(bundle.net, 256), self.config.parity_tolerance)
-        example = mlmodel.load_input_example(self.source.model_dir)
+        example = mlmodel.load_input_example(model_dir)
         if example is not None:  # the request path end to end, against the bundle's own predict_proba
             columns = self.schema.columns_from_v1({"instances": records(example)})
             expected = bundle.predict_proba({c: example[c].to_numpy() for c in example.columns})
@@ -132,8 +143,6 @@ class Predictor(kserve.Model):
             )
         MODEL_INFO.labels(self.name, self.source.registered_model or "", self.source.version or "").set(1)
         log.info("loaded %s (version %s) as %r; compiled pass within %.2g of PyTorch", self.source.uri, self.source.version, self.name, diff)
-        self.ready = True
-        return self.ready
 
     async def predict(self, payload, headers=None, response_headers=None):
         v2 = isinstance(payload, InferRequest)

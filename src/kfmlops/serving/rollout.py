@@ -9,14 +9,11 @@ takes all traffic back).
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Protocol
 
 from kfmlops.serving.config import InferenceServiceConfig
 from kfmlops.serving.inferenceservice import GROUP, PLURAL, VERSION, VERSION_LABEL, inference_service, to_yaml
-
-log = logging.getLogger(__name__)
 
 
 class RolloutError(RuntimeError):

@@ -143,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    serve(settings)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        serve(settings)
+    except (MlflowException, OSError, ValueError) as exc:  # ValueError covers ProvenanceError  # the model cannot be served: say why
+        log.error("kfmlops serve: %s", exc)
+        return 1
     return 0
 
 
