@@ -1,0 +1,192 @@
+"""Benchmark: inference-log throughput, over HTTP through ``kfmlops sink serve`` and in process.
+
+- ``http``: the sink runs as its own process (the real CLI, 127.0.0.1, a free port); a client
+  sends KServe-style binary-mode CloudEvents (a V1 request with one Adult row, then its response)
+  with ``--concurrency`` requests in flight: an asyncio/httpx client in this process, and ``wrk``
+  (a C load generator) when it is installed. Reports events/s and predictions/s, then stops the
+  sink (SIGTERM) and checks that every prediction was committed exactly once.
+- ``append``: ``InferenceLog.append`` in this process, in batches of ``--batch`` records, to commit.
+
+Both the client and the sink share the machine's cores, so ``http`` is a lower bound for the sink.
+
+    .venv/bin/python benchmarks/sink_bench.py --pairs 20000 --records 500000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = {"age": 39, "workclass": "State-gov", "fnlwgt": 77516, "education": "Bachelors", "education_num": 13,
+       "marital_status": "Never-married", "occupation": "Adm-clerical", "relationship": "Not-in-family",
+       "race": "White", "sex": "Male", "capital_gain": 2174, "capital_loss": 0, "hours_per_week": 40,
+       "native_country": "United-States"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_WRK_SCRIPT = string.Template("""
+local counter, threads = 0, 0
+function setup(thread) thread:set("tid", threads); threads = threads + 1 end
+function request()
+  local i, first = math.floor(counter / 2), counter % 2 == 0
+  counter = counter + 1
+  local headers = {["ce-id"] = tid .. "-" .. i, ["ce-specversion"] = "1.0", ["ce-source"] = "http://localhost:9081/",
+                   ["ce-inferenceservicename"] = "adult", ["ce-endpoint"] = "default", ["content-type"] = "application/json",
+                   ["ce-type"] = first and "$request" or "$response"}
+  return wrk.format("POST", "/", headers, first and '$request_body' or '$response_body')
+end
+""")
+
+
+def _start_sink(root: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "kfmlops.cli", "sink", "serve", "--root", str(root),
+                               "--host", "127.0.0.1", "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and server.poll() is None, "sink did not start"
+            time.sleep(0.1)
+
+
+def _stop_and_read(server: subprocess.Popen, root: Path):
+    from kfmlops.monitoring.store import read_window
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful stop
+    now = datetime.now(timezone.utc)
+    return read_window(root, "adult", now - timedelta(days=1), now + timedelta(days=1))
+
+
+def bench_http_wrk(seconds: int, connections: int) -> dict:
+    """wrk (a C load generator, 2 threads) sends request/response pairs for ``seconds``."""
+    from kfmlops.monitoring.sink import REQUEST, RESPONSE
+
+    root = Path(tempfile.mkdtemp(prefix="sink-bench-"))
+    script = root.parent / f"{root.name}.lua"
+    script.write_text(_WRK_SCRIPT.substitute(request=REQUEST, response=RESPONSE, request_body=json.dumps({"instances": [ROW]}),
+                                             response_body=json.dumps({"predictions": [0.42]})))
+    server, url = _start_sink(root)
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url + "/"],
+                         capture_output=True, text=True, check=True).stdout
+    events = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert errors is None, out
+    table = _stop_and_read(server, root)
+    ids = table["request_id"].to_pylist()
+    assert len(set(ids)) == len(ids), "duplicated rows"
+    per_thread: dict[str, set[int]] = {}
+    for request_id in ids:
+        thread, i = request_id.split("-")
+        per_thread.setdefault(thread, set()).add(int(i))
+    # ids are numbered per wrk thread: every number up to the last sent must be there (wrk counts only
+    # answered events, so up to one event per connection more may have been sent than it reports)
+    assert all(numbers == set(range(max(numbers) + 1)) for numbers in per_thread.values()), "lost rows"
+    assert events // 2 <= len(ids) <= (events + connections) // 2 + 2
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"client": "wrk", "events": events, "seconds": seconds, "events_per_s": rate, "predictions_per_s": rate / 2,
+            "concurrency": connections, "rows": len(table)}
+
+
+def bench_http_httpx(pairs: int, concurrency: int) -> dict:
+    """A Python client (httpx, asyncio): slower than the sink, so it measures mostly itself."""
+    import httpx
+
+    from kfmlops.monitoring.sink import REQUEST, RESPONSE
+
+    root = Path(tempfile.mkdtemp(prefix="sink-bench-"))
+    server, url = _start_sink(root)
+    request = json.dumps({"instances": [ROW]})
+    response = json.dumps({"predictions": [0.42]})
+    base = {"ce-source": "http://localhost:9081/", "ce-specversion": "1.0", "ce-inferenceservicename": "adult",
+            "ce-endpoint": "default", "content-type": "application/json"}
+
+    async def send() -> float:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+            queue: asyncio.Queue = asyncio.Queue()
+            for i in range(pairs):
+                queue.put_nowait(i)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    for kind, body in ((REQUEST, request), (RESPONSE, response)):
+                        r = await client.post("/", content=body, headers={**base, "ce-id": f"r{i}", "ce-type": kind})
+                        r.raise_for_status()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - started
+
+    elapsed = asyncio.run(send())
+    table = _stop_and_read(server, root)
+    keys = set(table["request_id"].to_pylist())
+    assert len(table) == len(keys) == pairs and table["prediction"].null_count == 0, "lost or duplicated rows"
+    return {"client": "httpx", "events": 2 * pairs, "seconds": elapsed, "events_per_s": 2 * pairs / elapsed,
+            "predictions_per_s": pairs / elapsed, "concurrency": concurrency, "rows": len(table)}
+
+
+def bench_append(records: int, batch: int) -> dict:
+    from kfmlops.monitoring.config import InferenceLogConfig
+    from kfmlops.monitoring.store import InferenceLog, PredictionRecord
+
+    root = Path(tempfile.mkdtemp(prefix="append-bench-"))
+    rows = [PredictionRecord(model="adult", request_id=f"r{i}", inputs=ROW, output=0.42, model_version="1")
+            for i in range(records)]
+    started = time.perf_counter()
+    with InferenceLog(InferenceLogConfig(root=str(root))) as log:
+        for lo in range(0, records, batch):
+            log.append(rows[lo:lo + batch])
+    elapsed = time.perf_counter() - started
+    return {"records": records, "batch": batch, "seconds": elapsed, "records_per_s": records / elapsed,
+            "files": log.files_committed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=int, default=20, help="wrk run length")
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args()
+    runs = [bench_http_httpx(args.pairs, args.concurrency)]
+    if shutil.which("wrk"):
+        runs.append(bench_http_wrk(args.seconds, args.concurrency))
+    for http in runs:
+        print(f"http ({http['client']:>5}): {http['events']:,} events in {http['seconds']:.1f} s = "
+              f"{http['events_per_s']:,.0f} events/s ({http['predictions_per_s']:,.0f} predictions/s, "
+              f"{http['concurrency']} in flight); {http['rows']:,} rows committed, each once")
+    append = bench_append(args.records, args.batch)
+    print(f"append       : {append['records']:,} records in {append['seconds']:.1f} s = {append['records_per_s']:,.0f} records/s "
+          f"(batches of {append['batch']}, {append['files']} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

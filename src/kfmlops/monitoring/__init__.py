@@ -1,0 +1,16 @@
+"""Monitoring: the inference log, the drift job and the retraining trigger.
+
+- :mod:`~kfmlops.monitoring.store`: the inference log, Parquet partitioned by model and hour, with
+  bounded-memory buffering and atomic, fsync'd file commits (:class:`InferenceLog`), ground-truth
+  import and window reads joined with the labels.
+- :mod:`~kfmlops.monitoring.payloads`: KServe V1/V2 request and response bodies to per-row inputs
+  and outputs.
+- :mod:`~kfmlops.monitoring.sink`: the CloudEvents receiver for KServe's inference logger
+  (``kfmlops sink``).
+- :mod:`~kfmlops.monitoring.stats`: per-column drift with Evidently's stat tests (computed once per
+  column on Arrow-derived arrays), data quality and classification figures.
+- :mod:`~kfmlops.monitoring.drift`: the drift stage (``kfmlops drift``): window + reference in,
+  HTML reports, JSON summary, Prometheus metrics and a policy decision out.
+- :mod:`~kfmlops.monitoring.policy`: the retraining policy and the durable ledger of windows.
+- :mod:`~kfmlops.monitoring.trigger`: fresh training data and pipeline submission (KFP or local).
+"""

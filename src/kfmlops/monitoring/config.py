@@ -1,0 +1,214 @@
+"""Typed settings for the inference-log sink and the drift job, validated once at the boundary.
+
+:class:`SinkConfig` configures ``kfmlops sink`` (where the log lives, how long a request waits for
+its response). :class:`DriftConfig` configures ``kfmlops drift``: what to check (a window of the
+inference log or any dataset), against what (the served model version's training data), how
+(Evidently stat tests), what counts as a reason to retrain (:class:`PolicyConfig`), where the
+figures go (:class:`MetricsConfig`) and how retraining is submitted (:class:`TriggerConfig`).
+Both load from YAML; relative paths in a file are relative to that file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kfmlops.config import ConfigError, _parse
+
+Signal = Literal["dataset_drift", "prediction_drift", "feature_drift", "performance"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InferenceLogConfig(_Model):
+    root: str = Field(
+        description="Directory of the log on a local disk or mounted volume (commits rely on fsync and rename)."
+    )
+    max_buffered_rows: int = Field(
+        default=20_000, ge=1, description="Rows held in memory before they are committed; bounds the writer's memory."
+    )
+    flush_interval_s: float = Field(default=30.0, gt=0.0, description="Buffered rows are committed at least this often.")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class SinkConfig(_Model):
+    log: InferenceLogConfig
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    join_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="A request (or response) waits this long for its pair, then is written alone."
+    )
+    max_pending: int = Field(
+        default=10_000, ge=1, description="Events waiting for their pair; past this the oldest is written alone."
+    )
+    max_pending_bytes: int = Field(
+        default=256 << 20, ge=1024, description="Bodies waiting for their pair; past this the oldest is written alone."
+    )
+    max_body_bytes: int = Field(default=16 << 20, ge=1024, description="Larger events are refused with 413.")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "SinkConfig":
+        raw, base = _load_yaml(path)
+        config = _parse(cls, raw, str(path))
+        return config.model_copy(update={"log": config.log.model_copy(update={"root": _resolve(config.log.root, base)})})
+
+
+class WindowConfig(_Model):
+    """Which slice of the inference log one run checks: whole hours, ending at the last settled hour."""
+
+    model: str = Field(description="The InferenceService name: the log's model partition.")
+    hours: int = Field(default=24, ge=1)
+    settle_minutes: float = Field(
+        default=10.0, ge=0.0, description="The window ends at the last whole hour that ended at least this long ago."
+    )
+
+
+class ReferenceConfig(_Model):
+    uri: str | None = Field(
+        default=None, description="Reference data; unset: the served version's `kfmlops.train_data` lineage tag."
+    )
+    model_version: str | None = Field(
+        default=None, description="The served version; unset: the window's most common `model_version`, else `alias`."
+    )
+    alias: str = "champion"
+    score_with_model: bool = Field(
+        default=True, description="Score the reference with the served version, the baseline for prediction drift."
+    )
+
+
+class DriftTestConfig(_Model):
+    """Evidently stat tests; names and defaults as in ``DataDriftPreset`` (unset = Evidently's automatic choice)."""
+
+    columns: list[str] | None = Field(default=None, description="Features to check; unset: every reference feature.")
+    num_method: str | None = None
+    cat_method: str | None = None
+    per_column_method: dict[str, str] = {}
+    threshold: float | None = Field(default=None, description="Unset: the stat test's own default threshold.")
+    per_column_threshold: dict[str, float] = {}
+    prediction_column: str = "prediction"
+    report_rows: int = Field(
+        default=20_000, ge=0, description="Rows sampled for Evidently's interactive HTML reports; 0 skips them."
+    )
+    seed: int = 0
+
+
+class PolicyConfig(_Model):
+    signals: list[Signal] = Field(
+        default=["dataset_drift", "prediction_drift"], description="Which signals may start a retrain."
+    )
+    drift_share: float = Field(default=0.5, gt=0.0, le=1.0, description="dataset_drift: this share of features drifted.")
+    watched_features: list[str] = Field(
+        default=[], description="feature_drift fires when one of these drifted (any feature when empty)."
+    )
+    min_rows: int = Field(default=1000, ge=1, description="Smaller windows are reported and never trigger.")
+    min_labelled_rows: int = Field(
+        default=100, ge=0, description="Retraining (and the performance signal) needs this many labelled window rows."
+    )
+    min_roc_auc: float | None = Field(default=None, ge=0.0, le=1.0, description="performance fires below this.")
+    cooldown_hours: float = Field(default=24.0, ge=0.0, description="Least time between two retrains of a model.")
+    max_retrains_per_day: int = Field(default=1, ge=0, description="Per model, over any 24 hours; 0 never retrains.")
+
+    @model_validator(mode="after")
+    def _performance_needs_floor(self) -> "PolicyConfig":
+        if "performance" in self.signals and self.min_roc_auc is None:
+            raise ValueError("the performance signal needs min_roc_auc")
+        return self
+
+
+class MetricsConfig(_Model):
+    pushgateway_url: str | None = None
+    job: str = "kfmlops_drift"
+    textfile: str | None = Field(default=None, description="A .prom file for node exporter's textfile collector.")
+
+
+class TriggerConfig(_Model):
+    submitter: Literal["none", "local", "kfp"] = Field(
+        default="none", description="none: decide and record only; local: kfp.local; kfp: a Kubeflow Pipelines host."
+    )
+    kfp_host: str | None = None
+    pipeline_package: str | None = Field(default=None, description="Compiled training pipeline YAML (submitter kfp).")
+    experiment: str = "kfmlops-retraining"
+    ledger_dir: str | None = Field(default=None, description="Unset: $KFMLOPS_HOME/drift/ledger.")
+    data_dir: str | None = Field(
+        default=None, description="Where fresh training data is written (the pipeline must read it); unset: $KFMLOPS_HOME/drift/data."
+    )
+
+    @model_validator(mode="after")
+    def _kfp_needs_target(self) -> "TriggerConfig":
+        if self.submitter == "kfp" and not (self.kfp_host and self.pipeline_package):
+            raise ValueError("submitter kfp needs kfp_host and pipeline_package")
+        return self
+
+
+class DriftConfig(_Model):
+    training_config: str = Field(
+        description="The pipeline YAML the served model was trained with (data spec, settings); retraining reuses it."
+    )
+    log_root: str | None = Field(default=None, description="The inference log to read `window` from.")
+    window: WindowConfig | None = None
+    current: str | None = Field(default=None, description="Instead of the log: any dataset (CSV, Parquet, JSON Lines).")
+    model: str | None = Field(default=None, description="With `current`: the model name its metrics carry.")
+    output_dir: str = "drift-report"
+    reference: ReferenceConfig = ReferenceConfig()
+    drift: DriftTestConfig = DriftTestConfig()
+    policy: PolicyConfig = PolicyConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    trigger: TriggerConfig = TriggerConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DriftConfig":
+        if (self.log_root is None) == (self.current is None):
+            raise ValueError("set exactly one of log_root (with window) and current")
+        if self.log_root is not None and self.window is None:
+            raise ValueError("log_root needs a window")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The monitored model's name in file paths, metric labels and the ledger."""
+        if self.window is not None:
+            return self.window.model
+        return self.model or Path(self.current).stem.split(".")[0]
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "DriftConfig":
+        raw, base = _load_yaml(path)
+        config = _parse(cls, raw, str(path))
+        trigger, metrics, reference = config.trigger, config.metrics, config.reference
+        return config.model_copy(update={
+            "training_config": _resolve(config.training_config, base),
+            "log_root": _resolve(config.log_root, base),
+            "current": _resolve(config.current, base),
+            "output_dir": _resolve(config.output_dir, base),
+            "reference": reference.model_copy(update={"uri": _resolve(reference.uri, base)}),
+            "metrics": metrics.model_copy(update={"textfile": _resolve(metrics.textfile, base)}),
+            "trigger": trigger.model_copy(update={
+                field: _resolve(getattr(trigger, field), base) for field in ("pipeline_package", "ledger_dir", "data_dir")
+            }),
+        })
+
+
+def _load_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    return raw, path.resolve().parent
+
+
+def _resolve(value: str | None, base: Path) -> str | None:
+    """A relative local path in a config file is relative to that file; URIs and absolute paths are kept."""
+    if value is None or "://" in value or os.path.isabs(value):
+        return value
+    return str((base / value).resolve())

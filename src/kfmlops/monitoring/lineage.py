@@ -1,0 +1,93 @@
+"""The drift job's reference: the training data of the model version being served, found by lineage.
+
+:func:`served_model` looks the version up in the MLflow registry (by number, else by alias) and
+reads its ``kfmlops.train_data`` tag. :func:`load_reference` re-ingests that data with the
+training config's settings, so the reference is exactly the model's train split, with the same
+normalised columns and 0/1 label as the window. :func:`score_reference` runs the served model on
+it, the baseline for prediction drift.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kfmlops.config import IngestConfig, MlflowConfig, PipelineConfig
+from kfmlops.ingest import IngestError, detect_format, ingest, open_filesystem
+from kfmlops.register import TAG_PREFIX
+
+TRAIN_DATA_TAG = TAG_PREFIX + "train_data"
+POSITIVE_LABELS_KEY = b"kfmlops.positive_labels"  # Parquet metadata: how the file's label is encoded
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    train_data: str | None  # the kfmlops.train_data lineage tag
+    model_uri: str
+
+
+def served_model(config: MlflowConfig, version: str | None, alias: str) -> ServedModel:
+    """The registered version ``version`` (or the one ``alias`` points at) of ``config.model_name``."""
+    from mlflow.tracking import MlflowClient
+
+    from kfmlops.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(config))
+    name = config.model_name
+    found = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    return ServedModel(name, str(found.version), found.tags.get(TRAIN_DATA_TAG), f"models:/{name}/{found.version}")
+
+
+def load_reference(uri: str, training: PipelineConfig) -> tuple[pa.Table, str]:
+    """The train split of ``uri`` as the training pipeline ingests it, and the label's column name.
+
+    Uses the training config's label, sensitive features and ingest settings (the format follows
+    ``uri``'s extension when it names one). A
+    Parquet file that records its label encoding (fresh data written by the retraining trigger) is
+    read with that encoding instead of the config's positive labels.
+    """
+    data = training.data
+    config = ingest_config_for(uri, training.settings.ingest)
+    positives = _recorded_positive_labels(uri) if config.format == "parquet" else None
+    # With a separate test source every row of `uri` was training data: ingest it whole (as its own
+    # "test source" too, read and discarded); without one, ingest cuts the same seeded test split.
+    test_source = uri if data.test_source else None
+    spec = data.model_copy(update={"source": uri, "test_source": test_source, "positive_labels": positives or data.positive_labels})
+    with tempfile.TemporaryDirectory(prefix="kfmlops-reference-") as tmp:
+        result = ingest(spec, config, Path(tmp) / "train.parquet", Path(tmp) / "test.parquet")
+        return pq.read_table(result.train_path), result.label
+
+
+def ingest_config_for(uri: str, config: IngestConfig) -> IngestConfig:
+    """``config`` with the format ``uri``'s extension names; the configured one when it names none."""
+    try:
+        return config.model_copy(update={"format": detect_format(uri, "auto")})
+    except IngestError:
+        return config
+
+
+def _recorded_positive_labels(uri: str) -> list | None:
+    fs, path = open_filesystem(uri)
+    with fs.open_input_file(path) as handle:
+        metadata = pq.read_schema(handle).metadata or {}
+    recorded = metadata.get(POSITIVE_LABELS_KEY)
+    return json.loads(recorded) if recorded else None
+
+
+def score_reference(model_uri: str, features: pa.Table, mlflow_config: MlflowConfig) -> np.ndarray:
+    """Positive-class probabilities of the registered model ``model_uri`` on ``features``."""
+    import mlflow.pyfunc
+
+    from kfmlops.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(mlflow_config))
+    model = mlflow.pyfunc.load_model(model_uri)
+    return np.asarray(model.predict(features.to_pandas()), dtype=np.float64).reshape(len(features), -1)[:, -1]

@@ -1,0 +1,195 @@
+"""The retraining policy and the ledger that makes retraining idempotent per window.
+
+:func:`decide` consumes the figures of one drift run (:class:`Figures`), the typed
+:class:`~kfmlops.monitoring.config.PolicyConfig`, the :class:`Ledger` and the window's identity,
+and produces a :class:`Decision`: which configured signals are on (with their figures, the
+reasons), and whether a retrain may start now or what blocks it (window too small, too few
+labelled rows, the window already handled, cool-down, daily cap).
+
+The :class:`Ledger` is a directory with one JSON record per window that started (or tried to
+start) a retrain. A record is created with exclusive, atomic semantics (written to a temporary
+file, fsync'd, then hard-linked to its final name, which fails if the name exists), so two job
+attempts for the same window can never both claim it, and a crash never leaves a half-written
+record. Cool-down and the daily cap count every claimed window of the model, submitted or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kfmlops.monitoring.config import PolicyConfig
+
+CLAIMED, SUBMITTED, FAILED = "claimed", "submitted", "failed"
+_DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the policy reads from one drift run."""
+
+    rows: int
+    labelled_rows: int = 0
+    drift_share: float | None = None  # share of checked features that drifted
+    drifted_features: list[str] = field(default_factory=list)
+    prediction_drifted: bool | None = None  # None: no prediction drift was computed
+    prediction_score: float | None = None
+    roc_auc: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``fire``: start a retrain now. ``signals``: the configured signals that are on; ``reasons``:
+    their figures; ``blocked``: why a retrain does not start although signals are on (or why the
+    window could not be judged)."""
+
+    window_id: str
+    fire: bool
+    signals: list[str]
+    reasons: list[str]
+    blocked: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    window_id: str
+    model: str
+    claimed_at: float  # epoch seconds
+    status: str  # CLAIMED, SUBMITTED or FAILED
+    reasons: list[str]
+    window: dict[str, Any]
+    run_id: str | None = None
+    source: str | None = None  # the fresh training data submitted
+    error: str | None = None
+
+
+def window_id(identity: dict[str, Any]) -> str:
+    """A stable id for a window: SHA-256 of its canonical JSON identity (model, bounds or data fingerprint)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Ledger:
+    """One JSON record per window that claimed a retrain, in ``directory`` (local disk or mounted volume)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def get(self, window_id_: str) -> LedgerEntry | None:
+        path = self._path(window_id_)
+        try:
+            return LedgerEntry(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def entries(self, model: str) -> list[LedgerEntry]:
+        found = []
+        for path in self.directory.glob("*.json"):
+            entry = LedgerEntry(**json.loads(path.read_text()))
+            if entry.model == model:
+                found.append(entry)
+        return sorted(found, key=lambda e: e.claimed_at)
+
+    def claim(self, entry: LedgerEntry) -> bool:
+        """Create ``entry``'s record unless its window already has one; True when this call created it."""
+        temporary = self._write_temporary(entry)
+        try:
+            os.link(temporary, self._path(entry.window_id))
+        except FileExistsError:
+            return False
+        finally:
+            temporary.unlink()
+        _fsync_dir(self.directory)
+        return True
+
+    def update(self, entry: LedgerEntry) -> None:
+        """Atomically replace the record of a window this process claimed."""
+        os.replace(self._write_temporary(entry), self._path(entry.window_id))
+        _fsync_dir(self.directory)
+
+    def _path(self, window_id_: str) -> Path:
+        return self.directory / f"{window_id_}.json"
+
+    def _write_temporary(self, entry: LedgerEntry) -> Path:
+        temporary = self.directory / f".{entry.window_id}.{uuid.uuid4().hex}.tmp"
+        with open(temporary, "w") as handle:
+            json.dump(asdict(entry), handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return temporary
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def signals(figures: Figures, policy: PolicyConfig) -> tuple[list[str], list[str]]:
+    """The configured signals that are on, and a reason with figures for each."""
+    on, reasons = [], []
+    if "dataset_drift" in policy.signals and figures.drift_share is not None and figures.drift_share >= policy.drift_share:
+        on.append("dataset_drift")
+        reasons.append(
+            f"dataset drift: {figures.drift_share:.0%} of features drifted (threshold {policy.drift_share:.0%}): "
+            + ", ".join(figures.drifted_features)
+        )
+    if "prediction_drift" in policy.signals and figures.prediction_drifted:
+        on.append("prediction_drift")
+        reasons.append(f"prediction drift: score {figures.prediction_score:.4g}")
+    if "feature_drift" in policy.signals:
+        watched = [f for f in figures.drifted_features if not policy.watched_features or f in policy.watched_features]
+        if watched:
+            on.append("feature_drift")
+            reasons.append("feature drift: " + ", ".join(watched))
+    if "performance" in policy.signals and figures.roc_auc is not None and figures.labelled_rows >= policy.min_labelled_rows:
+        if figures.roc_auc < policy.min_roc_auc:
+            on.append("performance")
+            reasons.append(
+                f"performance: ROC AUC {figures.roc_auc:.4f} < {policy.min_roc_auc} on {figures.labelled_rows} labelled rows"
+            )
+    return on, reasons
+
+
+def decide(figures: Figures, policy: PolicyConfig, ledger: Ledger, window_id_: str, model: str, now: float) -> Decision:
+    """Whether this window starts a retrain of ``model`` at ``now`` (epoch seconds), and why (not)."""
+    if figures.rows < policy.min_rows:
+        what = "empty" if figures.rows == 0 else f"too small: {figures.rows} rows"
+        return Decision(window_id_, False, [], [], [f"window {what} (policy.min_rows = {policy.min_rows}); nothing checked"])
+    on, reasons = signals(figures, policy)
+    if not on:
+        return Decision(window_id_, False, [], [], [])
+    blocked = []
+    if figures.labelled_rows < policy.min_labelled_rows:
+        blocked.append(f"{figures.labelled_rows} labelled rows in the window; retraining needs {policy.min_labelled_rows}")
+    existing = ledger.get(window_id_)
+    if existing is not None:
+        blocked.append(f"window already handled: {existing.status}, run {existing.run_id}")
+    history = [e for e in ledger.entries(model) if e.window_id != window_id_]
+    if policy.max_retrains_per_day == 0:
+        blocked.append("policy.max_retrains_per_day is 0")
+    else:
+        today = [e for e in history if now - e.claimed_at < _DAY_S]
+        if len(today) >= policy.max_retrains_per_day:
+            blocked.append(f"daily cap: {len(today)} retrains in the last 24 h (max {policy.max_retrains_per_day})")
+    if history and now - history[-1].claimed_at < policy.cooldown_hours * 3600:
+        since = (now - history[-1].claimed_at) / 3600
+        blocked.append(f"cool-down: last retrain {since:.1f} h ago (policy.cooldown_hours = {policy.cooldown_hours})")
+    return Decision(window_id_, not blocked, on, reasons, blocked)
+
+
+def mark(ledger: Ledger, entry: LedgerEntry, **changes: Any) -> LedgerEntry:
+    """``entry`` with ``changes``, written to the ledger."""
+    updated = replace(entry, **changes)
+    ledger.update(updated)
+    return updated

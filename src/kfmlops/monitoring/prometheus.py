@@ -1,0 +1,65 @@
+"""The drift job's figures as Prometheus metrics: pushed to a Pushgateway and/or written for the
+node exporter's textfile collector (written to a temporary file and renamed, as the collector needs).
+
+Gauges, all labelled ``model``: ``kfmlops_drift_share``, ``kfmlops_drift_dataset_drift`` (0/1),
+``kfmlops_drift_feature_score`` and ``kfmlops_drift_feature_drifted`` (also labelled ``feature``
+and ``method``), ``kfmlops_drift_prediction_score``, ``kfmlops_drift_rows_checked``,
+``kfmlops_drift_labelled_rows``, ``kfmlops_drift_roc_auc``, ``kfmlops_drift_retrain_triggered``
+(0/1) and ``kfmlops_drift_last_run_timestamp_seconds``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfmlops.monitoring.config import MetricsConfig
+
+
+def registry_for(summary: dict[str, Any], model: str):
+    """A ``CollectorRegistry`` holding the gauges for one drift summary (see :mod:`kfmlops.monitoring.drift`)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+
+    def gauge(name: str, help_: str, value: float | None, **labels: str) -> None:
+        if value is None:
+            return
+        metric = Gauge(name, help_, ["model", *labels], registry=registry)
+        metric.labels(model=model, **labels).set(float(value))
+
+    drift = summary.get("drift") or {}
+    gauge("kfmlops_drift_rows_checked", "Rows in the checked window.", summary["rows"])
+    gauge("kfmlops_drift_labelled_rows", "Rows of the window with ground truth.", summary["labelled_rows"])
+    gauge("kfmlops_drift_last_run_timestamp_seconds", "When the drift job last ran (epoch seconds).", summary["run_at"])
+    gauge("kfmlops_drift_share", "Share of checked features that drifted.", drift.get("share"))
+    if drift.get("share") is not None:
+        gauge("kfmlops_drift_dataset_drift", "1 when the drifted share reached policy.drift_share.", drift["dataset_drift"])
+    if drift.get("columns"):
+        score = Gauge("kfmlops_drift_feature_score", "Per-feature drift score (see method).",
+                      ["model", "feature", "method"], registry=registry)
+        drifted = Gauge("kfmlops_drift_feature_drifted", "1 when the feature drifted.",
+                        ["model", "feature", "method"], registry=registry)
+        for column in drift["columns"]:
+            labels = dict(model=model, feature=column["column"], method=column["method"])
+            score.labels(**labels).set(column["score"])
+            drifted.labels(**labels).set(float(column["drifted"]))
+    prediction = summary.get("prediction_drift") or {}
+    gauge("kfmlops_drift_prediction_score", "Prediction drift score.", prediction.get("score"))
+    gauge("kfmlops_drift_roc_auc", "ROC AUC on the window's labelled rows.", (summary.get("classification") or {}).get("roc_auc"))
+    gauge("kfmlops_drift_retrain_triggered", "1 when this run started a retrain.", float(bool(summary.get("retrain", {}).get("submitted"))))
+    return registry
+
+
+def export(summary: dict[str, Any], model: str, config: MetricsConfig) -> list[str]:
+    """Push and/or write the metrics as configured; returns where they went."""
+    from prometheus_client import push_to_gateway, write_to_textfile
+
+    registry = registry_for(summary, model)
+    targets = []
+    if config.pushgateway_url:
+        push_to_gateway(config.pushgateway_url, job=config.job, registry=registry, grouping_key={"model": model})
+        targets.append(config.pushgateway_url)
+    if config.textfile:
+        write_to_textfile(config.textfile, registry)
+        targets.append(config.textfile)
+    return targets

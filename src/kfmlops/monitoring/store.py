@@ -1,0 +1,382 @@
+"""The inference log: one row per prediction, in Parquet, partitioned by model and hour.
+
+Layout under the log's root::
+
+    predictions/model=<name>/hour=<YYYY-MM-DDTHH>/part-<ns>-<uuid>.parquet   one file per commit
+    labels/part-<ns>-<uuid>.parquet                                             imported ground truth
+
+A predictions row holds ``request_id``, ``row_index`` (position in a batched request),
+``timestamp`` (UTC), ``model_version``, ``endpoint``, ``prediction`` (the output when it is a
+number) or ``output_json`` (any other output, as JSON), and one ``input.<name>`` column per input.
+
+Writers (:class:`InferenceLog`) buffer rows in memory up to ``max_buffered_rows`` and commit each
+partition's rows as a new file: written under a dot-prefixed temporary name, fsync'd, renamed into
+place, and the directory fsync'd. Readers (and pyarrow datasets) skip dot-prefixed files, so a
+crash leaves either a whole committed file or an ignored temporary, never a half-written part.
+Files are never appended to or rewritten, so any number of writer processes can share a root.
+
+Ground truth arrives later as a file of request id -> label; :func:`import_ground_truth` commits
+it under ``labels/`` and :func:`read_window` left-joins it onto the predictions it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from kfmlops.config import IngestConfig
+from kfmlops.ingest import _label_to_int, normalise_name, read_batches
+from kfmlops.monitoring.config import InferenceLogConfig
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+LABELS = "labels"
+INPUT_PREFIX = "input."
+KEYS = ["request_id", "row_index"]
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_META_SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("row_index", pa.int32()),
+    ("timestamp", TIMESTAMP),
+    ("model_version", pa.string()),
+    ("endpoint", pa.string()),
+    ("prediction", pa.float64()),
+    ("output_json", pa.string()),
+])
+LABEL_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("row_index", pa.int32()), ("label", pa.int8()), ("labelled_at", TIMESTAMP)
+])
+_STALE_TEMPORARY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One prediction: what went in, what came out, for which model version and request."""
+
+    model: str
+    request_id: str
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    output: Any = None
+    row_index: int = 0
+    model_version: str | None = None
+    endpoint: str | None = None
+    timestamp: datetime | None = None  # naive means UTC; None means now
+
+
+def hour_key(ts: datetime) -> str:
+    """The hour partition a UTC time falls in, e.g. ``2026-11-23T13``."""
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H")
+
+
+def partition_dir(root: str | os.PathLike, model: str, hour: str) -> Path:
+    return Path(root) / PREDICTIONS / f"model={quote(model, safe='')}" / f"hour={hour}"
+
+
+class InferenceLog:
+    """Appends prediction records to the log with bounded memory; thread-safe, many processes per root.
+
+    ``append`` buffers; rows are committed when ``max_buffered_rows`` are buffered (in the appending
+    thread, which is the back-pressure), every ``flush_interval_s`` by a background thread, and on
+    :meth:`flush` / :meth:`close`. Rows still buffered when the process dies are lost; committed
+    files are whole.
+    """
+
+    def __init__(self, config: InferenceLogConfig):
+        self.config = config
+        self.root = Path(config.root)
+        (self.root / PREDICTIONS).mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.root / PREDICTIONS)
+        self._lock = threading.Lock()  # guards the buffers
+        self._write_lock = threading.Lock()  # one commit at a time: at most two batches of rows in memory
+        self._buffers: dict[tuple[str, str], list[PredictionRecord]] = {}
+        self._buffered = 0
+        self.rows_committed = 0
+        self.files_committed = 0
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_periodically, name="inference-log-flush", daemon=True)
+        self._flusher.start()
+
+    def append(self, records: Iterable[PredictionRecord]) -> int:
+        """Buffer records, committing whenever the buffer is full; returns how many were appended."""
+        n, chunk = 0, []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) >= self.config.max_buffered_rows:
+                n += self._buffer(chunk)
+                chunk = []
+        return n + self._buffer(chunk)
+
+    def _buffer(self, records: list[PredictionRecord]) -> int:
+        now = datetime.now(timezone.utc)
+        with self._lock:
+            if self._stop.is_set():
+                raise RuntimeError("the inference log is closed")
+            for record in records:
+                ts = record.timestamp or now
+                if ts.tzinfo is None:
+                    ts = ts.replace(tzinfo=timezone.utc)
+                if ts is not record.timestamp:
+                    record = replace(record, timestamp=ts)
+                self._buffers.setdefault((record.model, hour_key(ts)), []).append(record)
+            self._buffered += len(records)
+            full = self._buffered >= self.config.max_buffered_rows
+        if full:
+            self.flush()
+        return len(records)
+
+    def flush(self) -> int:
+        """Commit every buffered row; returns the number of rows committed."""
+        with self._write_lock:
+            with self._lock:
+                pending, self._buffers, self._buffered = self._buffers, {}, 0
+            committed = 0
+            partitions = list(pending.items())
+            for i, ((model, hour), records) in enumerate(partitions):
+                try:
+                    commit_table(_to_table(records), partition_dir(self.root, model, hour), self.config.compression)
+                except BaseException:
+                    self._requeue(partitions[i:])
+                    raise
+                committed += len(records)
+                self.files_committed += 1
+            self.rows_committed += committed
+            return committed
+
+    def close(self) -> None:
+        """Stop the background flusher and commit what is buffered."""
+        self._stop.set()
+        self._flusher.join()
+        self.flush()
+
+    def __enter__(self) -> "InferenceLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _requeue(self, unwritten: list[tuple[tuple[str, str], list[PredictionRecord]]]) -> None:
+        with self._lock:
+            for key, records in unwritten:
+                self._buffers[key] = records + self._buffers.get(key, [])
+                self._buffered += len(records)
+
+    def _flush_periodically(self) -> None:
+        while not self._stop.wait(self.config.flush_interval_s):
+            try:
+                self.flush()
+            except Exception:  # keep flushing later; append() surfaces persistent errors to callers
+                log.exception("inference log: periodic commit failed")
+
+
+def _to_table(records: list[PredictionRecord]) -> pa.Table:
+    outputs = [r.output for r in records]
+    numeric = [_number(v) for v in outputs]
+    columns = {
+        "request_id": [r.request_id for r in records],
+        "row_index": [r.row_index for r in records],
+        "timestamp": [r.timestamp for r in records],
+        "model_version": [r.model_version for r in records],
+        "endpoint": [r.endpoint for r in records],
+        "prediction": numeric,
+        "output_json": [None if v is None or x is not None else json.dumps(v, default=str) for v, x in zip(outputs, numeric)],
+    }
+    arrays = [pa.array(columns[f.name], f.type) for f in _META_SCHEMA]
+    names = list(_META_SCHEMA.names)
+    for name in dict.fromkeys(k for r in records for k in r.inputs):
+        arrays.append(_input_array([r.inputs.get(name) for r in records]))
+        names.append(INPUT_PREFIX + str(name))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (bool, int, float)):
+        return float(value)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (bool, int, float)):
+        return float(value[0])
+    return None
+
+
+def _input_array(values: list[Any]) -> pa.Array:
+    """Typed when the values share a scalar type (ints -> int64, floats -> float64), else JSON text."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        array = None
+    if array is not None:
+        if pa.types.is_integer(array.type):
+            return array.cast(pa.int64())
+        if pa.types.is_floating(array.type):
+            return array.cast(pa.float64())
+        if pa.types.is_string(array.type) or pa.types.is_boolean(array.type) or pa.types.is_null(array.type):
+            return array
+    return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+
+
+def commit_table(table: pa.Table, directory: Path, compression: str = "zstd") -> Path:
+    """Write ``table`` as a new uniquely named Parquet file in ``directory``; returns its path."""
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
+    return write_parquet_atomically(table, directory / name, compression)
+
+
+def write_parquet_atomically(table: pa.Table, path: Path, compression: str = "zstd") -> Path:
+    """Write ``table`` to ``path`` so that ``path`` is either absent, its old contents, or complete.
+
+    Written under a dot-prefixed temporary name, fsync'd, renamed over ``path``, directory fsync'd.
+    """
+    _make_dirs(path.parent)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(table, temporary, compression=compression)
+        _fsync(temporary)
+        os.rename(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+    return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> None:
+    """mkdir -p, fsync'ing the parent of each directory created so the new entry survives a crash."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        _fsync(path.parent)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Temporaries left by crashed writers (older than an hour, so no live writer still owns them)."""
+    cutoff = time.time() - _STALE_TEMPORARY_S
+    for path in root.glob("**/.part-*.tmp"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+
+
+def import_ground_truth(
+    root: str | os.PathLike,
+    uri: str,
+    *,
+    label: str = "label",
+    request_id: str = "request_id",
+    row_index: str = "row_index",
+    positive_labels: list[str | int | bool] = (1, True, "1"),
+) -> int:
+    """Commit a CSV / Parquet / JSON Lines file of request id -> label under ``labels/``; returns its rows.
+
+    Labels become 0/1 (``int8``) as in ingest: a value in ``positive_labels`` is 1, anything else 0.
+    A missing ``row_index`` column means 0 (one prediction per request). Rows without a request id
+    or a label are skipped. Importing a file again is harmless: the latest label per key wins.
+    """
+    names = {normalise_name(n): n for n in (label, request_id, row_index)}
+    directory = Path(root) / LABELS
+    now = datetime.now(timezone.utc)
+    total = 0
+    for batch in read_batches(uri, IngestConfig()):
+        columns = {normalise_name(n): batch.column(i) for i, n in enumerate(batch.schema.names)}
+        missing = [names[n] for n in (normalise_name(label), normalise_name(request_id)) if n not in columns]
+        if missing:
+            raise ValueError(f"{uri!r}: ground truth needs columns {missing}; it has {sorted(columns)}")
+        ids, raw = columns[normalise_name(request_id)], columns[normalise_name(label)]
+        keep = pc.and_(pc.is_valid(ids), pc.is_valid(raw))
+        rows = columns.get(normalise_name(row_index))
+        table = pa.table({
+            "request_id": pc.filter(ids.cast(pa.string()), keep),
+            "row_index": pc.filter(rows.cast(pa.int32()) if rows is not None else pa.array([0] * len(ids), pa.int32()), keep),
+            "label": pc.filter(_label_to_int(raw, list(positive_labels), label), keep),
+        })
+        table = table.append_column("labelled_at", pa.array([now] * table.num_rows, TIMESTAMP))
+        if table.num_rows:
+            commit_table(table.cast(LABEL_SCHEMA), directory)
+            total += table.num_rows
+    return total
+
+
+def window_bounds(now: datetime, hours: int, settle_minutes: float) -> tuple[datetime, datetime]:
+    """``[start, end)`` of the last ``hours`` whole hours that ended at least ``settle_minutes`` before ``now``."""
+    end = (now.astimezone(timezone.utc) - timedelta(minutes=settle_minutes)).replace(minute=0, second=0, microsecond=0)
+    return end - timedelta(hours=hours), end
+
+
+def window_files(root: str | os.PathLike, model: str, start: datetime, end: datetime) -> list[Path]:
+    """Committed Parquet files of ``model`` in hour partitions overlapping ``[start, end)``."""
+    first, last = hour_key(start), hour_key(end - timedelta(microseconds=1))
+    model_dir = partition_dir(root, model, "x").parent
+    if not model_dir.is_dir():
+        return []
+    files = []
+    for hour_dir in sorted(model_dir.glob("hour=*")):
+        if first <= hour_dir.name.removeprefix("hour=") <= last:
+            files += sorted(p for p in hour_dir.glob("*.parquet") if not p.name.startswith((".", "_")))
+    return files
+
+
+def read_window(
+    root: str | os.PathLike, model: str, start: datetime, end: datetime, columns: Callable[[str], bool] | None = None
+) -> pa.Table:
+    """Predictions of ``model`` with ``start <= timestamp < end``, left-joined with imported labels.
+
+    ``columns`` picks the columns read by name (the key and timestamp columns are always read). Files whose column types differ (int vs float inputs) are unified
+    to the wider type. The result has a nullable ``label`` (``int8``) column when labels exist.
+    """
+    files = window_files(root, model, start, end)
+    if not files:
+        return _META_SCHEMA.empty_table()
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    wanted = [n for n in schema.names if columns is None or n in (*KEYS, "timestamp") or columns(n)]
+    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+    ts = ds.field("timestamp")
+    table = dataset.to_table(columns=wanted, filter=(ts >= pa.scalar(start, TIMESTAMP)) & (ts < pa.scalar(end, TIMESTAMP)))
+    labels = read_labels(root)
+    if labels is None or table.num_rows == 0:
+        return table
+    return table.join(labels, keys=KEYS, join_type="left outer")
+
+
+def read_labels(root: str | os.PathLike) -> pa.Table | None:
+    """Imported labels, the latest per (request_id, row_index); None when none were imported."""
+    directory = Path(root) / LABELS
+    files = sorted(str(p) for p in directory.glob("*.parquet") if not p.name.startswith((".", "_"))) if directory.is_dir() else []
+    if not files:
+        return None
+    labels = ds.dataset(files, schema=LABEL_SCHEMA, format="parquet").to_table()
+    latest = labels.sort_by("labelled_at").group_by(KEYS, use_threads=False).aggregate([("label", "last")])
+    return pa.table({"request_id": latest["request_id"], "row_index": latest["row_index"], "label": latest["label_last"]})
+
+
+def input_columns(table: pa.Table) -> dict[str, str]:
+    """``{feature name: column}`` for the ``input.*`` columns, feature names normalised as ingest does."""
+    return {normalise_name(n.removeprefix(INPUT_PREFIX)): n for n in table.column_names if n.startswith(INPUT_PREFIX)}
+

@@ -1,0 +1,133 @@
+"""Retraining: fresh training data and the submission of the training pipeline, once per window.
+
+:func:`fresh_training_data` writes the reference (the served model's train split) plus the
+window's labelled rows as one Parquet file, with the reason (the drift figures) in its metadata.
+:func:`retrain` claims the window in the :class:`~kfmlops.monitoring.policy.Ledger` and calls a
+:data:`Submitter` with the training pipeline's arguments (``PipelineConfig.pipeline_arguments()``
+with ``source`` = the fresh data); a window that is already claimed never submits again, whatever
+the retries. The pipeline is the ordinary training pipeline, so the new model passes the same
+evaluation and fairness gates; nothing here registers or promotes a model.
+
+Submitters: :func:`kfp_submitter` (a Kubeflow Pipelines host and the compiled pipeline YAML) and
+:func:`local_submitter` (``kfmlops.local_run.run_pipeline``, which runs it with ``kfp.local``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from kfmlops.config import PipelineConfig
+from kfmlops.monitoring.config import TriggerConfig
+from kfmlops.monitoring.lineage import POSITIVE_LABELS_KEY
+from kfmlops.monitoring.policy import CLAIMED, FAILED, SUBMITTED, Decision, Ledger, LedgerEntry, mark
+from kfmlops.monitoring.store import write_parquet_atomically
+
+Submitter = Callable[[dict[str, Any]], str]
+"""Starts the training pipeline with these arguments; returns the run id."""
+REASON_KEY = b"kfmlops.retrain_reason"
+
+
+def kfp_submitter(host: str, pipeline_package: str, experiment: str) -> Submitter:
+    """Submits the compiled pipeline to a Kubeflow Pipelines host; the run is named after its arguments."""
+
+    def submit(arguments: dict[str, Any]) -> str:
+        import kfp
+
+        digest = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12]
+        result = kfp.Client(host=host).create_run_from_pipeline_package(
+            pipeline_package, arguments=arguments, run_name=f"kfmlops-retrain-{digest}", experiment_name=experiment
+        )
+        return str(result.run_id)
+
+    return submit
+
+
+def local_submitter() -> Submitter:
+    """Runs the pipeline here through ``kfmlops.local_run.run_pipeline`` (blocks until it ends)."""
+
+    def submit(arguments: dict[str, Any]) -> str:
+        from kfmlops.local_run import run_pipeline
+
+        return str(run_pipeline(arguments))
+
+    return submit
+
+
+def submitter_for(config: TriggerConfig) -> Submitter | None:
+    """The configured submitter; None when ``submitter`` is ``none``."""
+    if config.submitter == "kfp":
+        return kfp_submitter(config.kfp_host, config.pipeline_package, config.experiment)
+    if config.submitter == "local":
+        return local_submitter()
+    return None
+
+
+def fresh_training_data(reference: pa.Table, labelled: pa.Table, label: str, path: Path, reason: dict[str, Any]) -> int:
+    """Write ``reference`` plus ``labelled`` (window rows with a 0/1 ``label`` column) to ``path``.
+
+    Window columns are cast to the reference's types and missing ones are null; columns the
+    reference lacks are dropped. The file's metadata records the label encoding (``[1]`` is
+    positive) and ``reason``. Returns the number of rows written.
+    """
+    columns = []
+    for field in reference.schema:
+        if field.name in labelled.column_names:
+            try:
+                columns.append(labelled[field.name].cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(f"window column {field.name!r} does not convert to the reference's {field.type}: {exc}") from None
+        else:
+            columns.append(pa.nulls(labelled.num_rows, field.type))
+    window = pa.Table.from_arrays(columns, schema=reference.schema.remove_metadata())
+    if label not in labelled.column_names:
+        raise ValueError(f"the labelled window has no {label!r} column")
+    table = pa.concat_tables([reference.cast(window.schema), window])
+    table = table.replace_schema_metadata({POSITIVE_LABELS_KEY: b"[1]", REASON_KEY: json.dumps(reason).encode()})
+    write_parquet_atomically(table, path)
+    return table.num_rows
+
+
+def retrain_arguments(training: PipelineConfig, source: str, label: str) -> dict[str, Any]:
+    """The training pipeline's arguments for fresh data at ``source`` (label ``label`` as 0/1)."""
+    return training.pipeline_arguments() | {"source": source, "label": label, "positive_labels": [1]}
+
+
+def retrain(
+    decision: Decision,
+    model: str,
+    window: dict[str, Any],
+    arguments: dict[str, Any],
+    ledger: Ledger,
+    submit: Submitter,
+    now: float | None = None,
+) -> tuple[LedgerEntry, bool]:
+    """Claim the window and submit; returns the window's ledger entry and whether this call submitted.
+
+    When the window is already claimed (a retried job, a concurrent one) nothing is submitted and
+    the existing entry comes back. A submitter error marks the entry ``failed`` and is re-raised;
+    the window stays claimed, so a failed start is never retried into a second run.
+    """
+    entry = LedgerEntry(
+        window_id=decision.window_id,
+        model=model,
+        claimed_at=time.time() if now is None else now,
+        status=CLAIMED,
+        reasons=decision.reasons,
+        window=window,
+        source=arguments["source"],
+    )
+    if not ledger.claim(entry):
+        return ledger.get(decision.window_id), False
+    try:
+        run_id = submit(arguments)
+    except Exception as exc:
+        mark(ledger, entry, status=FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
+    return mark(ledger, entry, status=SUBMITTED, run_id=run_id), True

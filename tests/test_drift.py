@@ -1,0 +1,247 @@
+"""The drift job on real Adult data and real Evidently: a shifted window drifts and fires, an i.i.d.
+resample does not; verdicts equal DataDriftPreset's; small windows trigger nothing; metrics reach a
+Pushgateway; the reference is found through MLflow lineage; retraining is submitted once per window."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from sklearn.linear_model import LogisticRegression
+
+from kfmlops.monitoring.config import DriftConfig, InferenceLogConfig
+from kfmlops.monitoring.drift import main as drift_main
+from kfmlops.monitoring.drift import run
+from kfmlops.monitoring.lineage import POSITIVE_LABELS_KEY, TRAIN_DATA_TAG
+from kfmlops.monitoring.store import InferenceLog, PredictionRecord, import_ground_truth
+
+from conftest import ADULT_SPEC
+
+NOW = datetime(2026, 11, 23, 12, 5, tzinfo=timezone.utc)  # windows: [00:00, 12:00) with settle_minutes 5
+ROWS = 4000
+
+
+class _Scorer:
+    """Logistic regression on a few raw Adult columns: the 'served model' whose outputs are logged."""
+
+    CATS, NUMS = ["relationship", "education", "occupation"], ["age", "hours_per_week", "education_num"]
+
+    def __init__(self, train: pd.DataFrame):
+        x = self._design(train)
+        self.columns = list(x.columns)
+        self.model = LogisticRegression(max_iter=500).fit(x, train["y"])
+
+    def _design(self, frame: pd.DataFrame) -> pd.DataFrame:
+        x = pd.get_dummies(frame[self.CATS].fillna("?"), dtype=float)
+        for name in self.NUMS:
+            x[name] = frame[name].astype(float) / 50
+        return x
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.model.predict_proba(self._design(frame).reindex(columns=self.columns, fill_value=0.0))[:, 1]
+
+
+def _log_window(root: Path, model: str, rows: pd.DataFrame, scorer: _Scorer, labelled_share: float = 0.4) -> None:
+    """Log ``rows`` as predictions of ``model`` over [00:00, 12:00) and import ground truth for some."""
+    rows = rows.reset_index(drop=True)
+    scores = scorer(rows)
+    start = NOW.replace(hour=0, minute=0)
+    features = rows.drop(columns=["y"])
+    records = [
+        PredictionRecord(model=model, request_id=f"{model}-{i}", output=float(scores[i]), model_version="1",
+                         inputs={k: None if pd.isna(v) else v for k, v in row.items()},
+                         timestamp=start + timedelta(seconds=i * 43_000 // len(rows)))
+        for i, row in enumerate(features.to_dict("records"))
+    ]
+    with InferenceLog(InferenceLogConfig(root=str(root))) as log:
+        log.append(records)
+    labelled = np.random.default_rng(0).random(len(rows)) < labelled_share
+    truth = pd.DataFrame({"request_id": [r.request_id for r in records], "label": rows["y"]})[labelled]
+    truth.to_parquet(root.parent / f"truth-{model}.parquet", index=False)
+    import_ground_truth(root, str(root.parent / f"truth-{model}.parquet"))
+
+
+@pytest.fixture(scope="module")
+def monitored(adult, adult_train, adult_test, tmp_path_factory):
+    """An inference log with an i.i.d. and a shifted window, a scored reference and a training config."""
+    base = tmp_path_factory.mktemp("monitored")
+    scorer = _Scorer(adult_train)
+    reference = pa.Table.from_pandas(adult_train.assign(prediction=scorer(adult_train)), preserve_index=False)
+    pq.write_table(reference.replace_schema_metadata({POSITIVE_LABELS_KEY: b"[1]"}), base / "reference.parquet")
+
+    rng = np.random.default_rng(7)
+    iid = adult_test.iloc[rng.choice(len(adult_test), ROWS)]
+    weights = (np.where(adult_test.age > 50, 6.0, 1.0) * np.where(adult_test.hours_per_week > 45, 3.0, 1.0)
+               * np.where(adult_test.occupation.isin(["Exec-managerial", "Prof-specialty"]), 3.0, 1.0))
+    shifted = adult_test.iloc[rng.choice(len(adult_test), ROWS, p=weights / weights.sum())]
+    _log_window(base / "log", "iid", iid, scorer)
+    _log_window(base / "log", "shifted", shifted, scorer)
+    _log_window(base / "log", "tiny", adult_test.iloc[:50], scorer)
+    (base / "training.yaml").write_text(yaml.safe_dump({
+        "data": ADULT_SPEC.model_dump(mode="json"), "ingest": {"format": "csv", "na_values": ["?"]},
+    }))
+    return base
+
+
+def _config(base: Path, tmp: Path, model: str, **overrides) -> DriftConfig:
+    raw = {
+        "training_config": str(base / "training.yaml"), "log_root": str(base / "log"),
+        "window": {"model": model, "hours": 12, "settle_minutes": 5}, "output_dir": str(tmp / "out"),
+        "reference": {"uri": str(base / "reference.parquet")}, "drift": {"report_rows": 0},
+        "policy": {"min_rows": 1000, "min_labelled_rows": 100},
+        "metrics": {"textfile": str(tmp / "drift.prom")},
+        "trigger": {"ledger_dir": str(tmp / "ledger"), "data_dir": str(tmp / "fresh")},
+    }
+    for key, value in overrides.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    return DriftConfig.model_validate(raw)
+
+
+def test_iid_resample_does_not_drift(monitored, tmp_path):
+    summary = run(_config(monitored, tmp_path, "iid"), NOW)
+    assert summary["status"] == "checked" and summary["rows"] == ROWS
+    assert summary["drift"]["checked"] == 14 and summary["drift"]["drifted"] == []
+    assert not summary["prediction_drift"]["drifted"]
+    assert summary["decision"] == {"window_id": summary["window_id"], "fire": False, "signals": [], "reasons": [], "blocked": []}
+    assert 1400 < summary["labelled_rows"] < 1800 and summary["classification"]["roc_auc"] > 0.8
+    prom = (tmp_path / "drift.prom").read_text()
+    assert 'kfmlops_drift_share{model="iid"} 0.0' in prom and 'kfmlops_drift_rows_checked{model="iid"} 4000.0' in prom
+
+
+def test_shifted_sample_drifts_and_matches_the_preset(monitored, tmp_path):
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    config = _config(monitored, tmp_path, "shifted", drift={"report_rows": 1000})
+    summary = run(config, NOW)
+    drift = summary["drift"]
+    assert {"age", "hours_per_week", "occupation"} <= set(drift["drifted"])
+    assert summary["prediction_drift"]["drifted"] and summary["prediction_drift"]["method"] == "wasserstein"
+    assert "prediction_drift" in summary["decision"]["signals"] and summary["decision"]["fire"]
+    assert summary["retrain"]["submitted"] is False  # no submitter given: decided and reported only
+    assert summary["quality"]["workclass"]["null_share_current"] > 0
+    for name in ("report.html", "summary.json", "evidently.html", "evidently_classification.html"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000
+    assert "age" in (tmp_path / "out" / "report.html").read_text()
+
+    # the plain preset on the same frames gives the same methods, scores and verdicts
+    reference = pd.read_parquet(monitored / "reference.parquet").drop(columns=["y"])
+    log = pq.read_table(monitored / "log" / "predictions" / "model=shifted").to_pandas()
+    current = log.rename(columns=lambda c: c.removeprefix("input."))[list(reference.columns)]
+    snapshot = json.loads(Report([DataDriftPreset()]).run(current, reference).json())
+    preset = {m["config"]["column"]: (m["value"], m["value"] >= m["config"]["threshold"])
+              for m in snapshot["metrics"] if m["metric_name"].startswith("ValueDrift")}
+    ours = {c["column"]: (c["score"], c["drifted"]) for c in drift["columns"]}
+    ours["prediction"] = (summary["prediction_drift"]["score"], summary["prediction_drift"]["drifted"])
+    assert set(preset) == set(ours)
+    for column, (score, drifted) in preset.items():
+        assert ours[column][0] == pytest.approx(score, rel=1e-9, abs=1e-12) and ours[column][1] == drifted, column
+
+
+def test_small_window_says_so_and_triggers_nothing(monitored, tmp_path):
+    submitted = []
+    summary = run(_config(monitored, tmp_path, "tiny"), NOW, submit=lambda args: submitted.append(args) or "run")
+    assert summary["status"] == "too_small" and summary["rows"] == 50 and summary["drift"] is None
+    assert not summary["decision"]["fire"] and "too small: 50 rows" in summary["decision"]["blocked"][0]
+    empty = run(_config(monitored, tmp_path, "no-such-model"), NOW, submit=lambda args: submitted.append(args) or "run")
+    assert empty["rows"] == 0 and "window empty" in empty["decision"]["blocked"][0]
+    assert submitted == []
+    assert 'kfmlops_drift_rows_checked{model="no-such-model"} 0.0' in (tmp_path / "drift.prom").read_text()
+
+
+def test_fired_policy_submits_once_per_window(monitored, tmp_path):
+    calls = []
+
+    def submit(arguments: dict) -> str:
+        calls.append(arguments)
+        return f"run-{len(calls)}"
+
+    config = _config(monitored, tmp_path, "shifted")
+    first = run(config, NOW, submit)
+    assert first["retrain"]["submitted"] and first["retrain"]["run_id"] == "run-1"
+    (arguments,) = calls
+    assert arguments["label"] == "y" and arguments["positive_labels"] == [1]
+    assert arguments["test_source"] == ADULT_SPEC.test_source and arguments["sensitive_features"] == ["sex", "race"]
+    fresh = pq.read_table(arguments["source"])
+    assert fresh.num_rows == 32561 + first["labelled_rows"]
+    reason = json.loads(fresh.schema.metadata[b"kfmlops.retrain_reason"])
+    assert reason["window_id"] == first["window_id"] and "age" in reason["drifted"]
+
+    retried = run(config, NOW, submit)  # the same window again: the job was retried
+    assert len(calls) == 1 and not retried["decision"]["fire"]
+    assert any("already handled: submitted, run run-1" in b for b in retried["decision"]["blocked"])
+    later = run(config, NOW + timedelta(hours=3), submit)  # the next window, inside the cool-down
+    assert len(calls) == 1 and any(b.startswith("cool-down") for b in later["decision"]["blocked"])
+
+
+def test_any_current_dataset(monitored, tmp_path):
+    """A raw file instead of the log: names, strings, NA tokens and labels normalised as ingest does."""
+    config = DriftConfig.model_validate({
+        "training_config": str(monitored / "training.yaml"), "current": ADULT_SPEC.test_source, "model": "adult",
+        "output_dir": str(tmp_path / "out"), "reference": {"uri": str(monitored / "reference.parquet")},
+        "drift": {"report_rows": 0}, "trigger": {"ledger_dir": str(tmp_path / "ledger")},
+    })
+    summary = run(config, NOW)
+    assert summary["rows"] == summary["labelled_rows"] == 16281 and summary["drift"]["checked"] == 14
+    assert summary["drift"]["drifted"] == [] and summary["quality"]["workclass"]["unseen_share"] == 0.0
+    assert summary["window"]["fingerprint"] and summary["prediction_drift_note"] == "the current data has no predictions"
+
+
+class _Pushgateway(BaseHTTPRequestHandler):
+    received: list[tuple[str, str, bytes]] = []
+
+    def do_PUT(self):  # noqa: N802 (http.server's naming)
+        self.received.append((self.command, self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_metrics_reach_a_pushgateway(monitored, tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), _Pushgateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        run(_config(monitored, tmp_path, "tiny", metrics={"pushgateway_url": url, "textfile": None}), NOW)
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((method, path, body),) = _Pushgateway.received
+    assert method == "PUT" and path == "/metrics/job/kfmlops_drift/model/tiny"
+    assert b"kfmlops_drift_rows_checked" in body and b"kfmlops_drift_last_run_timestamp_seconds" in body
+
+
+def test_reference_found_through_lineage_and_cli(monitored, tmp_path, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_store.tracking_uri)
+    client.create_registered_model(mlflow_store.model_name)
+    version = client.create_model_version(mlflow_store.model_name, source=str(tmp_path), tags={
+        TRAIN_DATA_TAG: str(monitored / "reference.parquet"), "kfmlops.dataset_fingerprint": "x"})
+    client.set_registered_model_alias(mlflow_store.model_name, "champion", version.version)
+    training = yaml.safe_load((monitored / "training.yaml").read_text())
+    training["mlflow"] = mlflow_store.model_dump(mode="json")
+    (tmp_path / "training.yaml").write_text(yaml.safe_dump(training))
+    (tmp_path / "drift.yaml").write_text(yaml.safe_dump({
+        "training_config": "training.yaml", "log_root": str(monitored / "log"), "output_dir": "out",
+        "window": {"model": "iid", "hours": 12, "settle_minutes": 5},
+        "reference": {"score_with_model": False}, "drift": {"report_rows": 0},
+        "trigger": {"ledger_dir": "ledger"},
+    }))
+    assert drift_main(["--config", str(tmp_path / "drift.yaml"), "--now", NOW.isoformat()]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["served"]["version"] == "1" and summary["served"]["model_uri"] == f"models:/{mlflow_store.model_name}/1"
+    assert summary["reference"] == {"uri": str(monitored / "reference.parquet"), "rows": 32561}
+    assert summary["prediction_drift"]["drifted"] is False  # the reference's own prediction column: no scoring

@@ -1,0 +1,180 @@
+"""Retraining policy and trigger: thresholds, minimum rows, cool-down, daily cap, idempotence under
+retries and concurrent claims, fresh data, and the submitters (a real recording one, the local one)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kfmlops.config import ConfigError, PipelineConfig, Settings
+from kfmlops.monitoring.config import DriftConfig, PolicyConfig, TriggerConfig
+from kfmlops.monitoring.lineage import load_reference
+from kfmlops.monitoring.policy import FAILED, SUBMITTED, Figures, Ledger, LedgerEntry, decide, window_id
+from kfmlops.monitoring.trigger import (
+    fresh_training_data,
+    local_submitter,
+    retrain,
+    retrain_arguments,
+    submitter_for,
+)
+
+from conftest import ADULT_INGEST, ADULT_SPEC
+
+HOUR = 3600.0
+NOW = 1_800_000_000.0
+DRIFTING = Figures(rows=5000, labelled_rows=500, drift_share=0.6, drifted_features=["age", "sex", "race"],
+                   prediction_drifted=True, prediction_score=0.3, roc_auc=0.7)
+QUIET = Figures(rows=5000, labelled_rows=500, drift_share=0.1, drifted_features=["age"],
+                prediction_drifted=False, prediction_score=0.01, roc_auc=0.9)
+
+
+class Recorder:
+    """A real submitter: records the arguments it was called with and returns a new run id."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[dict] = []
+        self.fail = fail
+
+    def __call__(self, arguments: dict) -> str:
+        self.calls.append(arguments)
+        if self.fail:
+            raise ConnectionError("pipeline API unreachable")
+        return f"run-{len(self.calls)}"
+
+
+def _entry(wid: str, claimed_at: float, model: str = "adult") -> LedgerEntry:
+    return LedgerEntry(window_id=wid, model=model, claimed_at=claimed_at, status=SUBMITTED, reasons=[], window={})
+
+
+def test_signals_and_thresholds(tmp_path):
+    ledger = Ledger(tmp_path)
+    policy = PolicyConfig()
+    fired = decide(DRIFTING, policy, ledger, "w1", "adult", NOW)
+    assert fired.fire and fired.signals == ["dataset_drift", "prediction_drift"] and fired.blocked == []
+    assert "60% of features drifted (threshold 50%): age, sex, race" in fired.reasons[0]
+    assert decide(QUIET, policy, ledger, "w1", "adult", NOW).signals == []
+    assert not decide(DRIFTING, PolicyConfig(drift_share=0.7, signals=["dataset_drift"]), ledger, "w1", "adult", NOW).fire
+    watched = PolicyConfig(signals=["feature_drift"], watched_features=["age"])
+    assert decide(QUIET, watched, ledger, "w1", "adult", NOW).reasons == ["feature drift: age"]
+    assert not decide(QUIET, PolicyConfig(signals=["feature_drift"], watched_features=["fnlwgt"]), ledger, "w1", "adult", NOW).fire
+    performance = PolicyConfig(signals=["performance"], min_roc_auc=0.8)
+    assert decide(DRIFTING, performance, ledger, "w1", "adult", NOW).signals == ["performance"]
+    assert not decide(QUIET, performance, ledger, "w1", "adult", NOW).fire
+    with pytest.raises(ValueError, match="min_roc_auc"):
+        PolicyConfig(signals=["performance"])
+
+
+def test_small_window_and_few_labels_trigger_nothing(tmp_path):
+    ledger = Ledger(tmp_path)
+    small = decide(Figures(rows=999), PolicyConfig(min_rows=1000), ledger, "w", "adult", NOW)
+    assert not small.fire and small.blocked == ["window too small: 999 rows (policy.min_rows = 1000); nothing checked"]
+    assert decide(Figures(rows=0), PolicyConfig(), ledger, "w", "adult", NOW).blocked[0].startswith("window empty")
+    unlabelled = decide(DRIFTING, PolicyConfig(min_labelled_rows=1000), ledger, "w", "adult", NOW)
+    assert not unlabelled.fire and unlabelled.signals and "500 labelled rows" in unlabelled.blocked[0]
+
+
+def test_cooldown_and_daily_cap(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.claim(_entry("old", NOW - 30 * HOUR))
+    ledger.claim(_entry("other-model", NOW - 1 * HOUR, model="census"))
+    policy = PolicyConfig(cooldown_hours=6, max_retrains_per_day=2)
+    assert decide(DRIFTING, policy, ledger, "w", "adult", NOW).fire  # other models do not count
+    ledger.claim(_entry("recent", NOW - 2 * HOUR))
+    cooling = decide(DRIFTING, policy, ledger, "w", "adult", NOW)
+    assert not cooling.fire and cooling.blocked == ["cool-down: last retrain 2.0 h ago (policy.cooldown_hours = 6.0)"]
+    assert decide(DRIFTING, policy, ledger, "w", "adult", NOW + 5 * HOUR).fire
+    ledger.claim(_entry("recent2", NOW - 7 * HOUR))
+    capped = decide(DRIFTING, policy, ledger, "w", "adult", NOW + 5 * HOUR)
+    assert capped.blocked == ["daily cap: 2 retrains in the last 24 h (max 2)"]
+    assert "max_retrains_per_day is 0" in decide(DRIFTING, PolicyConfig(max_retrains_per_day=0), Ledger(tmp_path / "x"),
+                                                 "w", "adult", NOW).blocked[0]
+
+
+def test_retrain_submits_once_per_window(tmp_path):
+    ledger, submit = Ledger(tmp_path), Recorder()
+    decision = decide(DRIFTING, PolicyConfig(), ledger, window_id({"model": "adult", "start": "t0"}), "adult", NOW)
+    arguments = {"source": "/data/fresh.parquet", "label": "y"}
+    entry, submitted = retrain(decision, "adult", {"start": "t0"}, arguments, ledger, submit, NOW)
+    assert submitted and entry.status == SUBMITTED and entry.run_id == "run-1" and submit.calls == [arguments]
+    again, submitted = retrain(decision, "adult", {"start": "t0"}, arguments, ledger, submit, NOW + 1)
+    assert not submitted and again == entry and len(submit.calls) == 1  # a retried job does not start a second run
+    assert ledger.get(decision.window_id).reasons == decision.reasons
+    later = decide(DRIFTING, PolicyConfig(cooldown_hours=0, max_retrains_per_day=5), ledger, decision.window_id, "adult", NOW)
+    assert not later.fire and later.blocked == ["window already handled: submitted, run run-1"]
+
+
+def test_failed_submission_is_recorded_and_never_retried(tmp_path):
+    ledger = Ledger(tmp_path)
+    decision = decide(DRIFTING, PolicyConfig(), ledger, "w-fail", "adult", NOW)
+    with pytest.raises(ConnectionError):
+        retrain(decision, "adult", {}, {"source": "s"}, ledger, Recorder(fail=True), NOW)
+    entry = ledger.get("w-fail")
+    assert entry.status == FAILED and "unreachable" in entry.error
+    submit = Recorder()
+    assert retrain(decision, "adult", {}, {"source": "s"}, ledger, submit, NOW)[1] is False and submit.calls == []
+
+
+def test_concurrent_claims_admit_one(tmp_path):
+    ledger, submit = Ledger(tmp_path), Recorder()
+    decision = decide(DRIFTING, PolicyConfig(), ledger, "w-race", "adult", NOW)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: retrain(decision, "adult", {}, {"source": "s"}, Ledger(tmp_path), submit, NOW)[1], range(16)))
+    assert results.count(True) == 1 and len(submit.calls) == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_fresh_data_keeps_the_gates_and_reads_back(tmp_path, adult, adult_train):
+    reference = pq.read_table(adult.train_path)
+    window = pa.table({"age": [40, 60], "sex": ["Male", "Female"], "hours_per_week": [40.0, 70.0], "y": pa.array([1, 0], pa.int8()),
+                       "unrelated": ["x", "y"]})
+    path = tmp_path / "fresh" / "train.parquet"
+    rows = fresh_training_data(reference, window, "y", path, {"reasons": ["dataset drift"]})
+    assert rows == len(adult_train) + 2
+    fresh = pq.read_table(path)
+    assert fresh.schema.names == reference.schema.names and fresh["age"].type == pa.int64()
+    assert fresh.slice(len(adult_train))["workclass"].null_count == 2
+    assert json.loads(fresh.schema.metadata[b"kfmlops.retrain_reason"]) == {"reasons": ["dataset drift"]}
+
+    training = PipelineConfig(data=ADULT_SPEC, settings={"ingest": ADULT_INGEST.model_dump(), "evaluate": {"min_roc_auc": 0.8}})
+    arguments = retrain_arguments(training, str(path), "y")
+    assert Settings.parse(arguments["settings"]) == training.settings  # same gates for the new model
+    assert (arguments["source"], arguments["label"], arguments["positive_labels"]) == (str(path), "y", [1])
+    again, label = load_reference(str(path), training)  # the next drift run reads it back as its reference
+    assert label == "y" and again.num_rows == rows and again["y"].to_pylist()[-2:] == [1, 0]
+
+    with pytest.raises(ValueError, match="does not convert"):
+        fresh_training_data(reference, window.set_column(0, "age", pa.array(["old", "young"])), "y", path, {})
+
+
+def test_submitters(monkeypatch):
+    assert submitter_for(TriggerConfig()) is None
+    with pytest.raises(ValueError, match="kfp_host and pipeline_package"):
+        TriggerConfig(submitter="kfp")
+    seen = []
+    fake = types.ModuleType("kfmlops.local_run")  # stands in for the lead's kfp.local runner
+    fake.run_pipeline = lambda arguments: seen.append(arguments) or "local-run-1"
+    monkeypatch.setitem(sys.modules, "kfmlops.local_run", fake)
+    assert submitter_for(TriggerConfig(submitter="local"))({"source": "s"}) == "local-run-1"
+    assert local_submitter()({"source": "t"}) == "local-run-1" and seen == [{"source": "s"}, {"source": "t"}]
+
+
+def test_config_from_yaml_resolves_paths(tmp_path):
+    (tmp_path / "drift.yaml").write_text(
+        "training_config: pipeline.yaml\nlog_root: log\nwindow: {model: adult}\n"
+        "trigger: {submitter: kfp, kfp_host: 'http://127.0.0.1:1', pipeline_package: pipelines/training.yaml}\n"
+    )
+    config = DriftConfig.from_yaml(tmp_path / "drift.yaml")
+    assert config.log_root == str(tmp_path / "log") and config.trigger.pipeline_package == str(tmp_path / "pipelines/training.yaml")
+    assert config.trigger.kfp_host == "http://127.0.0.1:1" and config.model_name == "adult"
+    (tmp_path / "bad.yaml").write_text("training_config: p.yaml\nlog_root: log\ncurrent: x.csv\n")
+    with pytest.raises(ConfigError, match="exactly one of log_root"):
+        DriftConfig.from_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("training_config: p.yaml\ncurrent: x.csv\npolicy: {cooldown: 3}\n")
+    with pytest.raises(ConfigError, match="policy.cooldown"):
+        DriftConfig.from_yaml(tmp_path / "typo.yaml")

@@ -1,0 +1,289 @@
+"""Inference log and sink: concurrent writers lose and duplicate nothing, a killed writer leaves
+readable data, KServe CloudEvents are joined into rows over real HTTP, ground truth joins back."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import uvicorn
+
+from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
+from kfmlops.monitoring.payloads import request_rows, response_rows
+from kfmlops.monitoring.sink import REQUEST, RESPONSE, EventError, EventJoiner, create_app, parse_event
+from kfmlops.monitoring.store import (
+    InferenceLog,
+    PredictionRecord,
+    import_ground_truth,
+    read_window,
+    window_files,
+)
+
+T0 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+ALL_TIME = (T0 - timedelta(days=1), T0 + timedelta(days=1))
+
+
+def _keys(table) -> list[tuple[str, int]]:
+    return list(zip(table["request_id"].to_pylist(), table["row_index"].to_pylist()))
+
+
+def _record(i: int, writer: str = "w", hour: int = 0) -> PredictionRecord:
+    return PredictionRecord(
+        model="adult", request_id=f"{writer}-{i}", inputs={"age": 20 + i % 50, "sex": "Male" if i % 2 else "Female"},
+        output=(i % 100) / 100, model_version="3", timestamp=T0 + timedelta(hours=hour, seconds=i % 3600),
+    )
+
+
+def test_concurrent_threads_lose_and_duplicate_nothing(tmp_path):
+    log = InferenceLog(InferenceLogConfig(root=str(tmp_path), max_buffered_rows=300, flush_interval_s=0.05))
+
+    def writer(w: int) -> None:
+        records = [_record(i, f"t{w}", hour=i % 3) for i in range(2000)]
+        for lo in range(0, len(records), 37):
+            log.append(records[lo:lo + 37])
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+
+    table = read_window(tmp_path, "adult", *ALL_TIME)
+    keys = _keys(table)
+    assert len(keys) == len(set(keys)) == 8 * 2000
+    assert set(keys) == {(f"t{w}-{i}", 0) for w in range(8) for i in range(2000)}
+    assert log.files_committed > 3 * 8  # committed in many small files across the three hour partitions
+    assert len({p.parent.name for p in window_files(tmp_path, "adult", *ALL_TIME)}) == 3
+    assert table["input.age"].type == "int64" and table["prediction"].null_count == 0
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    from datetime import datetime, timezone
+    from kfmlops.monitoring.config import InferenceLogConfig
+    from kfmlops.monitoring.store import InferenceLog, PredictionRecord
+    root, name, n, buffered = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    t0 = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
+    log = InferenceLog(InferenceLogConfig(root=root, max_buffered_rows=buffered, flush_interval_s=3600))
+    i = 0
+    while n < 0 or i < n:
+        log.append([PredictionRecord(model="adult", request_id=f"{name}-{i}", inputs={"x": float(i), "pad": "p" * 200},
+                                     output=0.5, timestamp=t0)])
+        i += 1
+    log.close()
+""")
+
+
+def _spawn_writer(root: Path, name: str, n: int, buffered: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(root), name, str(n), str(buffered)])
+
+
+def test_concurrent_processes_lose_and_duplicate_nothing(tmp_path):
+    writers = [_spawn_writer(tmp_path, f"p{k}", 3000, 250) for k in range(3)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    keys = _keys(read_window(tmp_path, "adult", *ALL_TIME))
+    assert len(keys) == len(set(keys)) == 9000
+    assert {k for k, _ in keys} == {f"p{k}-{i}" for k in range(3) for i in range(3000)}
+
+
+def test_killed_writer_leaves_only_whole_files(tmp_path):
+    writer = _spawn_writer(tmp_path, "k", -1, 500)
+    deadline = time.monotonic() + 60
+    while len(window_files(tmp_path, "adult", *ALL_TIME)) < 6:
+        assert time.monotonic() < deadline and writer.poll() is None
+        time.sleep(0.02)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+
+    files = window_files(tmp_path, "adult", *ALL_TIME)
+    for path in files:
+        assert pq.read_table(path).num_rows % 500 == 0  # every committed file is a whole commit
+    table = read_window(tmp_path, "adult", *ALL_TIME)
+    ids = sorted(int(r.split("-")[1]) for r in table["request_id"].to_pylist())
+    assert ids == list(range(len(ids))) and len(ids) >= 6 * 500  # commits are in order: no gaps, no repeats
+    # a new writer on the same root carries on
+    with InferenceLog(InferenceLogConfig(root=str(tmp_path))) as log:
+        log.append([_record(1, "after")])
+    assert len(read_window(tmp_path, "adult", *ALL_TIME)) == len(ids) + 1
+
+
+def test_payload_shapes():
+    assert request_rows({"instances": [{"age": 1, "sex": "M"}, {"age": 2}]}) == [{"age": 1, "sex": "M"}, {"age": 2}]
+    assert request_rows({"instances": [[1, "a"], [2, "b"]]}) == [{"0": 1, "1": "a"}, {"0": 2, "1": "b"}]
+    assert request_rows({"inputs": {"age": [1, 2], "sex": ["M", "F"]}}) == [{"age": 1, "sex": "M"}, {"age": 2, "sex": "F"}]
+    v2 = {"inputs": [
+        {"name": "age", "shape": [2], "datatype": "INT64", "data": [39, 50]},
+        {"name": "sex", "shape": [2, 1], "datatype": "BYTES", "data": [["Male"], ["Female"]]},
+        {"name": "emb", "shape": [2, 2], "datatype": "FP32", "data": [[0.1, 0.2], [0.3, 0.4]]},
+    ]}
+    assert request_rows(v2) == [
+        {"age": 39, "sex": "Male", "emb.0": 0.1, "emb.1": 0.2}, {"age": 50, "sex": "Female", "emb.0": 0.3, "emb.1": 0.4}
+    ]
+    assert response_rows({"predictions": [0.2, 0.9]}) == ([0.2, 0.9], None, None)
+    out = {"model_name": "adult", "model_version": 7, "outputs": [{"name": "p", "shape": [2, 1], "datatype": "FP32", "data": [0.1, 0.8]}]}
+    assert response_rows(out) == ([0.1, 0.8], "adult", "7")
+    two = {"outputs": [{"name": "a", "shape": [1], "data": [1]}, {"name": "b", "shape": [1, 2], "data": [[0.3, 0.7]]}]}
+    assert response_rows(two)[0] == [{"a": 1, "b": [0.3, 0.7]}]
+    assert request_rows({"something": 1}) == [] and response_rows("text") == ([], None, None)
+
+
+def _event(kind: str, event_id: str, body, model="adult", time_=T0) -> dict:
+    headers = {"ce-id": event_id, "ce-type": kind, "ce-source": "http://localhost:9081/", "ce-specversion": "1.0",
+               "ce-inferenceservicename": model, "ce-endpoint": "default", "ce-time": time_.isoformat(),
+               "content-type": "application/json"}
+    return {"headers": headers, "content": json.dumps(body)}
+
+
+def test_structured_and_bad_events():
+    structured = {"id": "s1", "type": RESPONSE, "source": "x", "specversion": "1.0", "inferenceservicename": "adult",
+                  "time": "2026-11-23T10:00:00.123456789Z", "data_base64": base64.b64encode(b'{"predictions": [1]}').decode()}
+    event = parse_event({"content-type": "application/cloudevents+json"}, json.dumps(structured).encode(), T0)
+    assert (event.id, event.kind, event.model, event.body) == ("s1", RESPONSE, "adult", {"predictions": [1]})
+    assert event.time == datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=timezone.utc)
+    for headers, body, message in [
+        ({"ce-type": REQUEST}, b"{}", "missing CloudEvent id"),
+        ({"ce-id": "1", "ce-type": "dev.knative.other"}, b"{}", "neither"),
+        ({"ce-id": "1", "ce-type": REQUEST}, b"{not json", "not JSON"),
+    ]:
+        with pytest.raises(EventError, match=message):
+            parse_event(headers, body, T0)
+
+
+def test_joiner_times_out_and_bounds_pending():
+    clock = [0.0]
+    joiner = EventJoiner(timeout_s=10, max_pending=3, max_pending_bytes=10_000, clock=lambda: clock[0])
+    parse = lambda e: parse_event(e["headers"], e["content"].encode(), T0)  # noqa: E731
+    assert joiner.add(parse(_event(REQUEST, "a", {"instances": [{"x": 1}]}))) == []
+    clock[0] = 5
+    for i in "bcd":
+        joiner.add(parse(_event(REQUEST, i, {"instances": [{"x": 2}]})))
+    assert joiner.pending == 3 and joiner.unmatched == 1  # "a" was pushed out by capacity
+    clock[0] = 16
+    expired = joiner.expire()
+    assert [r.request_id for r in expired] == ["b", "c", "d"] and all(r.output is None for r in expired)
+    late = joiner.add(parse(_event(RESPONSE, "b", {"predictions": [0.4]})))
+    assert late == []  # its request was already written alone: a late duplicate is dropped
+    pair = [parse(_event(RESPONSE, "e", {"predictions": [0.7]})), parse(_event(REQUEST, "e", {"instances": [{"x": 3}]}))]
+    assert joiner.add(pair[0]) == []
+    (record,) = joiner.add(pair[1])
+    assert (record.inputs, record.output, record.model_version) == ({"x": 3}, 0.7, None)
+    big = joiner.add(parse(_event(REQUEST, "big", {"instances": [{"x": "y" * 20_000}]})))
+    assert [r.request_id for r in big] == ["big"] and joiner.pending == 0  # over the byte budget: written alone
+
+
+@contextmanager
+def running_sink(config: SinkConfig):
+    """The sink app under uvicorn on a free loopback port, in a thread; stopped (and drained) on exit."""
+    app = create_app(InferenceLog(config.log), config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def test_sink_joins_kserve_events_over_http(tmp_path):
+    events = []
+    for i in range(120):
+        if i % 2:  # V1, two instances per request
+            request = {"instances": [{"age": i, "sex": "Male"}, {"age": i + 1, "sex": "Female"}]}
+            response = {"predictions": [0.25, 0.75]}
+        else:  # V2, one instance, the version named by the response
+            request = {"inputs": [{"name": "age", "shape": [1], "datatype": "INT64", "data": [i]},
+                                  {"name": "sex", "shape": [1], "datatype": "BYTES", "data": ["Male"]}]}
+            response = {"model_name": "adult", "model_version": "4",
+                        "outputs": [{"name": "p", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
+        events += [_event(REQUEST, f"id-{i}", request), _event(RESPONSE, f"id-{i}", response)]
+    events += [_event(REQUEST, f"req-only-{i}", {"instances": [{"age": 1, "sex": "Male"}]}) for i in range(5)]
+    events += [_event(RESPONSE, f"resp-only-{i}", {"predictions": [0.1]}) for i in range(4)]
+    events += random.Random(0).sample(events, 10)  # redeliveries
+    random.Random(1).shuffle(events)
+
+    config = SinkConfig(log=InferenceLogConfig(root=str(tmp_path), max_buffered_rows=64), join_timeout_s=60)
+
+    async def send_all(url: str) -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            semaphore = asyncio.Semaphore(16)
+
+            async def post(event):
+                async with semaphore:
+                    return (await client.post("/", **event)).status_code
+
+            codes = await asyncio.gather(*(post(e) for e in events))
+            bad = await client.post("/", headers={"ce-id": "x", "ce-type": "other"}, content=b"{}")
+            health = await client.get("/healthz")
+            return [*codes, bad.status_code, health.status_code]
+
+    with running_sink(config) as url:
+        codes = asyncio.run(send_all(url))
+    assert codes[:-2] == [200] * len(events) and codes[-2:] == [400, 200]
+
+    table = read_window(tmp_path, "adult", *ALL_TIME)
+    rows = {key: row for key, row in zip(_keys(table), table.to_pylist())}
+    assert len(rows) == len(table) == 60 * 2 + 60 + 5 + 4  # one row per instance, redeliveries dropped
+    assert rows[("id-1", 1)]["input.age"] == 2 and rows[("id-1", 1)]["prediction"] == 0.75
+    assert rows[("id-2", 0)]["model_version"] == "4" and rows[("id-2", 0)]["input.sex"] == "Male"
+    assert all(rows[(f"req-only-{i}", 0)]["prediction"] is None for i in range(5))
+    assert all(rows[(f"resp-only-{i}", 0)]["input.age"] is None for i in range(4))
+    assert {r["endpoint"] for r in rows.values()} == {"default"}
+
+
+def test_sink_writes_unmatched_after_timeout(tmp_path):
+    config = SinkConfig(log=InferenceLogConfig(root=str(tmp_path), flush_interval_s=0.1), join_timeout_s=0.3)
+    with running_sink(config) as url:
+        assert httpx.post(url, **_event(REQUEST, "lonely", {"instances": [{"age": 30}]})).status_code == 200
+        deadline = time.monotonic() + 10
+        while not len(table := read_window(tmp_path, "adult", *ALL_TIME)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert table["request_id"].to_pylist() == ["lonely"] and table["prediction"].to_pylist() == [None]
+
+
+def test_ground_truth_joins_latest_label(tmp_path):
+    with InferenceLog(InferenceLogConfig(root=str(tmp_path))) as log:
+        log.append([_record(i) for i in range(10)])
+    (tmp_path / "truth.csv").write_text("Request ID,Y\nw-1,>50K\nw-2,<=50K\nw-3,>50K.\nunknown,>50K\n")
+    assert import_ground_truth(tmp_path, str(tmp_path / "truth.csv"), label="Y", request_id="Request ID",
+                               positive_labels=[">50K", ">50K."]) == 4
+    (tmp_path / "late.csv").write_text("request_id,label\nw-2,1\n")  # a corrected label arrives later
+    import_ground_truth(tmp_path, str(tmp_path / "late.csv"))
+    table = read_window(tmp_path, "adult", *ALL_TIME)
+    labels = dict(zip(table["request_id"].to_pylist(), table["label"].to_pylist()))
+    assert {k: labels[k] for k in ("w-1", "w-2", "w-3", "w-4")} == {"w-1": 1, "w-2": 1, "w-3": 1, "w-4": None}
+    assert pc.sum(pc.is_valid(table["label"])).as_py() == 3
+
+
+def test_sink_cli_imports_labels(tmp_path, capsys):
+    from kfmlops.cli import main
+
+    (tmp_path / "truth.jsonl").write_text('{"request_id": "a", "label": 1}\n{"request_id": "b", "label": 0}\n')
+    assert main(["sink", "import-labels", "--root", str(tmp_path), str(tmp_path / "truth.jsonl")]) == 0
+    assert "imported 2 labels" in capsys.readouterr().out
