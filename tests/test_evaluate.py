@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,11 +12,9 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
-from kfmlops.config import DataSpec, EvaluateConfig, IngestConfig
+from kfmlops.config import EvaluateConfig
 from kfmlops.evaluate import MAX_CURVE_POINTS, Blessing, Scores, bless, champion_probabilities, score
-from kfmlops.ingest import ingest
 
-ROOT = Path(__file__).parents[1]
 WEAK = (["relationship", "education", "occupation"], ["age", "hours_per_week"])
 STRONG = (
     ["workclass", "education", "marital_status", "occupation", "relationship", "race", "sex", "native_country"],
@@ -48,17 +45,8 @@ class _LogReg:
 
 
 @pytest.fixture(scope="module")
-def adult(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("adult")
-    spec = DataSpec(
-        source=str(ROOT / "data/adult/adult.data.gz"),
-        test_source=str(ROOT / "data/adult/adult.test.gz"),
-        label="Y",
-        positive_labels=[">50K", ">50K."],
-        sensitive_features=["sex", "race"],
-    )
-    ingest(spec, IngestConfig(format="csv"), tmp / "train.parquet", tmp / "test.parquet")
-    train, test = pd.read_parquet(tmp / "train.parquet"), pd.read_parquet(tmp / "test.parquet")
+def case(adult_train, adult_test):
+    train, test = adult_train, adult_test
     weak, strong = _LogReg(train, *WEAK), _LogReg(train, *STRONG)
     return {
         "test": test,
@@ -72,8 +60,8 @@ def adult(tmp_path_factory):
 # --- score ---------------------------------------------------------------------------------------
 
 
-def test_score_matches_sklearn(adult):
-    y, p = adult["y"], adult["weak"]
+def test_score_matches_sklearn(case):
+    y, p = case["y"], case["weak"]
     s = score(y, p)
     pred = (p >= 0.5).astype(int)
     assert s.n == len(y) == 16281
@@ -94,8 +82,8 @@ def test_score_matches_sklearn(adult):
     assert Scores.from_json(json.loads(text)) == s
 
 
-def test_score_threshold_and_roc_curve(adult):
-    y, p = adult["y"], adult["weak"]
+def test_score_threshold_and_roc_curve(case):
+    y, p = case["y"], case["weak"]
     s = score(y, p, threshold=0.3)
     pred = (p >= 0.3).astype(int)
     assert s.confusion_matrix == skm.confusion_matrix(y, pred).tolist()
@@ -145,8 +133,8 @@ def test_score_rejects_bad_threshold():
 # --- bless ---------------------------------------------------------------------------------------
 
 
-def test_bless_blocks_on_absolute_minimums(adult):
-    s = score(adult["y"], adult["weak"])
+def test_bless_blocks_on_absolute_minimums(case):
+    s = score(case["y"], case["weak"])
     b = bless(s, EvaluateConfig(min_roc_auc=0.95))
     assert not b.blessed
     assert b.reasons == [f"roc_auc {s.roc_auc:.4f} < min_roc_auc 0.95"]
@@ -156,9 +144,9 @@ def test_bless_blocks_on_absolute_minimums(adult):
     assert b.reasons == [f"roc_auc {s.roc_auc:.4f} < min_roc_auc 0.95", f"pr_auc {s.pr_auc:.4f} < min_pr_auc 0.9"]
 
 
-def test_bless_blocks_regression_against_stronger_champion(adult):
-    candidate = score(adult["y"], adult["weak"])
-    champion = score(adult["y"], adult["strong"])
+def test_bless_blocks_regression_against_stronger_champion(case):
+    candidate = score(case["y"], case["weak"])
+    champion = score(case["y"], case["strong"])
     drop = champion.roc_auc - candidate.roc_auc
     assert drop > 0.01  # the strong model really is stronger
     b = bless(candidate, EvaluateConfig(), champion=champion, champion_version="3")
@@ -174,9 +162,9 @@ def test_bless_blocks_regression_against_stronger_champion(adult):
     assert len(b.reasons) == 2 and b.reasons[0].startswith("roc_auc") and "max_regression" in b.reasons[1]
 
 
-def test_bless_passes_otherwise(adult):
-    weak = score(adult["y"], adult["weak"])
-    strong = score(adult["y"], adult["strong"])
+def test_bless_passes_otherwise(case):
+    weak = score(case["y"], case["weak"])
+    strong = score(case["y"], case["strong"])
     b = bless(strong, EvaluateConfig())
     assert b.blessed and len(b.reasons) == 1
     assert f"roc_auc {strong.roc_auc:.4f} >= min_roc_auc 0.85" in b.reasons[0]
@@ -190,17 +178,17 @@ def test_bless_passes_otherwise(adult):
     assert b.blessed and "within max_regression 0.05" in b.reasons[0]
 
 
-def test_bless_regression_boundary_is_inclusive(adult):
-    base = score(adult["y"], adult["weak"])
+def test_bless_regression_boundary_is_inclusive(case):
+    base = score(case["y"], case["weak"])
     candidate = dataclasses.replace(base, roc_auc=0.85)
     champion = dataclasses.replace(base, roc_auc=0.86)  # 0.86 - 0.85 == 0.010000000000000009 in floats
     assert bless(candidate, EvaluateConfig(max_regression=0.01), champion=champion).blessed
     assert not bless(candidate, EvaluateConfig(max_regression=0.009), champion=champion).blessed
 
 
-def test_blessing_json_and_html(adult):
-    candidate = score(adult["y"], adult["weak"])
-    champion = score(adult["y"], adult["strong"])
+def test_blessing_json_and_html(case):
+    candidate = score(case["y"], case["weak"])
+    champion = score(case["y"], case["strong"])
     b = bless(candidate, EvaluateConfig(), champion=champion, champion_version="3")
     data = json.loads(json.dumps(b.to_json(), allow_nan=False))
     assert data["blessed"] is False and data["champion_version"] == "3"
@@ -240,16 +228,16 @@ def registry(tmp_path):
     mlflow.set_tracking_uri(previous)
 
 
-def test_champion_probabilities(adult, registry):
-    frame = adult["test"].drop(columns=["y"]).head(500)
-    expected = adult["weak_model"].proba(frame)
+def test_champion_probabilities(case, registry):
+    frame = case["test"].drop(columns=["y"]).head(500)
+    expected = case["weak_model"].proba(frame)
     assert champion_probabilities("adult", frame) is None  # empty registry
 
     for as_frame in (True, False):
         with mlflow.start_run():
             mlflow.pyfunc.log_model(
                 name="model",
-                python_model=TinyModel(adult["weak_model"], as_frame=as_frame),
+                python_model=TinyModel(case["weak_model"], as_frame=as_frame),
                 pip_requirements=[],
                 registered_model_name="adult",
             )
@@ -265,7 +253,7 @@ def test_champion_probabilities(adult, registry):
     version, proba = champion_probabilities("adult", frame)
     assert version == "2"
     np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-12)
-    assert score(adult["y"][:500], proba).roc_auc == pytest.approx(skm.roc_auc_score(adult["y"][:500], expected))
+    assert score(case["y"][:500], proba).roc_auc == pytest.approx(skm.roc_auc_score(case["y"][:500], expected))
 
 
 def test_champion_probabilities_propagates_other_errors(registry):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,29 +11,18 @@ import pytest
 from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio, equalized_odds_difference
 from sklearn.linear_model import LogisticRegression
 
-from kfmlops.config import DataSpec, FairnessConfig, IngestConfig
+from kfmlops.config import FairnessConfig
 from kfmlops.fairness import MISSING_GROUP, assess
-from kfmlops.ingest import ingest
 
-ROOT = Path(__file__).parents[1]
 CATS, NUMS = ["relationship", "education", "occupation"], ["age", "hours_per_week"]
 NO_GATES = dict(max_demographic_parity_difference=None, min_demographic_parity_ratio=None,
                 max_equalized_odds_difference=None)
 
 
 @pytest.fixture(scope="module")
-def adult(tmp_path_factory):
+def case(adult_train, adult_test):
     """Adult test split with 0/1 predictions of a quick LogisticRegression on a few one-hot columns."""
-    tmp = tmp_path_factory.mktemp("adult")
-    spec = DataSpec(
-        source=str(ROOT / "data/adult/adult.data.gz"),
-        test_source=str(ROOT / "data/adult/adult.test.gz"),
-        label="Y",
-        positive_labels=[">50K", ">50K."],
-        sensitive_features=["sex", "race"],
-    )
-    ingest(spec, IngestConfig(format="csv"), tmp / "train.parquet", tmp / "test.parquet")
-    train, test = pd.read_parquet(tmp / "train.parquet"), pd.read_parquet(tmp / "test.parquet")
+    train, test = adult_train, adult_test
 
     def design(frame):
         x = pd.get_dummies(frame[CATS].fillna("?"), dtype=float)
@@ -50,8 +38,8 @@ def adult(tmp_path_factory):
     return test["y"].to_numpy(), pred, test[["sex", "race"]].reset_index(drop=True)
 
 
-def test_by_group_matches_hand_computation(adult):
-    y, pred, sensitive = adult
+def test_by_group_matches_hand_computation(case):
+    y, pred, sensitive = case
     result = assess(y, pred, sensitive, FairnessConfig(**NO_GATES))
     assert result.passed
     assert [f.feature for f in result.features] == ["sex", "race"]
@@ -85,8 +73,8 @@ def test_by_group_matches_hand_computation(adult):
     assert sex.equalized_odds_difference == pytest.approx(equalized_odds_difference(y, pred, sensitive_features=s))
 
 
-def test_threshold_the_model_breaks_fails_naming_feature_and_figure(adult):
-    y, pred, sensitive = adult
+def test_threshold_the_model_breaks_fails_naming_feature_and_figure(case):
+    y, pred, sensitive = case
     result = assess(y, pred, sensitive[["sex"]], FairnessConfig(max_demographic_parity_difference=0.05))
     assert not result.passed
     dpd = result.features[0].demographic_parity_difference
@@ -103,8 +91,8 @@ def test_threshold_the_model_breaks_fails_naming_feature_and_figure(adult):
     )
 
 
-def test_loose_thresholds_pass_with_the_figures(adult):
-    y, pred, sensitive = adult
+def test_loose_thresholds_pass_with_the_figures(case):
+    y, pred, sensitive = case
     config = FairnessConfig(max_demographic_parity_difference=0.5, min_demographic_parity_ratio=0.1,
                             max_equalized_odds_difference=0.5)
     result = assess(y, pred, sensitive, config)
@@ -117,8 +105,8 @@ def test_loose_thresholds_pass_with_the_figures(adult):
     assert result.passed and "nothing was checked" in result.reasons[0]
 
 
-def test_small_groups_are_reported_but_excluded_from_the_gate(adult):
-    y, pred, sensitive = adult
+def test_small_groups_are_reported_but_excluded_from_the_gate(case):
+    y, pred, sensitive = case
     race = sensitive[["race"]]
     everyone = assess(y, pred, race, FairnessConfig(min_group_size=1)).features[0]
     result = assess(y, pred, race, FairnessConfig(min_group_size=200, max_equalized_odds_difference=None))
@@ -191,8 +179,8 @@ def test_bad_input_is_a_clear_value_error():
         assess(np.array([0, 1]), np.array([0.2, 0.7]), pd.DataFrame({"g": ["a", "b"]}), FairnessConfig())
 
 
-def test_json_and_html(adult):
-    y, pred, sensitive = adult
+def test_json_and_html(case):
+    y, pred, sensitive = case
     result = assess(y, pred, sensitive, FairnessConfig(max_demographic_parity_difference=0.05, max_equalized_odds_difference=0.5))
     data = json.loads(json.dumps(result.to_json(), allow_nan=False))
     assert data["passed"] is False and data["thresholds"]["max_demographic_parity_difference"] == 0.05

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ADULT, ADULT_INGEST, ADULT_SPEC
+from conftest import ADULT_INGEST, ADULT_SPEC
 from kfmlops.config import DataSpec, IngestConfig
 from kfmlops.ingest import IngestError, ingest, normalise_name, in_test_split
 

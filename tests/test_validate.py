@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kfmlops.config import ConfigError, DataSpec, Expectation, IngestConfig, ValidateConfig
-from kfmlops.ingest import ingest
+from kfmlops.config import ConfigError, Expectation, ValidateConfig
 from kfmlops.validate import (
     MAX_INFERRED_CATEGORIES,
     DataValidationError,
@@ -20,29 +18,19 @@ from kfmlops.validate import (
     validate,
 )
 
-ROOT = Path(__file__).parents[1]
 LABEL = "y"
 STRICT = ValidateConfig(inferred_severity="error")
 
 
 @pytest.fixture(scope="module")
-def adult(tmp_path_factory) -> dict[str, pd.DataFrame]:
-    out = tmp_path_factory.mktemp("adult")
-    spec = DataSpec(
-        source=str(ROOT / "data/adult/adult.data.gz"),
-        test_source=str(ROOT / "data/adult/adult.test.gz"),
-        label="Y",
-        positive_labels=[">50K", ">50K."],
-        sensitive_features=["sex", "race"],
-    )
-    result = ingest(spec, IngestConfig(format="csv"), out / "train.parquet", out / "test.parquet")
-    return {"train": pd.read_parquet(result.train_path), "test": pd.read_parquet(result.test_path)}
+def case(adult_train, adult_test) -> dict[str, pd.DataFrame]:
+    return {"train": adult_train, "test": adult_test}
 
 
 @pytest.fixture(scope="module")
-def corrupted(adult) -> pd.DataFrame:
+def corrupted(case) -> pd.DataFrame:
     """The test split with negative ages, an unseen workclass, no occupations and no hours_per_week."""
-    bad = adult["test"].copy()
+    bad = case["test"].copy()
     bad.loc[:999, "age"] = -5
     bad.loc[:1999, "workclass"] = "Martian"
     bad["occupation"] = None
@@ -58,8 +46,8 @@ def test_importing_the_module_does_not_import_great_expectations():
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_build_suite_infers_types_ranges_categories_and_null_rates(adult):
-    train = adult["train"]
+def test_build_suite_infers_types_ranges_categories_and_null_rates(case):
+    train = case["train"]
     declared = Expectation(type="expect_column_to_exist", kwargs={"column": "age"})
     suite = build_suite(ValidateConfig(expectations=[declared]), train, LABEL)
     assert suite[0] == declared
@@ -109,9 +97,9 @@ def test_build_suite_edge_cases():
         build_suite(ValidateConfig(), frame, "target")
 
 
-def test_adult_train_and_test_pass_the_inferred_suite_at_error_severity(adult):
-    result = validate(adult, STRICT, LABEL)
-    suite = build_suite(STRICT, adult["train"], LABEL)
+def test_adult_train_and_test_pass_the_inferred_suite_at_error_severity(case):
+    result = validate(case, STRICT, LABEL)
+    suite = build_suite(STRICT, case["train"], LABEL)
     assert len(result.outcomes) == 2 * len(suite)
     assert {o.split for o in result.outcomes} == {"train", "test"}
     assert result.passed, [o.describe() for o in result.errors]
@@ -122,15 +110,15 @@ def test_adult_train_and_test_pass_the_inferred_suite_at_error_severity(adult):
     assert summary["splits"]["test"] == {"evaluated": len(suite), "errors": 0, "warnings": 0}
 
 
-def test_a_declared_expectation_the_data_breaks_fails_and_names_it(adult):
+def test_a_declared_expectation_the_data_breaks_fails_and_names_it(case):
     age_cap = Expectation(
         type="expect_column_values_to_be_between", kwargs={"column": "age", "min_value": 0, "max_value": 60}
     )
-    result = validate(adult, ValidateConfig(expectations=[age_cap], infer_from_train=False), LABEL)
+    result = validate(case, ValidateConfig(expectations=[age_cap], infer_from_train=False), LABEL)
     assert not result.passed
     assert [(o.split, o.column) for o in result.errors] == [("train", "age"), ("test", "age")]
     for outcome in result.errors:
-        expected = (adult[outcome.split]["age"] > 60).mean() * 100
+        expected = (case[outcome.split]["age"] > 60).mean() * 100
         assert outcome.unexpected_percent == pytest.approx(expected)  # a percentage, not a share
         assert all(v > 60 for v in outcome.observed)
     with pytest.raises(DataValidationError) as caught:
@@ -140,8 +128,8 @@ def test_a_declared_expectation_the_data_breaks_fails_and_names_it(adult):
     assert f"{result.errors[1].unexpected_percent:.2f}% unexpected" in message
 
 
-def test_a_corrupted_split_is_caught_with_each_problem_named(adult, corrupted):
-    result = validate({"train": adult["train"], "test": corrupted}, STRICT, LABEL)
+def test_a_corrupted_split_is_caught_with_each_problem_named(case, corrupted):
+    result = validate({"train": case["train"], "test": corrupted}, STRICT, LABEL)
     assert {o.split for o in result.errors} == {"test"}
     failed = {(o.type, o.column): o for o in result.errors}
     assert failed["expect_column_values_to_be_between", "age"].observed == [-5]
@@ -173,8 +161,8 @@ def test_a_corrupted_split_is_caught_with_each_problem_named(adult, corrupted):
     assert "Martian" in html and "hours_per_week" in html
 
 
-def test_warning_level_failures_do_not_fail(adult, corrupted):
-    result = validate({"test": corrupted}, ValidateConfig(), LABEL, reference=adult["train"])
+def test_warning_level_failures_do_not_fail(case, corrupted):
+    result = validate({"test": corrupted}, ValidateConfig(), LABEL, reference=case["train"])
     assert result.passed
     assert len(result.warnings) == 7 and result.errors == []
     result.raise_for_errors()
@@ -182,8 +170,8 @@ def test_warning_level_failures_do_not_fail(adult, corrupted):
     assert result.to_json()["warnings"] == 7
 
 
-def test_an_unknown_expectation_or_bad_arguments_are_config_errors(adult):
-    small = {"train": adult["train"].head(100)}
+def test_an_unknown_expectation_or_bad_arguments_are_config_errors(case):
+    small = {"train": case["train"].head(100)}
     typo = Expectation(type="expect_column_value_to_be_between", kwargs={"column": "age", "min_value": 0})
     with pytest.raises(ConfigError, match=r"expectations\[0\].*'expect_column_value_to_be_between'.*did you mean "
                                           r"expect_column_values_to_be_between"):

@@ -124,7 +124,7 @@ def summary(config: PipelineConfig, run: LocalRun) -> str:
         "",
         "Where things are",
         f"  reports and artifacts  {run.pipeline_root}",
-        f"    validate/report, evaluate/report, fairness/report are HTML; evaluate/predictions is Parquet",
+        "    validate/report, evaluate/report, fairness/report are HTML; evaluate/predictions is Parquet",
         f"  MLflow store           {uri}",
         f"  browse it with         mlflow ui --backend-store-uri {uri} --host 127.0.0.1",
     ]
