@@ -4,27 +4,30 @@ retries and concurrent claims, fresh data, and the submitters (a real recording 
 from __future__ import annotations
 
 import json
-import sys
-import types
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from kfmlops.config import ConfigError, PipelineConfig, Settings
+from kfmlops.local_run import LocalRun
 from kfmlops.monitoring.config import DriftConfig, PolicyConfig, TriggerConfig
 from kfmlops.monitoring.lineage import load_reference
 from kfmlops.monitoring.policy import FAILED, SUBMITTED, Figures, Ledger, LedgerEntry, decide, window_id
 from kfmlops.monitoring.trigger import (
+    fresh_pipeline_config,
+    fresh_test_data,
     fresh_training_data,
     local_submitter,
     retrain,
-    retrain_arguments,
     submitter_for,
 )
 
-from conftest import ADULT_INGEST, ADULT_SPEC
+from conftest import ADULT_INGEST, ADULT_SPEC, ROOT
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0
@@ -142,11 +145,16 @@ def test_fresh_data_keeps_the_gates_and_reads_back(tmp_path, adult, adult_train)
     assert json.loads(fresh.schema.metadata[b"kfmlops.retrain_reason"]) == {"reasons": ["dataset drift"]}
 
     training = PipelineConfig(data=ADULT_SPEC, settings={"ingest": ADULT_INGEST.model_dump(), "evaluate": {"min_roc_auc": 0.8}})
-    arguments = retrain_arguments(training, str(path), "y")
-    assert Settings.parse(arguments["settings"]) == training.settings  # same gates for the new model
-    assert (arguments["source"], arguments["label"], arguments["positive_labels"]) == (str(path), "y", [1])
-    again, label = load_reference(str(path), training)  # the next drift run reads it back as its reference
-    assert label == "y" and again.num_rows == rows and again["y"].to_pylist()[-2:] == [1, 0]
+    assert fresh_test_data(training, tmp_path / "fresh" / "test.parquet") == 16281
+    fresh_config = fresh_pipeline_config(training, str(path), str(tmp_path / "fresh" / "test.parquet"), "y")
+    arguments = fresh_config.pipeline_arguments()
+    settings = Settings.parse(arguments["settings"])
+    assert settings.model_copy(update={"ingest": training.settings.ingest}) == training.settings  # same gates
+    assert settings.ingest.format == "parquet" and arguments["positive_labels"] == [1] and arguments["label"] == "y"
+    # the next drift run reads the fresh data back whole as its reference, with or without a test source
+    for config in (training, training.model_copy(update={"data": ADULT_SPEC.model_copy(update={"test_source": None})})):
+        again, label = load_reference(str(path), config)
+        assert label == "y" and again.num_rows == rows and again["y"].to_pylist()[-2:] == [1, 0]
 
     with pytest.raises(ValueError, match="does not convert"):
         fresh_training_data(reference, window.set_column(0, "age", pa.array(["old", "young"])), "y", path, {})
@@ -157,11 +165,61 @@ def test_submitters(monkeypatch):
     with pytest.raises(ValueError, match="kfp_host and pipeline_package"):
         TriggerConfig(submitter="kfp")
     seen = []
-    fake = types.ModuleType("kfmlops.local_run")  # stands in for the lead's kfp.local runner
-    fake.run_pipeline = lambda arguments: seen.append(arguments) or "local-run-1"
-    monkeypatch.setitem(sys.modules, "kfmlops.local_run", fake)
-    assert submitter_for(TriggerConfig(submitter="local"))({"source": "s"}) == "local-run-1"
-    assert local_submitter()({"source": "t"}) == "local-run-1" and seen == [{"source": "s"}, {"source": "t"}]
+
+    def run_pipeline(arguments):  # stands in for kfp.local: records, and returns what the real one does
+        seen.append(arguments)
+        return LocalRun(version="2", pipeline_root=Path("/tmp/pipeline_root/kfmlops-training-20261123"), seconds=1.0)
+
+    monkeypatch.setattr("kfmlops.local_run.run_pipeline", run_pipeline)
+    assert submitter_for(TriggerConfig(submitter="local"))({"source": "s"}) == "kfmlops-training-20261123"
+    assert local_submitter()({"source": "t"}) == "kfmlops-training-20261123" and seen == [{"source": "s"}, {"source": "t"}]
+
+
+class _KfpApi(BaseHTTPRequestHandler):
+    """Just enough of the Kubeflow Pipelines v2beta1 REST API for ``create_run_from_pipeline_package``."""
+
+    received: list[tuple[str, str, dict]] = []
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else {}
+        self.received.append((self.command, self.path.split("?")[0], body))
+        if self.path.startswith("/apis/v2beta1/runs"):
+            reply = {"run_id": "kfp-run-1", "experiment_id": "e1", "display_name": body.get("display_name")}
+        elif self.command == "POST":
+            reply = {"experiment_id": "e1", "display_name": body.get("display_name")}
+        else:
+            reply = {}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def test_kfp_submitter_creates_a_run(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    training = PipelineConfig(data=ADULT_SPEC, settings={"ingest": ADULT_INGEST.model_dump()})
+    arguments = fresh_pipeline_config(training, "/fresh/train.parquet", "/fresh/test.parquet", "y").pipeline_arguments()
+    try:
+        config = TriggerConfig(submitter="kfp", kfp_host=f"http://127.0.0.1:{server.server_address[1]}",
+                               pipeline_package=str(ROOT / "pipelines" / "training.yaml"), experiment="retraining")
+        assert submitter_for(config)(arguments) == "kfp-run-1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((_, _, run),) = [r for r in _KfpApi.received if r[1] == "/apis/v2beta1/runs"]
+    assert run["experiment_id"] == "e1" and run["display_name"].startswith("kfmlops-retrain-")
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kfmlops-training"
+    assert run["runtime_config"]["parameters"] == arguments
+    assert ("POST", "/apis/v2beta1/experiments", {"display_name": "retraining", "namespace": ""}) in _KfpApi.received
 
 
 def test_config_from_yaml_resolves_paths(tmp_path):

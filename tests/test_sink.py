@@ -281,6 +281,15 @@ def test_ground_truth_joins_latest_label(tmp_path):
     assert pc.sum(pc.is_valid(table["label"])).as_py() == 3
 
 
+def test_sink_config_from_yaml(tmp_path):
+    (tmp_path / "sink.yaml").write_text("log: {root: log, max_buffered_rows: 100}\nport: 9000\njoin_timeout_s: 5\n")
+    config = SinkConfig.from_yaml(tmp_path / "sink.yaml")
+    assert (config.log.root, config.log.max_buffered_rows, config.port) == (str(tmp_path / "log"), 100, 9000)
+    (tmp_path / "bad.yaml").write_text("log: {root: log}\njoin_timeout: 5\n")
+    with pytest.raises(ValueError, match="join_timeout"):
+        SinkConfig.from_yaml(tmp_path / "bad.yaml")
+
+
 def test_sink_cli_imports_labels(tmp_path, capsys):
     from kfmlops.cli import main
 

@@ -14,8 +14,9 @@ lineage tag, or a given URI). Produces, in ``output_dir``:
   of at most ``drift.report_rows`` rows, for exploring (the figures above use every row);
 
 and exports the figures as Prometheus metrics. When the policy fires and a submitter is configured,
-the reference plus the window's labelled rows become fresh training data and the training pipeline
-is submitted once for this window (see :mod:`~kfmlops.monitoring.trigger`). A window smaller than
+the reference plus the window's labelled rows become fresh training data (gated on the served
+model's test rows) and the training pipeline is submitted once for this window (see
+:mod:`~kfmlops.monitoring.trigger`). A window smaller than
 ``policy.min_rows`` is reported as such, checked for nothing and triggers nothing.
 
 Plain typed Python: no KFP imports; a KFP component can call :func:`run`.
@@ -46,7 +47,14 @@ from kfmlops.monitoring.lineage import ServedModel, ingest_config_for, load_refe
 from kfmlops.monitoring.policy import Decision, Figures, Ledger, decide, window_id
 from kfmlops.monitoring.stats import NUMERICAL, ColumnDrift, classification, column_drift, column_quality, column_type
 from kfmlops.monitoring.store import INPUT_PREFIX, input_columns, read_window, window_bounds
-from kfmlops.monitoring.trigger import Submitter, fresh_training_data, retrain, retrain_arguments, submitter_for
+from kfmlops.monitoring.trigger import (
+    Submitter,
+    fresh_pipeline_config,
+    fresh_test_data,
+    fresh_training_data,
+    retrain,
+    submitter_for,
+)
 from kfmlops.tracking import kfmlops_home
 
 log = logging.getLogger(__name__)
@@ -314,18 +322,19 @@ def _retrain(
         "drift_share": summary["drift"]["share"], "drifted": summary["drift"]["drifted"],
         "prediction_drift": summary["prediction_drift"], "classification": summary["classification"],
     }
-    data_dir = Path(config.trigger.data_dir or kfmlops_home() / "drift" / "data")
-    path = data_dir / config.model_name / decision.window_id / "train.parquet"
+    data_dir = Path(config.trigger.data_dir or kfmlops_home() / "drift" / "data") / config.model_name / decision.window_id
     labelled = current.filter(pc.is_valid(current[label]))
     reference = reference.drop_columns([c for c in (config.drift.prediction_column,) if c in reference.column_names])
-    rows = fresh_training_data(reference, labelled, label, path, reason)
-    (path.parent / "reason.json").write_text(json.dumps(reason, indent=1))
-    arguments = retrain_arguments(training, str(path), label)
+    rows = fresh_training_data(reference, labelled, label, data_dir / "train.parquet", reason)
+    fresh_test_data(training, data_dir / "test.parquet")
+    (data_dir / "reason.json").write_text(json.dumps(reason, indent=1))
+    arguments = fresh_pipeline_config(training, str(data_dir / "train.parquet"), str(data_dir / "test.parquet"),
+                                      label).pipeline_arguments()
     try:
         entry, submitted = retrain(decision, config.model_name, summary["window"], arguments, ledger, submit, now.timestamp())
     except Exception as exc:  # recorded in the ledger and the summary; main() exits non-zero
         log.exception("drift: submitting the training pipeline failed")
-        return {"submitted": False, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "source": str(path)}
+        return {"submitted": False, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "source": arguments["source"]}
     return {"submitted": submitted, "status": entry.status, "run_id": entry.run_id, "source": entry.source,
             "rows": rows, "arguments": arguments if submitted else None}
 

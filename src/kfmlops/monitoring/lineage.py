@@ -50,17 +50,20 @@ def load_reference(uri: str, training: PipelineConfig) -> tuple[pa.Table, str]:
     """The train split of ``uri`` as the training pipeline ingests it, and the label's column name.
 
     Uses the training config's label, sensitive features and ingest settings (the format follows
-    ``uri``'s extension when it names one). A
-    Parquet file that records its label encoding (fresh data written by the retraining trigger) is
-    read with that encoding instead of the config's positive labels.
+    ``uri``'s extension when it names one). Every row of ``uri`` is training data when the config
+    has a separate test source, or when ``uri`` is fresh data written by the retraining trigger
+    (a Parquet file recording its label encoding, which is then used instead of the config's
+    positive labels); otherwise ingest cuts the same seeded test split as training did.
     """
     data = training.data
     config = ingest_config_for(uri, training.settings.ingest)
     positives = _recorded_positive_labels(uri) if config.format == "parquet" else None
-    # With a separate test source every row of `uri` was training data: ingest it whole (as its own
-    # "test source" too, read and discarded); without one, ingest cuts the same seeded test split.
-    test_source = uri if data.test_source else None
-    spec = data.model_copy(update={"source": uri, "test_source": test_source, "positive_labels": positives or data.positive_labels})
+    whole = positives is not None or data.test_source is not None
+    # ingest always writes a test split: to take `uri` whole, it is also named as the test source
+    # (read again and discarded).
+    spec = data.model_copy(update={
+        "source": uri, "test_source": uri if whole else None, "positive_labels": positives or data.positive_labels,
+    })
     with tempfile.TemporaryDirectory(prefix="kfmlops-reference-") as tmp:
         result = ingest(spec, config, Path(tmp) / "train.parquet", Path(tmp) / "test.parquet")
         return pq.read_table(result.train_path), result.label

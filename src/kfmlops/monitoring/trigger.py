@@ -1,11 +1,13 @@
 """Retraining: fresh training data and the submission of the training pipeline, once per window.
 
 :func:`fresh_training_data` writes the reference (the served model's train split) plus the
-window's labelled rows as one Parquet file, with the reason (the drift figures) in its metadata.
-:func:`retrain` claims the window in the :class:`~kfmlops.monitoring.policy.Ledger` and calls a
-:data:`Submitter` with the training pipeline's arguments (``PipelineConfig.pipeline_arguments()``
-with ``source`` = the fresh data); a window that is already claimed never submits again, whatever
-the retries. The pipeline is the ordinary training pipeline, so the new model passes the same
+window's labelled rows as one Parquet file, with the reason (the drift figures) in its metadata;
+:func:`fresh_test_data` writes the served model's test split beside it, so the retrained model is
+gated on the same test rows. :func:`fresh_pipeline_config` points the training config at both
+(Parquet, labels 0/1, every other setting unchanged). :func:`retrain` claims the window in the
+:class:`~kfmlops.monitoring.policy.Ledger` and calls a :data:`Submitter` with that config's
+``pipeline_arguments()``; a window that is already claimed never submits again, whatever the
+retries. The pipeline is the ordinary training pipeline, so the new model passes the same
 evaluation and fairness gates; nothing here registers or promotes a model.
 
 Submitters: :func:`kfp_submitter` (a Kubeflow Pipelines host and the compiled pipeline YAML) and
@@ -16,14 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kfmlops.config import PipelineConfig
+from kfmlops.ingest import ingest
 from kfmlops.monitoring.config import TriggerConfig
 from kfmlops.monitoring.lineage import POSITIVE_LABELS_KEY
 from kfmlops.monitoring.policy import CLAIMED, FAILED, SUBMITTED, Decision, Ledger, LedgerEntry, mark
@@ -50,12 +55,13 @@ def kfp_submitter(host: str, pipeline_package: str, experiment: str) -> Submitte
 
 
 def local_submitter() -> Submitter:
-    """Runs the pipeline here through ``kfmlops.local_run.run_pipeline`` (blocks until it ends)."""
+    """Runs the pipeline here through ``kfmlops.local_run.run_pipeline`` (blocks until it ends); the
+    run id is the run's directory name under the pipeline root."""
 
     def submit(arguments: dict[str, Any]) -> str:
         from kfmlops.local_run import run_pipeline
 
-        return str(run_pipeline(arguments))
+        return run_pipeline(arguments).pipeline_root.name
 
     return submit
 
@@ -94,9 +100,24 @@ def fresh_training_data(reference: pa.Table, labelled: pa.Table, label: str, pat
     return table.num_rows
 
 
-def retrain_arguments(training: PipelineConfig, source: str, label: str) -> dict[str, Any]:
-    """The training pipeline's arguments for fresh data at ``source`` (label ``label`` as 0/1)."""
-    return training.pipeline_arguments() | {"source": source, "label": label, "positive_labels": [1]}
+def fresh_test_data(training: PipelineConfig, path: Path) -> int:
+    """The served model's test split (the training config's test source, or the split cut from its
+    source), written as Parquet with 0/1 labels: retrained models are gated on the same rows."""
+    with tempfile.TemporaryDirectory(prefix="kfmlops-fresh-") as tmp:
+        result = ingest(training.data, training.settings.ingest, Path(tmp) / "train.parquet", Path(tmp) / "test.parquet")
+        table = pq.read_table(result.test_path)
+    write_parquet_atomically(table.replace_schema_metadata({POSITIVE_LABELS_KEY: b"[1]"}), path)
+    return table.num_rows
+
+
+def fresh_pipeline_config(training: PipelineConfig, train_path: str, test_path: str, label: str) -> PipelineConfig:
+    """The training config pointed at fresh data: Parquet, label ``label`` as 0/1, every other
+    setting (the gates included) unchanged."""
+    data = training.data.model_copy(
+        update={"source": train_path, "test_source": test_path, "label": label, "positive_labels": [1]}
+    )
+    ingest_settings = training.settings.ingest.model_copy(update={"format": "parquet"})
+    return PipelineConfig(data=data, settings=training.settings.model_copy(update={"ingest": ingest_settings}))
 
 
 def retrain(
