@@ -31,8 +31,13 @@ class ServedStore:
     verify_key: bytes  # the public key the versions were signed for
 
 
+_STORE: list[ServedStore] = []  # one store per session, however many modules import the fixture
+
+
 @pytest.fixture(scope="session")
 def served_store(tmp_path_factory, adult) -> ServedStore:
+    if _STORE:
+        return _STORE[0]
     root = tmp_path_factory.mktemp("served")
     model_dir = root / "bundle"
     train(adult.train_path, "y", TrainConfig(epochs=2), model_dir)
@@ -43,7 +48,8 @@ def served_store(tmp_path_factory, adult) -> ServedStore:
     first = register(model_dir, start_run(config, "v1", {}), config, lineage, features, signing_key=private)
     promote(config, first.version)
     second = register(model_dir, start_run(config, "v2", {}), config, lineage, features, signing_key=private)
-    return ServedStore(config, model_dir, adult.test_path, features, first.version, second.version, public)
+    _STORE.append(ServedStore(config, model_dir, adult.test_path, features, first.version, second.version, public))
+    return _STORE[0]
 
 
 def reset_champion(store: ServedStore) -> None:

@@ -114,63 +114,68 @@ def deploy(
 
     frame = pd.read_parquet(test_path)
     frame = frame.drop(columns=[label]) if label in frame.columns else frame
-    rows = max(config.validation.probe.rows, config.canary.probe.rows)
     if frame.empty:
         raise DeployError(f"{test_path} has no rows to validate with")
     model_uri = f"models:/{name}/{version}"
+    rows = max(config.validation.probe.rows, config.canary.probe.rows)
     expected = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame.head(rows)), dtype=np.float64)
     signature = [(c.name, c.type.name, c.required) for c in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
     serving = config.inference_service.serving
+
+    def result(status, validation, canary=None, percent=0, manifest=None) -> DeployResult:
+        champion = version if status == "promoted" else _restore(client, name, version, previous)
+        if status != "promoted":
+            steps.append(f"champion alias restored to {champion}")
+        outcome = DeployResult(status, name, version, previous, champion, config.target, percent, validation, canary, steps, manifest)
+        return _finish(client, outcome, (canary or validation).reasons)
 
     candidate = PredictorProcess(model_uri, model_name=name, tracking_uri=uri, serving=serving, verify_key=verify_key(provenance))
     try:
         candidate.start()
     except PredictorStartError as exc:
-        validation = CheckResult(False, [str(exc)[-2000:]], {})
         steps.append("validation failed: the candidate predictor did not start")
-        champion = _restore(client, name, version, previous)
-        steps.append(f"champion alias restored to {champion}")
-        return _finish(client, DeployResult("rejected", name, version, previous, champion, config.target, 0, validation, None, steps), validation.reasons)
+        return result("rejected", CheckResult(False, [str(exc)[-2000:]], {}))
     with candidate:
-        row = _first_valid_row(frame)
-        battery = bad_requests(signature, row, max_rows=serving.max_rows, unseen_rejected=serving.unseen_categories == "reject")
+        battery = bad_requests(
+            signature, _first_valid_row(frame), max_rows=serving.max_rows, unseen_rejected=serving.unseen_categories == "reject"
+        )
         validation = _check(candidate, name, frame, config.validation, expected, config.max_prediction_diff, battery)
         steps.append(f"validation {'passed' if validation.passed else 'failed'}")
         if not validation.passed:
-            champion = _restore(client, name, version, previous)
-            steps.append(f"champion alias restored to {champion}")
-            return _finish(client, DeployResult("rejected", name, version, previous, champion, config.target, 0, validation, None, steps), validation.reasons)
+            return result("rejected", validation)
 
-        target: RolloutTarget
-        if config.target == "local":
-            target = LocalTarget(candidate.url, previous)
-        else:
-            target = KServeTarget(
+        def target() -> RolloutTarget:
+            if config.target == "local":
+                return LocalTarget(candidate.url, previous)
+            return KServeTarget(
                 config.inference_service,
                 storage_uri=client.get_model_version_download_uri(name, version),
                 registered_model=name,
                 ready_timeout_s=config.ready_timeout_s,
                 poll_interval_s=config.poll_interval_s,
             )
-        canary, percent = _canary(target, version, name, frame, config, expected, steps)
-    manifest = getattr(target, "manifest", None)
+
+        canary, percent, rollout = _canary(target, version, name, frame, config, expected, steps)
+    manifest = getattr(rollout, "manifest", None)
     if canary.passed:
-        return _finish(client, DeployResult("promoted", name, version, previous, version, config.target, percent, validation, canary, steps, manifest), [])
-    try:
-        target.rollback()
-        steps.append(f"traffic rolled back to {previous}")
-    except Exception as exc:  # the alias still goes back; the failure is reported with the rest
-        canary.reasons.append(f"rollback failed: {type(exc).__name__}: {exc}")
-        steps.append("traffic rollback failed")
-    champion = _restore(client, name, version, previous)
-    steps.append(f"champion alias restored to {champion}")
-    return _finish(client, DeployResult("rolled_back", name, version, previous, champion, config.target, 0, validation, canary, steps, manifest), canary.reasons)
+        return result("promoted", validation, canary, percent, manifest)
+    if rollout is not None:
+        try:
+            rollout.rollback()
+            steps.append(f"traffic rolled back to {previous}")
+        except Exception as exc:  # the alias still goes back; the failure is reported with the rest
+            canary.reasons.append(f"rollback failed: {type(exc).__name__}: {exc}")
+            steps.append("traffic rollback failed")
+    return result("rolled_back", validation, canary, 0, manifest)
 
 
-def _canary(target: RolloutTarget, version: str, name: str, frame: pd.DataFrame, config: DeployConfig, expected: np.ndarray, steps: list[str]) -> tuple[CheckResult, int]:
-    """Start the candidate on the target, probe it, promote it when healthy: (the check, its final share)."""
-    percent = config.canary_traffic_percent
+def _canary(
+    make_target, version: str, name: str, frame: pd.DataFrame, config: DeployConfig, expected: np.ndarray, steps: list[str]
+) -> tuple[CheckResult, int, RolloutTarget | None]:
+    """Put the candidate up on the target, probe it, promote it when healthy: (the check, its share, the target)."""
+    percent, target = config.canary_traffic_percent, None
     try:
+        target = make_target()
         if target.live_version() is None:
             percent = 100
             steps.append("first rollout: no previous version, so no canary split")
@@ -181,12 +186,12 @@ def _canary(target: RolloutTarget, version: str, name: str, frame: pd.DataFrame,
         if canary.passed:
             target.promote()
             steps.append(f"promoted: version {version} at 100%")
-            return canary, 100
-    except Exception as exc:
+            return canary, 100, target
+    except Exception as exc:  # a failed step is an unhealthy canary: roll back
         log.exception("canary step failed")
         canary = CheckResult(False, [f"{type(exc).__name__}: {exc}"], {})
         steps.append("canary step failed")
-    return canary, 0
+    return canary, 0, target
 
 
 def _check(candidate: PredictorProcess, name: str, frame: pd.DataFrame, check: Check, expected: np.ndarray, max_diff: float, battery) -> CheckResult:

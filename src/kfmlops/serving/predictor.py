@@ -65,13 +65,12 @@ def resolve_model(source: str, tracking_uri: str | None = None, download_dir: st
     name = version = None
     uri = source
     match = REGISTRY_URI.fullmatch(source)
-    if match:
+    if match:  # resolved with an explicit client: no global MLflow state changes
+        client = MlflowClient(tracking_uri, tracking_uri)
         name, version, alias = match["name"], match["version"], match["alias"]
         if alias:
-            version = str(MlflowClient(tracking_uri, tracking_uri).get_model_version_by_alias(name, alias).version)
-        uri = f"models:/{name}/{version}"
-    if tracking_uri:
-        mlflow.set_registry_uri(tracking_uri)
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        uri = client.get_model_version_download_uri(name, version)
     dst = Path(download_dir or tempfile.mkdtemp(prefix="kfmlops-model-"))
     path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri)
     return ModelSource(source, Path(path), name, version, temporary=None if download_dir else dst)
