@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kfmlops.config import ConfigError, _parse
+from kfmlops.config import ConfigError
 
 Signal = Literal["dataset_drift", "prediction_drift", "feature_drift", "performance"]
 
@@ -205,6 +205,14 @@ def _load_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
     return raw, path.resolve().parent
+
+
+def _parse(model: type[BaseModel], raw: dict[str, Any], where: str):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where}: {problems}") from None
 
 
 def _resolve(value: str | None, base: Path) -> str | None:
