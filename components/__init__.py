@@ -12,5 +12,6 @@ from kfmlops.components.evaluate import evaluate
 from kfmlops.components.fairness import fairness
 from kfmlops.components.register import register
 from kfmlops.components.promote import promote
+from kfmlops.components.deploy import deploy
 
-__all__ = ["ingest", "validate", "train", "evaluate", "fairness", "register", "promote"]
+__all__ = ["ingest", "validate", "train", "evaluate", "fairness", "register", "promote", "deploy"]

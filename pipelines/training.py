@@ -1,20 +1,21 @@
-"""The training pipeline: ingest -> validate -> train -> evaluate -> fairness -> register -> (gates) -> promote.
+"""The training pipeline: ingest -> validate -> train -> evaluate -> fairness -> register -> (gates) -> promote -> deploy.
 
 Validation failures stop the run. Every candidate is registered (alias `challenger`) with its
 lineage and gate verdicts; the `champion` alias moves only inside the two gate branches, when
-evaluate blessed the candidate and fairness passed it.
+evaluate blessed the candidate and fairness passed it, and only such a champion is deployed
+(validated before push, canary, then promoted or rolled back).
 """
 
 from typing import Optional
 
 from kfp import dsl
 
-from kfmlops.components import evaluate, fairness, ingest, promote, register, train, validate
+from kfmlops.components import deploy, evaluate, fairness, ingest, promote, register, train, validate
 
 
 @dsl.pipeline(
     name="kfmlops-training",
-    description="Ingest, validate, train, evaluate against the champion, fairness-gate, register, promote.",
+    description="Ingest, validate, train, evaluate against the champion, fairness-gate, register, promote, deploy.",
 )
 def training(
     source: str,
@@ -52,7 +53,10 @@ def training(
                        settings=settings, run_id=mlflow_run, pipeline_run_id=run_id)
     with dsl.If(scored.outputs["Output"] == True, name="evaluation-gate"):  # noqa: E712 (a KFP condition, not a bool test)
         with dsl.If(fair.outputs["Output"] == True, name="fairness-gate"):  # noqa: E712
-            promote(model_name=version.outputs["model_name"], version=version.outputs["version"], settings=settings)
-    for task in (data, checked, model, scored, fair, version):
+            promoted = promote(model_name=version.outputs["model_name"], version=version.outputs["version"],
+                               settings=settings)
+            rollout = deploy(test_data=splits["test_data"], label=data.outputs["label_column"],
+                             version=version.outputs["version"], settings=settings).after(promoted)
+    for task in (data, checked, model, scored, fair, version, promoted, rollout):
         task.set_caching_options(False)  # each step records into MLflow: never replay it from cache
     return version.outputs["version"]

@@ -13,26 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kfmlops.residency import ResidencyPolicy
+from kfmlops.serving.config import DeployConfig
+from kfmlops.typed import ConfigError, SettingsModel, load_yaml, parse, resolve_path
 
 
-class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names the field."""
 
-
-class _Model(BaseModel):
-    # Every optional field defaults to None, so dropping Nones (KFP parameters cannot carry null)
-    # never changes a setting's meaning.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataSpec(_Model):
+class DataSpec(SettingsModel):
     """What the data is: the only settings most users change (they are pipeline parameters)."""
 
     source: str = Field(description="Training data: a local path or an fsspec/pyarrow URI (CSV, Parquet, JSON Lines).")
@@ -53,7 +44,7 @@ class DataSpec(_Model):
         return v
 
 
-class IngestConfig(_Model):
+class IngestConfig(SettingsModel):
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     na_values: list[str] = ["", "?", "NA", "N/A", "NaN", "null"]
@@ -63,7 +54,7 @@ class IngestConfig(_Model):
     drop_columns: list[str] = []
 
 
-class Expectation(_Model):
+class Expectation(SettingsModel):
     """One Great Expectations expectation, by its snake_case name, e.g. ``expect_column_values_to_be_between``."""
 
     type: str = Field(pattern=r"^expect_[a-z_]+$")
@@ -71,7 +62,7 @@ class Expectation(_Model):
     severity: Literal["error", "warning"] = "error"
 
 
-class ValidateConfig(_Model):
+class ValidateConfig(SettingsModel):
     expectations: list[Expectation] = []
     infer_from_train: bool = Field(
         default=True, description="Add a suite inferred from the train split (types, ranges, category sets, null rates)."
@@ -82,26 +73,49 @@ class ValidateConfig(_Model):
     range_margin: float = Field(default=0.1, ge=0.0, description="Inferred numeric ranges widen by this share of the span.")
 
 
-class TrainConfig(_Model):
+class TrainConfig(SettingsModel):
     hidden_units: list[int] = [128, 64]
     max_embedding_dim: int = Field(default=16, ge=1)
     min_category_count: int = Field(default=5, ge=1, description="Rarer categories map to the unknown bucket.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     epochs: int = Field(default=12, ge=1)
-    batch_size: int = Field(default=512, ge=1)
-    learning_rate: float = Field(default=2e-3, gt=0.0)
+    batch_size: int = Field(default=512, ge=1, description="Global batch: every step, all ranks together see this many rows.")
+    learning_rate: float = Field(default=2e-3, gt=0.0, description="Peak learning rate at lr_base_batch_size rows per batch.")
+    lr_scaling: Literal["sqrt", "linear", "none"] = Field(
+        default="sqrt",
+        description="How the learning rate grows with batch_size / lr_base_batch_size: 'sqrt' (Adam's rule), 'linear' "
+        "(Goyal et al.'s rule for SGD), or 'none'.",
+    )
+    lr_base_batch_size: int = Field(default=512, ge=1, description="The batch size learning_rate was tuned at.")
     weight_decay: float = Field(default=1e-4, ge=0.0)
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     seed: int = 42
-    processes: int = Field(default=1, ge=1, description="Ranks on this node; more than 1 runs DDP under torchrun.")
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="Local ranks train() starts; more than 1 runs DDP (gloo on CPU, NCCL on GPU). A cluster job's "
+        "ranks come from its nodes and processes per node instead.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     exclude_features: list[str] = Field(default=[], description="Columns never fed to the model.")
     checkpoint_dir: str | None = Field(
-        default=None, description="Keep a resumable checkpoint here after every epoch; a rerun resumes from it."
+        default=None,
+        description="Keep a resumable checkpoint here after every epoch; a rerun (or a torchrun restart) resumes "
+        "from it. With several nodes it must be on storage every rank sees.",
+    )
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, description="Also checkpoint every this many steps within an epoch (None: at epoch ends only)."
+    )
+    compile: bool = Field(default=False, description="torch.compile the network (worth it on GPUs; needs a C++ compiler on CPU).")
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Intra-op threads of each rank on CPU (None: torch's default; the local launcher gives each rank "
+        "cores / processes). 1 is fastest for small batches on a busy machine.",
     )
 
 
-class EvaluateConfig(_Model):
+class EvaluateConfig(SettingsModel):
     decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     min_roc_auc: float = Field(default=0.85, ge=0.0, le=1.0)
     min_pr_auc: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -110,7 +124,7 @@ class EvaluateConfig(_Model):
     )
 
 
-class FairnessConfig(_Model):
+class FairnessConfig(SettingsModel):
     """Thresholds of the fairness gate; None (the default) leaves a figure reported but not gated."""
 
     max_demographic_parity_difference: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -121,7 +135,7 @@ class FairnessConfig(_Model):
     )
 
 
-class MlflowConfig(_Model):
+class MlflowConfig(SettingsModel):
     tracking_uri: str | None = Field(
         default=None, description="Unset: $MLFLOW_TRACKING_URI, else sqlite under $KFMLOPS_HOME (default ./.kfmlops)."
     )
@@ -129,7 +143,7 @@ class MlflowConfig(_Model):
     model_name: str = Field(default="kfmlops-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class ProvenanceConfig(_Model):
+class ProvenanceConfig(SettingsModel):
     """Where the Ed25519 keys that sign and verify model provenance come from."""
 
     signing_key_file: str | None = Field(
@@ -145,7 +159,7 @@ class ProvenanceConfig(_Model):
     )
 
 
-class Settings(_Model):
+class Settings(SettingsModel):
     """How each stage behaves; every field has a default."""
 
     ingest: IngestConfig = IngestConfig()
@@ -155,6 +169,7 @@ class Settings(_Model):
     fairness: FairnessConfig = FairnessConfig()
     mlflow: MlflowConfig = MlflowConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
+    deploy: DeployConfig = DeployConfig()
     residency: ResidencyPolicy | None = Field(
         default=None, description="Allowed regions and locations; every step refuses a URI outside them."
     )
@@ -163,7 +178,7 @@ class Settings(_Model):
 
     @classmethod
     def parse(cls, raw: dict[str, Any] | None) -> "Settings":
-        return _parse(cls, raw or {}, "settings")
+        return parse(cls, raw or {}, "settings")
 
     def to_parameter(self) -> dict[str, Any]:
         """The settings as a KFP pipeline parameter: JSON, overrides only (KFP parameters cannot hold null)."""
@@ -171,13 +186,14 @@ class Settings(_Model):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow`` and ``provenance`` (where a run is recorded and who signs it do not change the model). Integral floats count as
+        ``mlflow``, ``provenance`` and ``deploy`` (where a run is recorded, who signs it and how it is rolled
+        out do not change the model). Integral floats count as
         ints, because KFP carries every number of a parameter as a double."""
-        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance"}))
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-class PipelineConfig(_Model):
+class PipelineConfig(SettingsModel):
     data: DataSpec
     settings: Settings = Settings()
 
@@ -192,18 +208,11 @@ class PipelineConfig(_Model):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "PipelineConfig":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping with a 'data' section, got {type(raw).__name__}")
-        config = _parse(cls, raw, str(path))
-        base = path.resolve().parent
-        return config.model_copy(update={"data": _resolve_paths(config.data, base)})
+        raw, base = load_yaml(path)
+        config = parse(cls, raw, str(path))
+        data = config.data
+        resolved = {f: resolve_path(getattr(data, f), base) for f in ("source", "test_source")}
+        return config.model_copy(update={"data": data.model_copy(update=resolved)})
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The training pipeline's parameters for this config."""
@@ -226,27 +235,3 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, list):
         return [_canonical(v) for v in value]
     return value
-
-
-def _is_local_relative(uri: str) -> bool:
-    return "://" not in uri and not os.path.isabs(uri)
-
-
-def _resolve_paths(data: DataSpec, base: Path) -> DataSpec:
-    """Relative data paths in a config file are relative to that file."""
-    update = {}
-    for field in ("source", "test_source"):
-        value = getattr(data, field)
-        if value and _is_local_relative(value):
-            update[field] = str((base / value).resolve())
-    return data.model_copy(update=update)
-
-
-def _parse(model: type[BaseModel], raw: dict[str, Any], where: str):
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from None

@@ -9,6 +9,7 @@ Local state lives under ``$KFMLOPS_HOME`` (default ``./.kfmlops``): the MLflow s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from kfmlops.config import ConfigError, PipelineConfig, Settings
 from kfmlops.register import CHAMPION
+from kfmlops.register import DEPLOY_REASONS_TAG, DEPLOY_STATUS_TAG
 from kfmlops.register import aliases as registry_aliases
 from kfmlops.tracking import kfmlops_home, tracking_uri
 
@@ -116,6 +118,10 @@ def summary(config: PipelineConfig, run: LocalRun) -> str:
     out += ["", f"Model {cfg.model_name} v{run.version}: aliases {', '.join(mine) or 'none'}"]
     if champion == run.version:
         out.append("  promoted to champion: every gate passed")
+    deployed = mv.tags.get(DEPLOY_STATUS_TAG)
+    if deployed:
+        out.append(f"  deploy: {deployed}")
+        out += [f"    {r}" for r in json.loads(mv.tags.get(DEPLOY_REASONS_TAG, "[]"))]
     else:
         failed = [name for name, passed, _ in gates if not passed]
         held = f"champion stays v{champion}" if champion else "there is no champion"

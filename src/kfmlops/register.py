@@ -29,6 +29,9 @@ from kfmlops.config import MlflowConfig
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 TAG_PREFIX = "kfmlops."
+PREVIOUS_CHAMPION_TAG = TAG_PREFIX + "previous_champion"
+DEPLOY_STATUS_TAG = TAG_PREFIX + "deploy.status"  # written by kfmlops.serving.deploy
+DEPLOY_REASONS_TAG = TAG_PREFIX + "deploy.reasons"
 _TAG_LIMIT = 5000  # MLflow's limit on a tag value
 
 
@@ -189,6 +192,6 @@ def promote(mlflow_config: MlflowConfig, version: str) -> Promotion:
     previous = current_champion(mlflow_config)
     client = MlflowClient(tracking_uri(mlflow_config))
     name = mlflow_config.model_name
-    client.set_model_version_tag(name, version, TAG_PREFIX + "previous_champion", previous or "none")
+    client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, previous or "none")
     client.set_registered_model_alias(name, CHAMPION, version)
     return Promotion(name, str(version), previous)

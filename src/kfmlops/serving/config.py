@@ -15,12 +15,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from kfmlops import IMAGE
-from kfmlops.config import _Model
+from kfmlops.typed import SettingsModel
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
-class ServingConfig(_Model):
+class ServingConfig(SettingsModel):
     """How the predictor checks and scores requests."""
 
     unseen_categories: Literal["reject", "unknown"] = Field(
@@ -47,28 +47,28 @@ class ServingConfig(_Model):
     )
 
 
-class Resources(_Model):
+class Resources(SettingsModel):
     cpu_request: str = "500m"
     memory_request: str = "1Gi"
     cpu_limit: str | None = "2"
     memory_limit: str | None = "2Gi"
 
 
-class Toleration(_Model):
+class Toleration(SettingsModel):
     key: str | None = None
     operator: Literal["Equal", "Exists"] = "Equal"
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
-class RequestLogger(_Model):
+class RequestLogger(SettingsModel):
     """KServe's inference logger: every request/response as a CloudEvent to ``url`` (the monitoring sink)."""
 
     url: str = Field(description="The monitoring sink's URL, e.g. http://kfmlops-sink.kubeflow.svc.cluster.local/")
     mode: Literal["all", "request", "response"] = "all"
 
 
-class InferenceServiceConfig(_Model):
+class InferenceServiceConfig(SettingsModel):
     """The ``serving.kserve.io/v1beta1`` InferenceService the deploy stage applies."""
 
     name: str = Field(default="kfmlops-model", pattern=DNS_LABEL)
@@ -105,7 +105,7 @@ class InferenceServiceConfig(_Model):
         return self
 
 
-class Slo(_Model):
+class Slo(SettingsModel):
     """What a healthy predictor must show under the probe."""
 
     p99_latency_ms: float = Field(default=50.0, gt=0.0)
@@ -113,7 +113,7 @@ class Slo(_Model):
     max_rejected_rate: float = Field(default=0.01, ge=0.0, le=1.0, description="Share of test rows answered 4xx.")
 
 
-class Probe(_Model):
+class Probe(SettingsModel):
     """The traffic a check sends: test-split rows, bounded in count and time."""
 
     rows: int = Field(default=2000, ge=1, description="Test rows sent (the first ones, in file order).")
@@ -122,12 +122,12 @@ class Probe(_Model):
     timeout_s: float = Field(default=60.0, gt=0.0, description="The whole probe stops after this.")
 
 
-class Check(_Model):
+class Check(SettingsModel):
     probe: Probe = Probe()
     slo: Slo = Slo()
 
 
-class DeployConfig(_Model):
+class DeployConfig(SettingsModel):
     """The deploy stage: validate the candidate locally, then roll it out as a canary."""
 
     target: Literal["local", "kserve"] = Field(

@@ -32,7 +32,14 @@ import numpy as np
 import pandas as pd
 
 from kfmlops.config import MlflowConfig, ProvenanceConfig
-from kfmlops.register import CHAMPION, TAG_PREFIX, current_champion, promote
+from kfmlops.register import (
+    CHAMPION,
+    DEPLOY_REASONS_TAG,
+    DEPLOY_STATUS_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    current_champion,
+    promote,
+)
 from kfmlops.serving.config import Check, DeployConfig
 from kfmlops.serving.probe import bad_requests, probe, send_bad_requests
 from kfmlops.serving.process import PredictorProcess, PredictorStartError
@@ -40,9 +47,6 @@ from kfmlops.serving.rollout import KServeTarget, LocalTarget, RolloutTarget
 
 log = logging.getLogger(__name__)
 
-PREVIOUS_TAG = TAG_PREFIX + "previous_champion"
-STATUS_TAG = TAG_PREFIX + "deploy.status"
-REASONS_TAG = TAG_PREFIX + "deploy.reasons"
 
 
 class DeployError(RuntimeError):
@@ -90,6 +94,7 @@ def deploy(
     ``provenance`` says where the verify key comes from: the candidate predictor refuses to start
     on a model whose signed provenance does not verify (the validation then fails).
     """
+    import mlflow
     import mlflow.models
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
@@ -98,6 +103,7 @@ def deploy(
     from kfmlops.tracking import tracking_uri
 
     uri = tracking_uri(mlflow_config)
+    mlflow.set_tracking_uri(uri)  # models:/ URIs below resolve against the global registry
     client = MlflowClient(uri, uri)
     name = mlflow_config.model_name
     version = config.model_version or current_champion(mlflow_config)
@@ -109,7 +115,7 @@ def deploy(
         previous = promote(mlflow_config, version).previous_champion
         steps.append(f"champion alias moved from {previous} to {version}")
     else:
-        tag = client.get_model_version(name, version).tags.get(PREVIOUS_TAG, "none")
+        tag = client.get_model_version(name, version).tags.get(PREVIOUS_CHAMPION_TAG, "none")
         previous = None if tag == "none" else tag
 
     frame = pd.read_parquet(test_path)
@@ -243,7 +249,7 @@ def _restore(client, name: str, version: str, previous: str | None) -> str | Non
 
 
 def _finish(client, result: DeployResult, reasons: list[str]) -> DeployResult:
-    client.set_model_version_tag(result.model_name, result.version, STATUS_TAG, result.status)
-    client.set_model_version_tag(result.model_name, result.version, REASONS_TAG, json.dumps(reasons)[:5000])
+    client.set_model_version_tag(result.model_name, result.version, DEPLOY_STATUS_TAG, result.status)
+    client.set_model_version_tag(result.model_name, result.version, DEPLOY_REASONS_TAG, json.dumps(reasons)[:5000])
     log.info("deploy %s version %s: %s", result.model_name, result.version, result.status)
     return result

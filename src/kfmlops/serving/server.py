@@ -21,7 +21,8 @@ import kserve.model_server
 from fastapi.responses import ORJSONResponse
 from pydantic import Field, ValidationError
 
-from kfmlops.config import ConfigError, MlflowConfig, PipelineConfig, ProvenanceConfig, _Model
+from kfmlops.config import ConfigError, MlflowConfig, PipelineConfig, ProvenanceConfig
+from kfmlops.typed import SettingsModel
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.metrics import REJECTED, ServingMiddleware
 from kfmlops.serving.predictor import REGISTRY_URI, Predictor
@@ -30,7 +31,7 @@ from kfmlops.serving.schema import RequestRejected
 log = logging.getLogger(__name__)
 
 
-class ServerSettings(_Model):
+class ServerSettings(SettingsModel):
     """What one predictor process serves and where it listens."""
 
     model: str = Field(description="Model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) or local model directory.")

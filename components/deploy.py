@@ -1,0 +1,40 @@
+from kfp.dsl import Artifact, Dataset, Input, Output
+
+from kfmlops.components._base import component
+
+
+@component
+def deploy(
+    test_data: Input[Dataset],
+    label: str,
+    version: str,
+    settings: dict,
+    rollout: Output[Artifact],
+) -> str:
+    """Validates a promoted version before push, rolls it out as a canary, then promotes it or rolls back.
+
+    Args:
+        test_data: Test split from ingest: its rows probe the candidate predictor.
+        label: The label's normalised name (dropped from the probe rows).
+        version: The registered model version to deploy (the new champion).
+        settings: kfmlops.config.Settings as JSON (the `deploy`, `mlflow`, `provenance` sections are read).
+
+    Returns:
+        rollout: JSON account: status, validation and canary checks with their figures, steps, manifest.
+        Output: "promoted", "rolled_back" (champion alias and traffic restored) or "rejected" (failed validation).
+    """
+    import json
+    from pathlib import Path
+
+    from kfmlops.config import Settings
+    from kfmlops.residency import enforce
+    from kfmlops.serving.deploy import deploy as run_deploy
+    from kfmlops.tracking import tracking_uri
+
+    cfg = Settings.parse(settings)
+    enforce({"read": test_data.uri, "write": rollout.uri, "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
+    result = run_deploy(test_data.path, label, cfg.deploy.model_copy(update={"model_version": version}),
+                        cfg.mlflow, cfg.provenance)
+    Path(rollout.path).write_text(json.dumps(result.to_json(), indent=1, default=str))
+    rollout.metadata.update({"status": result.status, "target": result.target, "version": result.version})
+    return result.status
