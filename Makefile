@@ -8,7 +8,7 @@ export CHECKOV := $(abspath $(TOOLS))/bin/checkov
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ASYNC_LOGGING := false
 
-.PHONY: demo test test-fast compile compile-check serve system-deps clean help
+.PHONY: demo test test-fast compile compile-check serve bench system-deps clean help
 
 help:
 	@echo "make demo         set up .venv and run the training pipeline locally (kfp.local) on UCI Adult"
@@ -51,7 +51,11 @@ compile-check: $(STAMP)
 	$(VENV)/bin/kfmlops compile --check
 
 serve: $(STAMP)
-	$(VENV)/bin/kfmlops serve
+	$(VENV)/bin/kfmlops serve --config pipelines/configs/adult.yaml
+
+bench: $(STAMP)
+	$(PY) benchmarks/pipeline_stages.py
+	$(PY) benchmarks/serving.py
 
 clean:
 	rm -rf .kfmlops local_outputs

@@ -49,6 +49,7 @@ def test_pipeline_registers_a_gated_champion_then_keeps_it_from_a_weaker_model(h
     assert tags["kfmlops.pipeline_run_id"] not in ("", "none")
     assert float(tags["kfmlops.metric.roc_auc"]) >= 0.89
     assert aliases(cfg) == {"challenger": first.version, "champion": first.version}
+    assert tags["kfmlops.deploy.status"] == "promoted"
 
     run = client.get_run(mv.run_id)
     assert run.info.status == "FINISHED"
