@@ -491,7 +491,10 @@ def test_serving_runtime_and_inference_service(overlay):
     sr = get(objs, "ServingRuntime", "kfmlops")
     (c,) = sr["spec"]["containers"]
     assert c["image"] == IMAGE
-    assert c["command"] + c["args"] == ["kfmlops", "serve", "--model-dir", "/mnt/models", "--http-port", "8080"]
+    assert c["command"] + c["args"] == ["kfmlops", "serve", "--model-dir", "/mnt/models", "--host", "0.0.0.0",
+                                        "--http-port", "8080", "--verify-key-file", "/etc/kfmlops/keys/verify.pem"]
+    secrets = {v["secret"]["secretName"] for v in sr["spec"]["volumes"] if "secret" in v}
+    assert secrets == {"kfmlops-verify-key"}
     assert [f["name"] for f in sr["spec"]["supportedModelFormats"]] == ["kfmlops"]
     assert sr["spec"]["protocolVersions"] == ["v1", "v2"]
     isvc = get(objs, "InferenceService", "kfmlops-model")
