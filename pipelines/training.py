@@ -8,9 +8,13 @@ evaluate blessed the candidate and fairness passed it, and only such a champion 
 
 from typing import Optional
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from kfmlops.components import deploy, evaluate, fairness, ingest, promote, register, train, validate
+
+
+SIGNING_SECRET, SIGNING_MOUNT = "kfmlops-signing-key", "/etc/kfmlops/signing"  # signing.pem
+VERIFY_SECRET, VERIFY_MOUNT = "kfmlops-verify-key", "/etc/kfmlops/keys"  # verify.pem
 
 
 @dsl.pipeline(
@@ -51,12 +55,16 @@ def training(
                        blessing=scored.outputs["blessing"], fairness_verdict=fair.outputs["verdict"],
                        label=data.outputs["label_column"], source=source, fingerprint=data.outputs["fingerprint"],
                        settings=settings, run_id=mlflow_run, pipeline_run_id=run_id)
+    # On a cluster the keys come from Secrets (optional: locally, and where settings.provenance names
+    # another source, they are absent); point settings.provenance.*_key_file at these paths.
+    kubernetes.use_secret_as_volume(version, SIGNING_SECRET, mount_path=SIGNING_MOUNT, optional=True)
     with dsl.If(scored.outputs["Output"] == True, name="evaluation-gate"):  # noqa: E712 (a KFP condition, not a bool test)
         with dsl.If(fair.outputs["Output"] == True, name="fairness-gate"):  # noqa: E712
             promoted = promote(model_name=version.outputs["model_name"], version=version.outputs["version"],
                                settings=settings)
             rollout = deploy(test_data=splits["test_data"], label=data.outputs["label_column"],
                              version=version.outputs["version"], settings=settings).after(promoted)
+            kubernetes.use_secret_as_volume(rollout, VERIFY_SECRET, mount_path=VERIFY_MOUNT, optional=True)
     for task in (data, checked, model, scored, fair, version, promoted, rollout):
         task.set_caching_options(False)  # each step records into MLflow: never replay it from cache
     return version.outputs["version"]
