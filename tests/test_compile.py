@@ -26,14 +26,18 @@ def test_every_component_yaml_loads_and_runs_on_our_image():
 
 
 def test_pipeline_gates_are_conditions_around_promote():
-    spec = yaml.safe_load((next(p for p in targets() if p.name == "training.yaml")).read_text())
+    pipeline, platform = yaml.safe_load_all((next(p for p in targets() if p.name == "training.yaml")).read_text())
+    spec = pipeline
     outer = spec["root"]["dag"]["tasks"]["condition-1"]
     assert outer["taskInfo"]["name"] == "evaluation-gate"
     assert "evaluate-Output" in outer["triggerPolicy"]["condition"]
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]
     assert inner["taskInfo"]["name"] == "fairness-gate"
     assert "fairness-Output" in inner["triggerPolicy"]["condition"]
-    assert list(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == ["promote"]
+    assert list(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == ["deploy", "promote"]
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert mounts["exec-register"]["secretAsVolume"][0]["secretName"] == "kfmlops-signing-key"
+    assert mounts["exec-deploy"]["secretAsVolume"][0]["secretName"] == "kfmlops-verify-key"
 
 
 def test_importing_components_and_pipelines_loads_no_heavy_library():
