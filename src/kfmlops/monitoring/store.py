@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -362,7 +363,17 @@ def read_window(
     labels = read_labels(root)
     if labels is None or table.num_rows == 0:
         return table
-    return table.join(labels, keys=KEYS, join_type="left outer")
+    return table.append_column("label", _labels_for(table, labels))
+
+
+def _labels_for(table: pa.Table, labels: pa.Table) -> pa.Array:
+    """Each row's label (null when there is none), joining on the key columns only, in row order."""
+    keys = table.select(KEYS).append_column("_row", pa.array(np.arange(table.num_rows)))
+    matched = keys.join(labels, keys=KEYS, join_type="inner")
+    values, missing = np.zeros(table.num_rows, np.int8), np.ones(table.num_rows, bool)
+    rows = matched["_row"].to_numpy()
+    values[rows], missing[rows] = matched["label"].to_numpy(), False
+    return pa.array(values, mask=missing)
 
 
 def read_labels(root: str | os.PathLike) -> pa.Table | None:
