@@ -5,16 +5,19 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 from kfmlops.config import TrainConfig
 from kfmlops.train import ModelBundle, train
-from kfmlops.train.loop import CHECKPOINT_FILE
+from kfmlops.train.loop import CHECKPOINT_FILE, peak_learning_rate
 from kfmlops.train.preprocess import SchemaMismatch
 
-FAST = TrainConfig(epochs=3)
+# One intra-op thread: the fastest for these batches on a 2-core machine shared with other jobs.
+DEFAULT = TrainConfig(cpu_threads=1)
+FAST = DEFAULT.model_copy(update={"epochs": 3})
 
 
 def _test_auc(model_dir, frame) -> float:
@@ -28,11 +31,41 @@ def _weights(model_dir) -> dict:
     return torch.load(f"{model_dir}/weights.pt", weights_only=True)
 
 
+def _same_weights(a, b) -> bool:
+    a, b = _weights(a), _weights(b)
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def _position(checkpoint) -> tuple[int, int]:
+    payload = torch.load(checkpoint, weights_only=True)
+    return payload["epoch"], payload["step"]
+
+
+def _train_in_subprocess(adult, config: TrainConfig, model_dir) -> subprocess.Popen:
+    script = (
+        "import sys; from kfmlops.config import TrainConfig; from kfmlops.train import train; "
+        f"train({adult.train_path!r}, 'y', TrainConfig.model_validate_json(sys.argv[1]), {str(model_dir)!r})"
+    )
+    return subprocess.Popen([sys.executable, "-c", script, config.model_dump_json()], stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(checkpoint, proc, after: tuple[int, int], timeout_s: float = 300) -> None:
+    """Until the checkpoint is past ``after`` (epoch, step) and mid-epoch, or the process ends."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            position = _position(checkpoint)
+            if position > after and position[1] > 0:
+                return
+        time.sleep(0.02)
+
+
 def test_default_model_reaches_target_auc_on_adult_test(tmp_path, adult, adult_test):
-    result = train(adult.train_path, "y", TrainConfig(), tmp_path / "model")
+    result = train(adult.train_path, "y", DEFAULT, tmp_path / "model")
     assert result.val_roc_auc > 0.89
     assert _test_auc(tmp_path / "model", adult_test) >= 0.90
-    assert len(result.history) == TrainConfig().epochs
+    assert len(result.history) == DEFAULT.epochs
+    assert result.samples_per_second > 0 and result.resumed_from_epoch is None
 
 
 def test_same_seed_same_model_other_seed_other_model(tmp_path, adult):
@@ -61,35 +94,63 @@ def test_preprocessing_is_fitted_on_train_and_saved(tmp_path, adult, adult_test)
 
 def test_bad_settings_are_named(tmp_path, adult):
     with pytest.raises(ValueError, match="exclude_features.*nope"):
-        train(adult.train_path, "y", TrainConfig(exclude_features=["nope"]), tmp_path / "m")
+        train(adult.train_path, "y", FAST.model_copy(update={"exclude_features": ["nope"]}), tmp_path / "m")
     with pytest.raises(ValueError, match="label column 'label'"):
         train(adult.train_path, "label", FAST, tmp_path / "m")
 
 
-def test_killed_run_resumes_from_checkpoint_to_the_same_model(tmp_path, adult):
-    config = TrainConfig(epochs=6, checkpoint_dir=str(tmp_path / "ckpt"))
-    train(adult.train_path, "y", config.model_copy(update={"checkpoint_dir": str(tmp_path / "ref-ckpt")}), tmp_path / "ref")
+def test_learning_rate_follows_the_batch_size():
+    base = TrainConfig(learning_rate=1e-3, lr_base_batch_size=512, batch_size=2048)
+    assert peak_learning_rate(base) == pytest.approx(2e-3)
+    assert peak_learning_rate(base.model_copy(update={"lr_scaling": "linear"})) == pytest.approx(4e-3)
+    assert peak_learning_rate(base.model_copy(update={"lr_scaling": "none"})) == pytest.approx(1e-3)
+    assert peak_learning_rate(TrainConfig()) == TrainConfig().learning_rate
 
-    script = (
-        "import sys; from kfmlops.config import TrainConfig; from kfmlops.train import train; "
-        f"train({adult.train_path!r}, 'y', TrainConfig.model_validate_json(sys.argv[1]), {str(tmp_path / 'victim')!r})"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script, config.model_dump_json()])
+
+def test_killed_run_resumes_mid_epoch_to_the_same_model(tmp_path, adult):
+    """SIGKILL after a mid-epoch checkpoint; the rerun resumes at that step and ends where an
+    uninterrupted run ends (weights, best epoch and history)."""
+    config = FAST.model_copy(update={"epochs": 4, "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every_steps": 20})
+    reference = train(adult.train_path, "y", config.model_copy(update={"checkpoint_dir": str(tmp_path / "ref-ckpt")}),
+                      tmp_path / "ref")
+
+    proc = _train_in_subprocess(adult, config, tmp_path / "victim")
     checkpoint = tmp_path / "ckpt" / CHECKPOINT_FILE
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 1:
-            break
-        time.sleep(0.05)
+    _wait_for_checkpoint(checkpoint, proc, after=(1, 0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_after = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert killed_after < config.epochs - 1, "the run finished before it could be killed"
+    killed_at = _position(checkpoint)
+    assert killed_at < (config.epochs, 0), "the run finished before it could be killed"
 
     resumed = train(adult.train_path, "y", config, tmp_path / "resumed")
-    assert resumed.resumed_from_epoch == killed_after
-    ref, res = _weights(tmp_path / "ref"), _weights(tmp_path / "resumed")
-    assert all(torch.allclose(ref[k], res[k], atol=1e-6) for k in ref)
+    assert (resumed.resumed_from_epoch, resumed.resumed_from_step) == killed_at
+    assert _same_weights(tmp_path / "ref", tmp_path / "resumed")
+    assert resumed.best_epoch == reference.best_epoch
+    curve = [(h["epoch"], h["train_loss"], h["val_roc_auc"]) for h in resumed.history]
+    assert np.allclose(curve, [(h["epoch"], h["train_loss"], h["val_roc_auc"]) for h in reference.history])
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, adult, adult_train):
+    config = FAST.model_copy(update={"epochs": 1, "checkpoint_dir": str(tmp_path / "ckpt")})
+    first = train(adult.train_path, "y", config, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"different run \(differs in \['learning_rate'\]\)"):
+        train(adult.train_path, "y", config.model_copy(update={"learning_rate": 1e-2}), tmp_path / "b")
+    adult_train.iloc[:-10].to_parquet(tmp_path / "fewer.parquet")
+    with pytest.raises(ValueError, match=r"different run \(differs in \['data'\]\)"):
+        train(tmp_path / "fewer.parquet", "y", config, tmp_path / "b")
+    # Settings that do not change the optimisation path still resume (here: a finished run, nothing left to do).
+    again = train(adult.train_path, "y", config.model_copy(update={"cpu_threads": 2, "checkpoint_every_steps": 5}),
+                  tmp_path / "c")
+    assert (again.resumed_from_epoch, again.resumed_from_step) == (1, 0) and again.val_roc_auc == first.val_roc_auc
+    assert _same_weights(tmp_path / "a", tmp_path / "c")
+
+
+def test_the_rank_entry_takes_the_spec_inline_or_from_a_file(tmp_path, adult):
+    from kfmlops.train.distributed import WorkerSpec, read_spec
+
+    spec = WorkerSpec(adult.train_path, "y", FAST, str(tmp_path / "m"), result_path=str(tmp_path / "result.json"))
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_json()))
+    assert read_spec(json.dumps(spec.to_json())) == spec == read_spec(str(tmp_path / "spec.json"))
 
 
 @pytest.mark.slow
@@ -106,3 +167,36 @@ def test_a_failing_rank_is_reported(tmp_path, adult):
     config = FAST.model_copy(update={"processes": 2, "exclude_features": ["nope"]})
     with pytest.raises(RuntimeError, match=r"(?s)rank \d of 2 failed.*exclude_features"):
         train(adult.train_path, "y", config, tmp_path / "m")
+
+
+@pytest.mark.slow
+def test_two_ranks_one_killed_then_rerun_resumes_to_the_same_model(tmp_path, adult):
+    """Rank 1 of a 2-rank gloo job is SIGKILLed mid-run: the launcher stops rank 0 and fails naming
+    rank 1; a rerun resumes both ranks from rank 0's checkpoint and ends with the uninterrupted
+    2-rank run's model."""
+    config = FAST.model_copy(update={"epochs": 4, "processes": 2, "checkpoint_dir": str(tmp_path / "ckpt"),
+                                     "checkpoint_every_steps": 20})
+    train(adult.train_path, "y", config.model_copy(update={"checkpoint_dir": str(tmp_path / "ref-ckpt")}), tmp_path / "ref")
+
+    launcher = _train_in_subprocess(adult, config, tmp_path / "victim")
+    checkpoint = tmp_path / "ckpt" / CHECKPOINT_FILE
+    _wait_for_checkpoint(checkpoint, launcher, after=(1, 0))
+    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(launcher.pid).children() if "kfmlops.train" in p.cmdline()}
+    ranks[1].send_signal(signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and "rank 1 of 2 failed" in stderr
+    killed_at = _position(checkpoint)
+    assert killed_at < (config.epochs, 0), "the run finished before it could be killed"
+
+    resumed = train(adult.train_path, "y", config, tmp_path / "resumed")
+    assert resumed.world_size == 2 and (resumed.resumed_from_epoch, resumed.resumed_from_step) == killed_at
+    assert _same_weights(tmp_path / "ref", tmp_path / "resumed")
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_like_the_eager_one(tmp_path, adult, adult_test):
+    config = FAST.model_copy(update={"epochs": 2})
+    train(adult.train_path, "y", config, tmp_path / "eager")
+    compiled = train(adult.train_path, "y", config.model_copy(update={"compile": True}), tmp_path / "compiled")
+    assert compiled.val_roc_auc > 0.88
+    assert abs(_test_auc(tmp_path / "eager", adult_test) - _test_auc(tmp_path / "compiled", adult_test)) < 0.01

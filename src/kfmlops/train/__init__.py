@@ -4,6 +4,12 @@ Consumes the train split Parquet written by :mod:`kfmlops.ingest` and a
 :class:`~kfmlops.config.TrainConfig`; produces a model bundle directory (see
 :mod:`kfmlops.train.model`) and a :class:`TrainResult`. With an MLflow run, rank 0 logs
 per-epoch metrics to it.
+
+- :func:`train`: in this process, or ``config.processes`` local DDP ranks;
+- :func:`kfmlops.train.cluster.train_on_cluster`: as a Kubeflow Trainer ``TrainJob`` (or a
+  ``PyTorchJob``) of N nodes under ``torchrun``;
+- :mod:`kfmlops.train.loop`: the training loop both run; :mod:`kfmlops.train.distributed`: the
+  local launcher and the rank entry point ``python -m kfmlops.train SPEC``.
 """
 
 from __future__ import annotations

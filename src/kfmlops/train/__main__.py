@@ -1,4 +1,5 @@
-"""One training rank: ``python -m kfmlops.train SPEC.json`` (or under ``torchrun ... -m kfmlops.train``)."""
+"""One training rank: ``python -m kfmlops.train SPEC`` (or under ``torchrun ... -m kfmlops.train SPEC``);
+SPEC is a :class:`~kfmlops.train.distributed.WorkerSpec` as JSON, or a JSON file's path."""
 
 import sys
 

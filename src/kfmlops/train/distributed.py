@@ -1,21 +1,23 @@
 """Running the training loop as N ranks: a local launcher and the per-rank entry point.
 
-``python -m kfmlops.train SPEC.json`` is what every rank runs, whether started by
+``python -m kfmlops.train SPEC`` is what every rank runs, SPEC being a :class:`WorkerSpec` as a
+JSON file's path or as the JSON itself (so a pod needs no ConfigMap). It is started either by
 :func:`launch` (local processes rendezvousing through a file, gloo bound to loopback) or by
-``torchrun --nproc_per_node N -m kfmlops.train SPEC.json`` in a cluster pod (``env://``
-rendezvous; NCCL on GPUs, gloo on CPUs). Only rank 0 logs to MLflow, writes the model and the
-result file.
+``torchrun [--nnodes ... --rdzv-backend c10d --max-restarts R] -m kfmlops.train SPEC`` in cluster
+pods (``env://`` rendezvous through torchrun's store; NCCL on GPUs, gloo on CPUs), whose restarts
+resume from the checkpoint. Only rank 0 logs to MLflow, writes the model and the result file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +28,8 @@ from kfmlops.train.loop import Dist, TrainResult, fit
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a rank needs, as JSON on disk."""
+    """Everything a rank needs; travels as JSON. ``train_path`` is read with pandas (a local path or
+    an fsspec URI); ``result_path``, when set, receives rank 0's :class:`TrainResult` as JSON."""
 
     train_path: str
     label: str
@@ -34,6 +37,7 @@ class WorkerSpec:
     model_dir: str
     mlflow: MlflowConfig | None = None
     run_id: str | None = None
+    result_path: str | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -63,17 +67,17 @@ def run(spec: WorkerSpec, dist: Dist) -> TrainResult:
 def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) -> TrainResult:
     """Run ``processes`` local ranks (gloo over loopback) and return rank 0's result.
 
-    If any rank fails, the others are stopped and the error names the rank and ends with its
-    stderr; the checkpoint directory keeps the last finished epoch, so a rerun resumes.
+    If any rank fails, the others are stopped and the error names the rank that failed first and
+    ends with its stderr; the checkpoint directory keeps the last checkpoint, so a rerun resumes.
     """
     with tempfile.TemporaryDirectory(prefix="kfmlops-ddp-") as tmp:
+        result_path = Path(tmp) / "result.json"
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(spec.to_json()))
+        spec_path.write_text(json.dumps(replace(spec, result_path=str(result_path)).to_json()))
         env_common = {
             **os.environ,
             "WORLD_SIZE": str(processes),
             "KFMLOPS_INIT_FILE": str(Path(tmp) / "rendezvous"),
-            "KFMLOPS_RESULT_FILE": str(Path(tmp) / "result.json"),
             "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes))),
         }
@@ -88,13 +92,15 @@ def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) 
             for r in range(processes)
         ]
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        failed = None
-        while failed is None and any(p.poll() is None for p in procs):
-            failed = next((r for r, p in enumerate(procs) if p.returncode not in (None, 0)), None)
-            if deadline and time.monotonic() > deadline:
+        failed = None  # the first rank seen failing (its peers fail after it, on the broken collective)
+        while failed is None:
+            codes = [p.poll() for p in procs]
+            if all(code == 0 for code in codes):
+                break
+            failed = next((r for r, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is None and deadline and time.monotonic() > deadline:
                 failed = -1
             time.sleep(0.05)
-        failed = failed if failed is not None else next((r for r, p in enumerate(procs) if p.returncode != 0), None)
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -105,7 +111,13 @@ def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) 
             logs[failed].seek(0)
             tail = logs[failed].read()[-3000:]
             raise RuntimeError(f"training rank {failed} of {processes} failed (exit {procs[failed].returncode}):\n{tail}")
-        return TrainResult(**json.loads(Path(env_common["KFMLOPS_RESULT_FILE"]).read_text()))
+        return TrainResult(**json.loads(result_path.read_text()))
+
+
+def read_spec(arg: str) -> WorkerSpec:
+    """A :class:`WorkerSpec` from its JSON text (starting with ``{``) or from a JSON file's path."""
+    text = arg if arg.lstrip().startswith("{") else Path(arg).read_text()
+    return WorkerSpec.from_json(json.loads(text))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,8 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as torch_dist
 
     argv = sys.argv[1:] if argv is None else argv
-    spec = WorkerSpec.from_json(json.loads(Path(argv[0]).read_text()))
+    if len(argv) != 1:
+        print("usage: python -m kfmlops.train SPEC  (a WorkerSpec as JSON, or a JSON file's path)", file=sys.stderr)
+        return 2
+    spec = read_spec(argv[0])
     dist = Dist.from_env()
+    logging.basicConfig(
+        level=logging.INFO if dist.is_main else logging.WARNING,
+        format=f"%(asctime)s rank {dist.rank}/{dist.world_size} %(levelname)s %(message)s",
+    )
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if restarts:
+        logging.getLogger(__name__).info("train: worker group restart %d; resuming from the checkpoint", restarts)
     if dist.world_size > 1:
         use_cuda = spec.config.device == "cuda" or (spec.config.device == "auto" and torch.cuda.is_available())
         if use_cuda:
@@ -131,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-    if dist.is_main and os.environ.get("KFMLOPS_RESULT_FILE"):
-        Path(os.environ["KFMLOPS_RESULT_FILE"]).write_text(json.dumps(asdict(result)))
+    if dist.is_main and spec.result_path:
+        path = Path(spec.result_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(result)))
     return 0

@@ -105,4 +105,7 @@ class Preprocessor:
 
 def _skew(values: np.ndarray) -> float:
     std = values.std()
-    return float(((values - values.mean()) ** 3).mean() / std**3) if std > 0 else 0.0
+    if std == 0:
+        return 0.0
+    z = (values - values.mean()) / std
+    return float((z * z * z).mean())  # not z**3: numpy's general power is ~4x slower
