@@ -51,7 +51,9 @@ def registry_for(summary: dict[str, Any], model: str):
 
 
 def export(summary: dict[str, Any], model: str, config: MetricsConfig) -> list[str]:
-    """Push and/or write the metrics as configured; returns where they went."""
+    """Push and/or write the metrics as configured; returns where they went (nothing configured: nowhere)."""
+    if not (config.pushgateway_url or config.textfile):
+        return []
     from prometheus_client import push_to_gateway, write_to_textfile
 
     registry = registry_for(summary, model)
