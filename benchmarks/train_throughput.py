@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -84,6 +85,7 @@ def main() -> None:
         if b["time_to_target"] and e["time_to_target"]:
             print(f", {b['time_to_target'] / e['time_to_target']:.1f}x faster to AUC {args.target_auc}", end="")
         print()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def load_adult(work: Path, rows: int, DataSpec, IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
