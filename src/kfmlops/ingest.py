@@ -138,7 +138,7 @@ def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
         raise IngestError(f"{uri!r} could not be parsed as {fmt}: {exc}") from None
 
 
-def _normalise_column(array: pa.Array, na_values: pa.Array) -> pa.Array:
+def normalise_column(array: pa.Array, na_values: pa.Array) -> pa.Array:
     if pa.types.is_dictionary(array.type):
         array = array.cast(array.type.value_type)
     if pa.types.is_large_string(array.type):
@@ -153,7 +153,7 @@ def _normalise_column(array: pa.Array, na_values: pa.Array) -> pa.Array:
     return array
 
 
-def _label_to_int(array: pa.Array, positive: list, label: str) -> pa.Array:
+def label_to_int(array: pa.Array, positive: list, label: str) -> pa.Array:
     if pa.types.is_string(array.type):
         values = pa.array([str(v) for v in positive], pa.string())
     elif pa.types.is_boolean(array.type):
@@ -202,11 +202,11 @@ class _Normaliser:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise IngestError(f"{uri!r}: columns {duplicates} collide after normalising names")
-        columns = {n: _normalise_column(batch.column(i), self.na_values) for i, n in enumerate(names) if n not in self.drop}
+        columns = {n: normalise_column(batch.column(i), self.na_values) for i, n in enumerate(names) if n not in self.drop}
         self._check_columns(set(columns), uri)
         label = columns.pop(self.label)
         unlabelled = label.null_count
-        columns[self.label] = _label_to_int(label, self.data.positive_labels, self.label)
+        columns[self.label] = label_to_int(label, self.data.positive_labels, self.label)
         table = pa.table(columns)
         if unlabelled:
             self.dropped_unlabelled += unlabelled

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from kfmlops.config import ConfigError
+from kfmlops.typed import SettingsModel, load_yaml, parse, resolve_path
 
 Signal = Literal["dataset_drift", "prediction_drift", "feature_drift", "performance"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InferenceLogConfig(_Model):
+class InferenceLogConfig(SettingsModel):
     root: str = Field(
         description="Directory of the log on a local disk or mounted volume (commits rely on fsync and rename)."
     )
@@ -37,7 +32,7 @@ class InferenceLogConfig(_Model):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
-class SinkConfig(_Model):
+class SinkConfig(SettingsModel):
     log: InferenceLogConfig
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -54,12 +49,12 @@ class SinkConfig(_Model):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SinkConfig":
-        raw, base = _load_yaml(path)
-        config = _parse(cls, raw, str(path))
-        return config.model_copy(update={"log": config.log.model_copy(update={"root": _resolve(config.log.root, base)})})
+        raw, base = load_yaml(path)
+        config = parse(cls, raw, str(path))
+        return config.model_copy(update={"log": config.log.model_copy(update={"root": resolve_path(config.log.root, base)})})
 
 
-class WindowConfig(_Model):
+class WindowConfig(SettingsModel):
     """Which slice of the inference log one run checks: whole hours, ending at the last settled hour."""
 
     model: str = Field(description="The InferenceService name: the log's model partition.")
@@ -69,7 +64,7 @@ class WindowConfig(_Model):
     )
 
 
-class ReferenceConfig(_Model):
+class ReferenceConfig(SettingsModel):
     uri: str | None = Field(
         default=None, description="Reference data; unset: the served version's `kfmlops.train_data` lineage tag."
     )
@@ -82,7 +77,7 @@ class ReferenceConfig(_Model):
     )
 
 
-class DriftTestConfig(_Model):
+class DriftTestConfig(SettingsModel):
     """Evidently stat tests; names and defaults as in ``DataDriftPreset`` (unset = Evidently's automatic choice)."""
 
     columns: list[str] | None = Field(default=None, description="Features to check; unset: every reference feature.")
@@ -98,7 +93,7 @@ class DriftTestConfig(_Model):
     seed: int = 0
 
 
-class PolicyConfig(_Model):
+class PolicyConfig(SettingsModel):
     signals: list[Signal] = Field(
         default=["dataset_drift", "prediction_drift"], description="Which signals may start a retrain."
     )
@@ -121,13 +116,13 @@ class PolicyConfig(_Model):
         return self
 
 
-class MetricsConfig(_Model):
+class MetricsConfig(SettingsModel):
     pushgateway_url: str | None = None
     job: str = "kfmlops_drift"
     textfile: str | None = Field(default=None, description="A .prom file for node exporter's textfile collector.")
 
 
-class TriggerConfig(_Model):
+class TriggerConfig(SettingsModel):
     submitter: Literal["none", "local", "kfp"] = Field(
         default="none", description="none: decide and record only; local: kfp.local; kfp: a Kubeflow Pipelines host."
     )
@@ -146,7 +141,7 @@ class TriggerConfig(_Model):
         return self
 
 
-class DriftConfig(_Model):
+class DriftConfig(SettingsModel):
     training_config: str = Field(
         description="The pipeline YAML the served model was trained with (data spec, settings); retraining reuses it."
     )
@@ -178,45 +173,17 @@ class DriftConfig(_Model):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "DriftConfig":
-        raw, base = _load_yaml(path)
-        config = _parse(cls, raw, str(path))
+        raw, base = load_yaml(path)
+        config = parse(cls, raw, str(path))
         trigger, metrics, reference = config.trigger, config.metrics, config.reference
         return config.model_copy(update={
-            "training_config": _resolve(config.training_config, base),
-            "log_root": _resolve(config.log_root, base),
-            "current": _resolve(config.current, base),
-            "output_dir": _resolve(config.output_dir, base),
-            "reference": reference.model_copy(update={"uri": _resolve(reference.uri, base)}),
-            "metrics": metrics.model_copy(update={"textfile": _resolve(metrics.textfile, base)}),
+            "training_config": resolve_path(config.training_config, base),
+            "log_root": resolve_path(config.log_root, base),
+            "current": resolve_path(config.current, base),
+            "output_dir": resolve_path(config.output_dir, base),
+            "reference": reference.model_copy(update={"uri": resolve_path(reference.uri, base)}),
+            "metrics": metrics.model_copy(update={"textfile": resolve_path(metrics.textfile, base)}),
             "trigger": trigger.model_copy(update={
-                field: _resolve(getattr(trigger, field), base) for field in ("pipeline_package", "ledger_dir", "data_dir")
+                field: resolve_path(getattr(trigger, field), base) for field in ("pipeline_package", "ledger_dir", "data_dir")
             }),
         })
-
-
-def _load_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    return raw, path.resolve().parent
-
-
-def _parse(model: type[BaseModel], raw: dict[str, Any], where: str):
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{where}: {problems}") from None
-
-
-def _resolve(value: str | None, base: Path) -> str | None:
-    """A relative local path in a config file is relative to that file; URIs and absolute paths are kept."""
-    if value is None or "://" in value or os.path.isabs(value):
-        return value
-    return str((base / value).resolve())

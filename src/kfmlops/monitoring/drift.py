@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from kfmlops import report
 from kfmlops.config import ConfigError, PipelineConfig
-from kfmlops.ingest import _label_to_int, _normalise_column, fingerprint, normalise_name, read_batches
+from kfmlops.ingest import label_to_int, normalise_column, fingerprint, normalise_name, read_batches
 from kfmlops.monitoring import prometheus
 from kfmlops.monitoring.config import DriftConfig
 from kfmlops.monitoring.lineage import ServedModel, ingest_config_for, load_reference, score_reference, served_model
@@ -87,9 +87,9 @@ def normalise_current(table: pa.Table, label: str, positive_labels: list, na_val
         if name == label and pa.types.is_int8(values.type):  # already 0/1 (the log's imported labels)
             columns[name] = values
             continue
-        values = _normalise_column(values, na)
+        values = normalise_column(values, na)
         if name == label:
-            values = pc.if_else(pc.is_valid(values), _label_to_int(values, positive_labels, label), pa.scalar(None, pa.int8()))
+            values = pc.if_else(pc.is_valid(values), label_to_int(values, positive_labels, label), pa.scalar(None, pa.int8()))
         columns[name] = values
     return pa.table(columns)
 

@@ -41,7 +41,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from kfmlops.config import IngestConfig
-from kfmlops.ingest import _label_to_int, normalise_name, read_batches
+from kfmlops.ingest import label_to_int, normalise_name, read_batches
 from kfmlops.monitoring.config import InferenceLogConfig
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ def import_ground_truth(
         table = pa.table({
             "request_id": pc.filter(ids.cast(pa.string()), keep),
             "row_index": pc.filter(rows.cast(pa.int32()) if rows is not None else pa.array([0] * len(ids), pa.int32()), keep),
-            "label": pc.filter(_label_to_int(raw, list(positive_labels), label), keep),
+            "label": pc.filter(label_to_int(raw, list(positive_labels), label), keep),
         })
         table = table.append_column("labelled_at", pa.array([now] * table.num_rows, TIMESTAMP))
         if table.num_rows:
