@@ -1,4 +1,4 @@
-"""KFP components, one per lifecycle stage, in pipeline order.
+"""KFP components, one per lifecycle stage, in lifecycle order (``drift`` runs on a schedule).
 
 Each is a thin ``@dsl.component`` on the kfmlops image around the stage function of the same name
 in :mod:`kfmlops`; the compiled YAML beside each file (``ingest.yaml`` ...) loads with
@@ -13,5 +13,6 @@ from kfmlops.components.fairness import fairness
 from kfmlops.components.register import register
 from kfmlops.components.promote import promote
 from kfmlops.components.deploy import deploy
+from kfmlops.components.drift import drift
 
-__all__ = ["ingest", "validate", "train", "evaluate", "fairness", "register", "promote", "deploy"]
+__all__ = ["ingest", "validate", "train", "evaluate", "fairness", "register", "promote", "deploy", "drift"]

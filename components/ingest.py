@@ -16,6 +16,7 @@ def ingest(
     train_data: Output[Dataset],
     test_data: Output[Dataset],
     test_source: Optional[str] = None,
+    run_tags: dict = {},
 ) -> NamedTuple("IngestOutputs", [("label_column", str), ("sensitive_columns", list), ("fingerprint", str), ("run_id", str)]):
     """Reads raw data and writes normalised train/test Parquet splits; opens the run's MLflow record.
 
@@ -26,6 +27,7 @@ def ingest(
         sensitive_features: Columns the fairness gate slices by.
         settings: kfmlops.config.Settings as JSON (the `ingest` and `mlflow` sections are read).
         pipeline_run_id: The KFP run id, recorded for lineage.
+        run_tags: Extra tags for the MLflow run (e.g. why it was started).
         test_source: Held-out test data; when None the test split is cut from source.
 
     Returns:
@@ -50,6 +52,7 @@ def ingest(
                     positive_labels=positive_labels, sensitive_features=sensitive_features)
     result = run_ingest(data, cfg.ingest, train_data.path, test_data.path)
     run_id = start_run(cfg.mlflow, run_name=f"train-{pipeline_run_id}", tags={
+        **{str(k): str(v) for k, v in run_tags.items()},
         "kfmlops.pipeline_run_id": pipeline_run_id, "kfmlops.dataset_fingerprint": result.fingerprint})
     log_to_run(cfg.mlflow, run_id, params={"source": source, "test_source": test_source, "label": result.label,
                                            "config_hash": cfg.digest()},

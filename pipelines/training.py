@@ -28,6 +28,7 @@ def training(
     sensitive_features: list = [],
     settings: dict = {},
     test_source: Optional[str] = None,
+    run_tags: dict = {},
 ) -> str:
     """Trains and registers a model from `source`; returns the new model version.
 
@@ -38,10 +39,12 @@ def training(
         sensitive_features: Columns the fairness gate slices by.
         settings: kfmlops.config.Settings as JSON (stage settings; every field has a default).
         test_source: Held-out test data; when None a test split is cut from source.
+        run_tags: Extra MLflow tags for this run, e.g. why it was started (the drift job sets them).
     """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     data = ingest(source=source, test_source=test_source, label=label, positive_labels=positive_labels,
-                  sensitive_features=sensitive_features, settings=settings, pipeline_run_id=run_id)
+                  sensitive_features=sensitive_features, settings=settings, pipeline_run_id=run_id,
+                  run_tags=run_tags)
     splits = dict(train_data=data.outputs["train_data"], test_data=data.outputs["test_data"])
     mlflow_run = data.outputs["run_id"]
     checked = validate(**splits, label=data.outputs["label_column"], settings=settings, run_id=mlflow_run)

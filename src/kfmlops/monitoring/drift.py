@@ -330,6 +330,11 @@ def _retrain(
     (data_dir / "reason.json").write_text(json.dumps(reason, indent=1))
     arguments = fresh_pipeline_config(training, str(data_dir / "train.parquet"), str(data_dir / "test.parquet"),
                                       label).pipeline_arguments()
+    arguments["run_tags"] = {  # why this run started, on the new MLflow run
+        "kfmlops.retrain.window_id": decision.window_id,
+        "kfmlops.retrain.reasons": json.dumps(decision.reasons)[:5000],
+        "kfmlops.retrain.drift_share": f"{summary['drift']['share']:.4f}",
+    }
     try:
         entry, submitted = retrain(decision, config.model_name, summary["window"], arguments, ledger, submit, now.timestamp())
     except Exception as exc:  # recorded in the ledger and the summary; main() exits non-zero
