@@ -8,6 +8,7 @@ in :mod:`kfmlops`; the compiled YAML beside each file (``ingest.yaml`` ...) load
 from kfmlops.components.ingest import ingest
 from kfmlops.components.validate import validate
 from kfmlops.components.train import train
+from kfmlops.components.train_job import train_job
 from kfmlops.components.evaluate import evaluate
 from kfmlops.components.fairness import fairness
 from kfmlops.components.register import register
@@ -15,4 +16,4 @@ from kfmlops.components.promote import promote
 from kfmlops.components.deploy import deploy
 from kfmlops.components.drift import drift
 
-__all__ = ["ingest", "validate", "train", "evaluate", "fairness", "register", "promote", "deploy", "drift"]
+__all__ = ["ingest", "validate", "train", "train_job", "evaluate", "fairness", "register", "promote", "deploy", "drift"]

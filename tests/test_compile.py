@@ -25,19 +25,35 @@ def test_every_component_yaml_loads_and_runs_on_our_image():
         assert component.description, f"{path.name} has no docstring"
 
 
-def test_pipeline_gates_are_conditions_around_promote():
+def _tasks_by_name(spec: dict) -> dict[str, list[dict]]:
+    """Every task of every DAG in a compiled pipeline, by its display name."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    out: dict[str, list[dict]] = {}
+    for dag in dags:
+        for task in dag["tasks"].values():
+            out.setdefault(task["taskInfo"]["name"], []).append(task)
+    return out
+
+
+def test_pipeline_gates_wrap_promote_and_deploy_on_both_training_backends():
     pipeline, platform = yaml.safe_load_all((next(p for p in targets() if p.name == "training.yaml")).read_text())
-    spec = pipeline
-    outer = spec["root"]["dag"]["tasks"]["condition-1"]
-    assert outer["taskInfo"]["name"] == "evaluation-gate"
-    assert "evaluate-Output" in outer["triggerPolicy"]["condition"]
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]
-    assert inner["taskInfo"]["name"] == "fairness-gate"
-    assert "fairness-Output" in inner["triggerPolicy"]["condition"]
-    assert list(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == ["deploy", "promote"]
-    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert mounts["exec-register"]["secretAsVolume"][0]["secretName"] == "kfmlops-signing-key"
-    assert mounts["exec-deploy"]["secretAsVolume"][0]["secretName"] == "kfmlops-verify-key"
+    tasks = _tasks_by_name(pipeline)
+    branches = {t["triggerPolicy"]["condition"] for name in ("train-in-pod", "train-on-cluster") for t in tasks[name]}
+    assert branches == {"inputs.parameter_values['pipelinechannel--training_backend'] == 'in-pod'",
+                        "!(inputs.parameter_values['pipelinechannel--training_backend'] == 'in-pod')"}
+    assert len(tasks["evaluation-gate"]) == 2 and len(tasks["fairness-gate"]) == 2  # one release per backend
+    assert all("evaluate-Output" in t["triggerPolicy"]["condition"] for t in tasks["evaluation-gate"])
+    for gate in tasks["fairness-gate"]:
+        assert "fairness-Output" in gate["triggerPolicy"]["condition"]
+        inside = pipeline["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+        assert {t["taskInfo"]["name"] for t in inside.values()} == {"promote", "deploy"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, spec in executors.items():
+        if name.startswith("exec-register"):
+            assert spec["secretAsVolume"][0]["secretName"] == "kfmlops-signing-key"
+        if name.startswith("exec-deploy"):
+            assert spec["secretAsVolume"][0]["secretName"] == "kfmlops-verify-key"
+    assert executors["exec-train-job"]["pvcMount"][0]["mountPath"] == "/mnt/kfmlops"
 
 
 def test_importing_components_and_pipelines_loads_no_heavy_library():
