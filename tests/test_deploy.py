@@ -21,7 +21,8 @@ from kfmlops import IMAGE
 from kfmlops.config import ProvenanceConfig
 from kfmlops.register import current_champion
 from kfmlops.serving.config import Check, DeployConfig, InferenceServiceConfig, Probe, RequestLogger, Slo, Toleration
-from kfmlops.serving.deploy import REASONS_TAG, STATUS_TAG, deploy
+from kfmlops.register import DEPLOY_REASONS_TAG, DEPLOY_STATUS_TAG
+from kfmlops.serving.deploy import deploy
 from kfmlops.serving.inferenceservice import VERSION_LABEL, inference_service, to_yaml
 from kfmlops.serving.rollout import KServeTarget, RolloutError
 
@@ -206,7 +207,7 @@ def test_healthy_canary_is_promoted(served_store):
     assert all(answer["refused"] for answer in result.validation.bad_requests)
     assert result.validation.probe["requests"] == 300 and result.validation.probe["errors"] == 0
     tags = MlflowClient(served_store.mlflow.tracking_uri).get_model_version("adult", served_store.challenger).tags
-    assert tags[STATUS_TAG] == "promoted"
+    assert tags[DEPLOY_STATUS_TAG] == "promoted"
 
 
 def test_failing_canary_rolls_back_to_the_previous_champion(served_store):
@@ -219,7 +220,7 @@ def test_failing_canary_rolls_back_to_the_previous_champion(served_store):
     assert result.champion == served_store.champion == current_champion(served_store.mlflow)
     assert "champion alias restored to " + served_store.champion in result.steps
     tags = MlflowClient(served_store.mlflow.tracking_uri).get_model_version("adult", served_store.challenger).tags
-    assert tags[STATUS_TAG] == "rolled_back" and "p99 latency" in tags[REASONS_TAG]
+    assert tags[DEPLOY_STATUS_TAG] == "rolled_back" and "p99 latency" in tags[DEPLOY_REASONS_TAG]
 
 
 def test_failing_validation_is_rejected_before_any_push(served_store):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kfmlops.monitoring.config import PolicyConfig
+from kfmlops.monitoring.store import fsync_path
 
 CLAIMED, SUBMITTED, FAILED = "claimed", "submitted", "failed"
 _DAY_S = 86_400.0
@@ -107,13 +108,13 @@ class Ledger:
             return False
         finally:
             temporary.unlink()
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
         return True
 
     def update(self, entry: LedgerEntry) -> None:
         """Atomically replace the record of a window this process claimed."""
         os.replace(self._write_temporary(entry), self._path(entry.window_id))
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def _path(self, window_id_: str) -> Path:
         return self.directory / f"{window_id_}.json"
@@ -125,14 +126,6 @@ class Ledger:
             handle.flush()
             os.fsync(handle.fileno())
         return temporary
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def signals(figures: Figures, policy: PolicyConfig) -> tuple[list[str], list[str]]:

@@ -244,16 +244,17 @@ def write_parquet_atomically(table: pa.Table, path: Path, compression: str = "zs
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         pq.write_table(table, temporary, compression=compression)
-        _fsync(temporary)
+        fsync_path(temporary)
         os.rename(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync(path.parent)
+    fsync_path(path.parent)
     return path
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -272,7 +273,7 @@ def _make_dirs(directory: Path) -> None:
             path.mkdir()
         except FileExistsError:
             continue
-        _fsync(path.parent)
+        fsync_path(path.parent)
 
 
 def _remove_stale_temporaries(root: Path) -> None:

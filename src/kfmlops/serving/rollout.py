@@ -13,6 +13,7 @@ import time
 from typing import Protocol
 
 from kfmlops.serving.config import InferenceServiceConfig
+from kfmlops.kube import custom_objects_api
 from kfmlops.serving.inferenceservice import GROUP, PLURAL, VERSION, VERSION_LABEL, inference_service, to_yaml
 
 
@@ -158,14 +159,3 @@ def canary_url(status: dict) -> str:
     if not url:
         raise RolloutError("the InferenceService status has no URL")
     return url
-
-
-def custom_objects_api():
-    """A ``CustomObjectsApi`` from the in-cluster service account, else the local kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()

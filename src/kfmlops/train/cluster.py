@@ -46,6 +46,7 @@ from pydantic import Field, model_validator
 
 from kfmlops import IMAGE
 from kfmlops.config import MlflowConfig, TrainConfig
+from kfmlops.kube import custom_objects_api
 from kfmlops.serving.config import DNS_LABEL, Toleration
 from kfmlops.train.distributed import WorkerSpec
 from kfmlops.train.loop import TrainResult
@@ -368,17 +369,6 @@ def status_line(status: dict) -> str:
         text = ", ".join(f"{k} {v}" for k, v in counts.items() if k in ("active", "succeeded", "failed") and v)
         parts.append(f"{replica}: {text or 'no pods'}")
     return "; ".join(parts) or "pending"
-
-
-def custom_objects_api():
-    """A ``CustomObjectsApi`` from the in-cluster service account, else the local kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
 
 
 def _resources(cluster: ClusterTrainConfig) -> dict:
