@@ -8,10 +8,11 @@ export CHECKOV := $(abspath $(TOOLS))/bin/checkov
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ASYNC_LOGGING := false
 
-.PHONY: demo test test-fast compile compile-check serve bench system-deps clean help
+.PHONY: demo drift-demo test test-fast compile compile-check serve bench system-deps clean help
 
 help:
 	@echo "make demo         set up .venv and run the training pipeline locally (kfp.local) on UCI Adult"
+	@echo "make drift-demo   serve the champion, replay Adult as is and shifted: drift fires a retrain through kfp.local"
 	@echo "make test         set up, then the whole test suite (cluster tests skip without a kubeconfig)"
 	@echo "make test-fast    the suite without tests marked slow"
 	@echo "make compile      regenerate components/*.yaml and pipelines/*.yaml"
@@ -37,6 +38,9 @@ system-deps: $(CHECKOV)
 
 demo: $(STAMP)
 	$(VENV)/bin/kfmlops run
+
+drift-demo: $(STAMP)
+	$(VENV)/bin/kfmlops drift-demo
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -m "slow or not slow"
