@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from kfmlops.config import ConfigError, PipelineConfig, Settings
+from kfmlops.config import PipelineConfig, Settings
+from kfmlops.typed import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

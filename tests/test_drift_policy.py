@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kfmlops.config import ConfigError, PipelineConfig, Settings
+from kfmlops.config import PipelineConfig, Settings
+from kfmlops.typed import ConfigError
 from kfmlops.local_run import LocalRun
 from kfmlops.monitoring.config import DriftConfig, PolicyConfig, TriggerConfig
 from kfmlops.monitoring.lineage import load_reference

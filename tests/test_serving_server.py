@@ -192,7 +192,7 @@ def test_a_model_signed_by_another_key_is_refused_before_loading(served_store):
 
 
 def test_serve_flags_become_typed_settings(tmp_path, monkeypatch):
-    from kfmlops.config import ConfigError
+    from kfmlops.typed import ConfigError
     from kfmlops.serving.server import settings_from_args
 
     monkeypatch.setenv("KFMLOPS_HOME", str(tmp_path))

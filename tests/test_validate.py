@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfmlops.config import ConfigError, Expectation, ValidateConfig
+from kfmlops.config import Expectation, ValidateConfig
+from kfmlops.typed import ConfigError
 from kfmlops.validate import (
     MAX_INFERRED_CATEGORIES,
     DataValidationError,

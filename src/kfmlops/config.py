@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kfmlops.residency import ResidencyPolicy
 from kfmlops.serving.config import DeployConfig
-from kfmlops.typed import ConfigError, SettingsModel, load_yaml, parse, resolve_path
+from kfmlops.typed import SettingsModel, load_yaml, parse, resolve_path
 
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kfmlops.config import ConfigError, PipelineConfig, Settings
+from kfmlops.config import PipelineConfig, Settings
+from kfmlops.typed import ConfigError
 from kfmlops.register import CHAMPION
 from kfmlops.register import DEPLOY_REASONS_TAG, DEPLOY_STATUS_TAG
 from kfmlops.register import aliases as registry_aliases

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from kfmlops import report
-from kfmlops.config import ConfigError, Expectation, ValidateConfig
+from kfmlops.config import Expectation, ValidateConfig
+from kfmlops.typed import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import importlib
 import json
 import re
 import sys
-import sysconfig
 import types
 from pathlib import Path
 

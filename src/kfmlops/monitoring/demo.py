@@ -59,7 +59,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfmlops.config import ConfigError, PipelineConfig
+from kfmlops.config import PipelineConfig
+from kfmlops.typed import ConfigError
 from kfmlops.monitoring.config import DriftConfig, InferenceLogConfig
 
 DEFAULT_DRIFT_CONFIG = Path(__file__).resolve().parents[3] / "pipelines" / "configs" / "adult-drift.yaml"

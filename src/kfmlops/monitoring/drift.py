@@ -39,7 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kfmlops import report
-from kfmlops.config import ConfigError, PipelineConfig
+from kfmlops.config import PipelineConfig
+from kfmlops.typed import ConfigError
 from kfmlops.ingest import label_to_int, normalise_column, fingerprint, normalise_name, read_batches
 from kfmlops.monitoring import prometheus
 from kfmlops.monitoring.config import DriftConfig

@@ -21,7 +21,8 @@ import kserve.model_server
 from fastapi.responses import ORJSONResponse
 from pydantic import Field, ValidationError
 
-from kfmlops.config import ConfigError, MlflowConfig, PipelineConfig, ProvenanceConfig
+from kfmlops.config import MlflowConfig, PipelineConfig, ProvenanceConfig
+from kfmlops.typed import ConfigError
 from kfmlops.typed import SettingsModel
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.metrics import REJECTED, ServingMiddleware
