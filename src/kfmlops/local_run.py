@@ -117,16 +117,18 @@ def summary(config: PipelineConfig, run: LocalRun) -> str:
     mine = sorted(a for a, v in aliases.items() if v == run.version)
     champion = aliases.get(CHAMPION)
     out += ["", f"Model {cfg.model_name} v{run.version}: aliases {', '.join(mine) or 'none'}"]
+    failed = [name for name, passed, _ in gates if not passed]
+    deployed = mv.tags.get(DEPLOY_STATUS_TAG)
+    held = f"champion stays v{champion}" if champion else "there is no champion"
     if champion == run.version:
         out.append("  promoted to champion: every gate passed")
-    deployed = mv.tags.get(DEPLOY_STATUS_TAG)
+    elif failed:
+        out.append(f"  not promoted ({', '.join(failed)} gate failed): {held}")
+    else:
+        out.append(f"  every gate passed, but the deploy step {deployed or 'did not finish'}: {held}")
     if deployed:
         out.append(f"  deploy: {deployed}")
         out += [f"    {r}" for r in json.loads(mv.tags.get(DEPLOY_REASONS_TAG, "[]"))]
-    else:
-        failed = [name for name, passed, _ in gates if not passed]
-        held = f"champion stays v{champion}" if champion else "there is no champion"
-        out.append(f"  not promoted ({', '.join(failed)} gate failed): {held}")
     out += [
         "",
         "Where things are",
