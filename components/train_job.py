@@ -49,12 +49,15 @@ def train_job(
     mount = "/mnt/kfmlops"
     cfg = Settings.parse(settings)
     job = parse(ClusterTrainConfig, {**cluster, "storage": {"claim_name": shared_pvc, "mount_path": mount}}, "cluster")
-    enforce({"read": train_data.uri, "write": model.uri, "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
+    # the ranks are other processes: they need the store's address, not "the default"
+    store = cfg.mlflow.model_copy(update={"tracking_uri": tracking_uri(cfg.mlflow)})
+    enforce({"read": train_data.uri, "write": [model.uri, mount, cfg.train.checkpoint_dir],
+             "mlflow": store.tracking_uri}, cfg.residency)
     staged = Path(mount) / "kfmlops-runs" / run_id
     staged.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(train_data.path, staged / "train.parquet")
     done = train_on_cluster(str(staged / "train.parquet"), label, cfg.train, str(staged / "model"), job,
-                            mlflow=cfg.mlflow, run_id=run_id)
+                            mlflow=store, run_id=run_id)
     shutil.copytree(done.model_dir, model.path, dirs_exist_ok=True)
     model.metadata.update({"framework": "pytorch", "format": "kfmlops-bundle", "job": done.job})
     if done.result is not None:

@@ -5,6 +5,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 import torch
@@ -200,3 +201,12 @@ def test_compiled_network_trains_like_the_eager_one(tmp_path, adult, adult_test)
     compiled = train(adult.train_path, "y", config.model_copy(update={"compile": True}), tmp_path / "compiled")
     assert compiled.val_roc_auc > 0.88
     assert abs(_test_auc(tmp_path / "eager", adult_test) - _test_auc(tmp_path / "compiled", adult_test)) < 0.01
+
+
+def test_boolean_features_keep_their_categories():
+    from kfmlops.train.preprocess import Preprocessor
+
+    frame = pd.DataFrame({"flag": pd.array([True, False, True, None] * 5, dtype="boolean"), "x": range(20)})
+    pre = Preprocessor.fit(frame, ["flag", "x"], min_category_count=1)
+    codes, _ = pre.transform({"flag": np.array([True, False, None], dtype=object), "x": np.array([1.0, 2.0, 3.0])})
+    assert codes[:, 0].tolist() == [2, 1, 0]  # True, False, missing bucket

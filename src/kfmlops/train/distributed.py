@@ -10,6 +10,7 @@ resume from the checkpoint. Only rank 0 logs to MLflow, writes the model and the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,13 +65,13 @@ def run(spec: WorkerSpec, dist: Dist) -> TrainResult:
     return fit(frame, spec.label, spec.config, spec.model_dir, on_epoch=on_epoch, dist=dist)
 
 
-def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) -> TrainResult:
+def launch(spec: WorkerSpec, processes: int) -> TrainResult:
     """Run ``processes`` local ranks (gloo over loopback) and return rank 0's result.
 
     If any rank fails, the others are stopped and the error names the rank that failed first and
     ends with its stderr; the checkpoint directory keeps the last checkpoint, so a rerun resumes.
     """
-    with tempfile.TemporaryDirectory(prefix="kfmlops-ddp-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kfmlops-ddp-") as tmp, contextlib.ExitStack() as files:
         result_path = Path(tmp) / "result.json"
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(replace(spec, result_path=str(result_path)).to_json()))
@@ -81,7 +82,7 @@ def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) 
             "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes))),
         }
-        logs = [open(Path(tmp) / f"rank{r}.log", "w+") for r in range(processes)]
+        logs = [files.enter_context(open(Path(tmp) / f"rank{r}.log", "w+")) for r in range(processes)]
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "kfmlops.train", str(spec_path)],
@@ -91,23 +92,18 @@ def launch(spec: WorkerSpec, processes: int, *, timeout_s: float | None = None) 
             )
             for r in range(processes)
         ]
-        deadline = time.monotonic() + timeout_s if timeout_s else None
         failed = None  # the first rank seen failing (its peers fail after it, on the broken collective)
         while failed is None:
             codes = [p.poll() for p in procs]
             if all(code == 0 for code in codes):
                 break
             failed = next((r for r, code in enumerate(codes) if code not in (None, 0)), None)
-            if failed is None and deadline and time.monotonic() > deadline:
-                failed = -1
             time.sleep(0.05)
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.wait()
         if failed is not None:
-            if failed == -1:
-                raise TimeoutError(f"distributed training did not finish in {timeout_s} s")
             logs[failed].seek(0)
             tail = logs[failed].read()[-3000:]
             raise RuntimeError(f"training rank {failed} of {processes} failed (exit {procs[failed].returncode}):\n{tail}")

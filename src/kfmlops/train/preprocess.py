@@ -21,7 +21,7 @@ SKEW_FOR_LOG = 2.0
 @dataclass(frozen=True)
 class CategoricalFeature:
     name: str
-    vocabulary: list[str]
+    vocabulary: list[str | bool]
 
     @property
     def cardinality(self) -> int:
@@ -65,7 +65,9 @@ class Preprocessor:
                 std = float(values.std())
                 numeric.append(NumericFeature(name, median, log, float(values.mean()), std if std > 0 else 1.0))
             else:
-                counts = column.dropna().astype(str).value_counts()
+                present = column.dropna()
+                # booleans stay booleans, so transform() matches True/False; anything else by its text
+                counts = (present if pd.api.types.is_bool_dtype(column) else present.astype(str)).value_counts()
                 vocab = sorted(counts[counts >= min_category_count].index.tolist())
                 categorical.append(CategoricalFeature(name, vocab))
         return cls(categorical, numeric)
