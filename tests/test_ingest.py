@@ -116,3 +116,14 @@ def test_test_file_missing_a_column_is_named(tmp_path):
 def test_normalise_name():
     assert normalise_name(" Education-Num") == "education_num"
     assert normalise_name("Hours per week (avg)") == "hours_per_week_avg"
+
+
+def test_normalised_table_matches_ingest_and_its_split(tmp_path):
+    from kfmlops.ingest import normalised_table
+
+    spec = ADULT_SPEC.model_copy(update={"test_source": None})
+    split = ingest(spec, ADULT_INGEST, tmp_path / "tr.parquet", tmp_path / "te.parquet")
+    table, label = normalised_table(spec.source, spec, ADULT_INGEST)
+    assert label == "y" and table.num_rows == split.train_rows + split.test_rows
+    train = table.filter(pa.array(~in_test_split(np.arange(table.num_rows), ADULT_INGEST.seed, ADULT_INGEST.test_fraction)))
+    assert train.equals(pq.read_table(split.train_path))

@@ -243,6 +243,17 @@ class _Normaliser:
             raise IngestError(f"{uri!r}: column types differ from the first rows: {exc}") from None
 
 
+def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa.Table, str]:
+    """Every labelled row of ``uri`` normalised as :func:`ingest` normalises it, in file order, and
+    the label's column name; no split, no files, no fingerprint (``in_test_split`` over the row
+    numbers gives ingest's seeded test split). Holds the whole table in memory."""
+    normalise = _Normaliser(data, config)
+    batches = [batch for raw in read_batches(uri, config) if (batch := normalise(raw, uri)) is not None]
+    if not batches:
+        raise IngestError(f"{uri!r} has no labelled data rows")
+    return pa.Table.from_batches(batches, schema=normalise.schema), normalise.label
+
+
 def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, test_out: str | os.PathLike) -> IngestResult:
     """Read ``data.source`` (and ``data.test_source``), write normalised train/test Parquet splits."""
     normalise = _Normaliser(data, config)

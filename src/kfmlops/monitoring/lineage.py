@@ -10,16 +10,14 @@ it, the baseline for prediction drift.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kfmlops.config import IngestConfig, MlflowConfig, PipelineConfig
-from kfmlops.ingest import IngestError, detect_format, ingest, open_filesystem
+from kfmlops.ingest import IngestError, detect_format, in_test_split, normalised_table, open_filesystem
 from kfmlops.register import TAG_PREFIX
 
 TRAIN_DATA_TAG = TAG_PREFIX + "train_data"
@@ -59,14 +57,12 @@ def load_reference(uri: str, training: PipelineConfig) -> tuple[pa.Table, str]:
     config = ingest_config_for(uri, training.settings.ingest)
     positives = _recorded_positive_labels(uri) if config.format == "parquet" else None
     whole = positives is not None or data.test_source is not None
-    # ingest always writes a test split: to take `uri` whole, it is also named as the test source
-    # (read again and discarded).
-    spec = data.model_copy(update={
-        "source": uri, "test_source": uri if whole else None, "positive_labels": positives or data.positive_labels,
-    })
-    with tempfile.TemporaryDirectory(prefix="kfmlops-reference-") as tmp:
-        result = ingest(spec, config, Path(tmp) / "train.parquet", Path(tmp) / "test.parquet")
-        return pq.read_table(result.train_path), result.label
+    spec = data.model_copy(update={"source": uri, "test_source": None,
+                                   "positive_labels": positives or data.positive_labels})
+    table, label = normalised_table(uri, spec, config)
+    if not whole:  # the same seeded split the training run's ingest cut
+        table = table.filter(pa.array(~in_test_split(np.arange(table.num_rows), config.seed, config.test_fraction)))
+    return table, label
 
 
 def ingest_config_for(uri: str, config: IngestConfig) -> IngestConfig:

@@ -106,11 +106,11 @@ def deploy(
     mlflow.set_tracking_uri(uri)  # models:/ URIs below resolve against the global registry
     client = MlflowClient(uri, uri)
     name = mlflow_config.model_name
-    version = config.model_version or current_champion(mlflow_config)
+    champion = current_champion(mlflow_config)
+    version = config.model_version or champion
     if version is None:
         raise DeployError(f"nothing to deploy: model {name!r} has no '{CHAMPION}' alias and deploy.model_version is unset")
     steps = []
-    champion = current_champion(mlflow_config)
     if champion != version:
         previous = promote(mlflow_config, version).previous_champion
         steps.append(f"champion alias moved from {previous} to {version}")
