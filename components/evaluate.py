@@ -40,6 +40,7 @@ def evaluate(
 
     from kfmlops.config import Settings
     from kfmlops.evaluate import bless, champion_probabilities, score
+    from kfmlops.register import gate_tags
     from kfmlops.residency import enforce
     from kfmlops.tracking import log_to_run, tracking_uri, use
     from kfmlops.train import ModelBundle
@@ -68,6 +69,6 @@ def evaluate(
     classification.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
     classification.log_confusion_matrix(["negative", "positive"], candidate.confusion_matrix)
     log_to_run(cfg.mlflow, run_id, metrics={f"test_{k}": v for k, v in candidate.metrics().items()},
-               tags={"kfmlops.gate.evaluate.passed": str(verdict.blessed).lower()},
+               tags=gate_tags("evaluate", verdict.blessed),
                documents={"evaluation.json": verdict.to_json()})
     return verdict.blessed

@@ -36,6 +36,7 @@ def fairness(
 
     from kfmlops.config import Settings
     from kfmlops.fairness import assess
+    from kfmlops.register import gate_tags
     from kfmlops.residency import enforce
     from kfmlops.tracking import log_to_run, tracking_uri
 
@@ -55,6 +56,6 @@ def fairness(
     for name, value in figures.items():
         metrics.log_metric(name, value)
     log_to_run(cfg.mlflow, run_id, metrics={f"fairness.{k}": v for k, v in figures.items()},
-               tags={"kfmlops.gate.fairness.passed": str(result.passed).lower()},
+               tags=gate_tags("fairness", result.passed),
                documents={"fairness.json": result.to_json()})
     return result.passed

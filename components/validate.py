@@ -32,6 +32,7 @@ def validate(
     import pandas as pd
 
     from kfmlops.config import Settings
+    from kfmlops.register import gate_tags
     from kfmlops.residency import enforce
     from kfmlops.tracking import end_run, log_to_run, tracking_uri
     from kfmlops.validate import validate as run_validate
@@ -44,7 +45,7 @@ def validate(
     Path(results.path).write_text(json.dumps(outcome.to_json(), indent=1))
     Path(report.path).write_text(outcome.to_html())
     results.metadata.update({"passed": outcome.passed, "errors": len(outcome.errors), "warnings": len(outcome.warnings)})
-    log_to_run(cfg.mlflow, run_id, tags={"kfmlops.gate.validate.passed": str(outcome.passed).lower()},
+    log_to_run(cfg.mlflow, run_id, tags=gate_tags("validate", outcome.passed),
                documents={"validation.json": outcome.to_json()})
     if not outcome.passed:
         end_run(cfg.mlflow, run_id, "FAILED")

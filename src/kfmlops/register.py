@@ -32,7 +32,15 @@ TAG_PREFIX = "kfmlops."
 PREVIOUS_CHAMPION_TAG = TAG_PREFIX + "previous_champion"
 DEPLOY_STATUS_TAG = TAG_PREFIX + "deploy.status"  # written by kfmlops.serving.deploy
 DEPLOY_REASONS_TAG = TAG_PREFIX + "deploy.reasons"
-_TAG_LIMIT = 5000  # MLflow's limit on a tag value
+TAG_LIMIT = 5000  # MLflow's limit on a tag value
+
+
+def gate_tags(gate: str, passed: bool, reasons: list[str] | None = None) -> dict[str, str]:
+    """The tags that record a gate's verdict, on the pipeline's MLflow run and on the model version."""
+    tags = {f"{TAG_PREFIX}gate.{gate}.passed": str(passed).lower()}
+    if reasons is not None:
+        tags[f"{TAG_PREFIX}gate.{gate}.reasons"] = json.dumps(reasons)[:TAG_LIMIT]
+    return tags
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,10 @@ class Lineage:
             "all_gates_passed": str(self.all_gates_passed).lower(),
         }
         tags |= {f"metric.{k}": f"{v:.6g}" for k, v in (self.metrics or {}).items()}
+        tags = {TAG_PREFIX + k: v for k, v in tags.items()}
         for name, gate in (self.gates or {}).items():
-            tags[f"gate.{name}.passed"] = str(gate.passed).lower()
-            tags[f"gate.{name}.reasons"] = json.dumps(gate.reasons)[:_TAG_LIMIT]
-        return {TAG_PREFIX + k: v for k, v in tags.items()}
+            tags |= gate_tags(name, gate.passed, gate.reasons)
+        return tags
 
     def provenance(self, model_name: str, run_id: str, residency: dict[str, Any] | None):
         """The record to sign; the artifact digests are filled in when the bundle is signed."""

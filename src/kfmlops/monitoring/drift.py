@@ -40,8 +40,7 @@ import pyarrow.compute as pc
 
 from kfmlops import report
 from kfmlops.config import PipelineConfig
-from kfmlops.typed import ConfigError
-from kfmlops.ingest import label_to_int, normalise_column, fingerprint, normalise_name, read_batches
+from kfmlops.ingest import fingerprint, label_to_int, normalise_column, normalise_name, read_batches
 from kfmlops.monitoring import prometheus
 from kfmlops.monitoring.config import DriftConfig
 from kfmlops.monitoring.lineage import ServedModel, ingest_config_for, load_reference, score_reference, served_model
@@ -56,7 +55,9 @@ from kfmlops.monitoring.trigger import (
     retrain,
     submitter_for,
 )
+from kfmlops.register import TAG_LIMIT
 from kfmlops.tracking import kfmlops_home
+from kfmlops.typed import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def _retrain(
                                       label).pipeline_arguments()
     arguments["run_tags"] = {  # why this run started, on the new MLflow run
         "kfmlops.retrain.window_id": decision.window_id,
-        "kfmlops.retrain.reasons": json.dumps(decision.reasons)[:5000],
+        "kfmlops.retrain.reasons": json.dumps(decision.reasons)[:TAG_LIMIT],
         "kfmlops.retrain.drift_share": f"{summary['drift']['share']:.4f}",
     }
     try:

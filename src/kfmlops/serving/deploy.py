@@ -37,6 +37,7 @@ from kfmlops.register import (
     DEPLOY_REASONS_TAG,
     DEPLOY_STATUS_TAG,
     PREVIOUS_CHAMPION_TAG,
+    TAG_LIMIT,
     current_champion,
     promote,
 )
@@ -250,6 +251,6 @@ def _restore(client, name: str, version: str, previous: str | None) -> str | Non
 
 def _finish(client, result: DeployResult, reasons: list[str]) -> DeployResult:
     client.set_model_version_tag(result.model_name, result.version, DEPLOY_STATUS_TAG, result.status)
-    client.set_model_version_tag(result.model_name, result.version, DEPLOY_REASONS_TAG, json.dumps(reasons)[:5000])
+    client.set_model_version_tag(result.model_name, result.version, DEPLOY_REASONS_TAG, json.dumps(reasons)[:TAG_LIMIT])
     log.info("deploy %s version %s: %s", result.model_name, result.version, result.status)
     return result
