@@ -23,7 +23,6 @@ import json
 import math
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from kfmlops.durable import write_text_atomically
 
 if TYPE_CHECKING:
     from kfmlops.config import ProvenanceConfig
@@ -294,23 +295,7 @@ def sign(prov: Provenance, private_key_pem: bytes | str) -> SignedProvenance:
 
 def write(signed: SignedProvenance, path: str | os.PathLike) -> None:
     """Write ``signed`` to ``path`` atomically: a temporary file in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(signed.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_text_atomically(path, signed.to_json())
 
 
 def read(path: str | os.PathLike) -> SignedProvenance:

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from kfmlops import report
 from kfmlops.config import PipelineConfig
+from kfmlops.durable import write_text_atomically
 from kfmlops.ingest import fingerprint, label_to_int, normalise_column, normalise_name, read_batches
 from kfmlops.monitoring import prometheus
 from kfmlops.monitoring.config import DriftConfig
@@ -353,15 +354,9 @@ def _finish(summary: dict[str, Any], config: DriftConfig, out: Path, timings: di
     timings["total"] = time.monotonic() - started
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     summary["reports"]["html"] = str(out / "report.html")
-    _write_atomically(out / "report.html", render(summary))
-    _write_atomically(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    write_text_atomically(out / "report.html", render(summary))
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 def render(summary: dict[str, Any]) -> str:

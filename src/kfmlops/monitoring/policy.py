@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kfmlops.monitoring.config import PolicyConfig
-from kfmlops.monitoring.store import fsync_path
+from kfmlops.durable import fsync_path
 
 CLAIMED, SUBMITTED, FAILED = "claimed", "submitted", "failed"
 _DAY_S = 86_400.0

@@ -41,6 +41,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from kfmlops.config import IngestConfig
+from kfmlops.durable import atomic_path, fsync_path
 from kfmlops.ingest import label_to_int, normalise_name, read_batches
 from kfmlops.monitoring.config import InferenceLogConfig
 
@@ -241,25 +242,9 @@ def write_parquet_atomically(table: pa.Table, path: Path, compression: str = "zs
     Written under a dot-prefixed temporary name, fsync'd, renamed over ``path``, directory fsync'd.
     """
     _make_dirs(path.parent)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(path) as temporary:
         pq.write_table(table, temporary, compression=compression)
-        fsync_path(temporary)
-        os.rename(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
     return path
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_dirs(directory: Path) -> None:

@@ -43,6 +43,7 @@ import torch.distributed as torch_dist
 from sklearn.metrics import log_loss, roc_auc_score
 
 from kfmlops.config import TrainConfig
+from kfmlops.durable import atomic_path
 from kfmlops.train.model import ModelBundle, NetSpec, TabularNet
 from kfmlops.train.preprocess import Preprocessor
 
@@ -331,7 +332,6 @@ class _Progress:
 
     def save(self, path: Path, fingerprint: dict, net: TabularNet, optimizer, schedule) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         payload = {
             "fingerprint": fingerprint,
             "epoch": self.epoch,
@@ -345,11 +345,8 @@ class _Progress:
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
         }
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as temporary:
+            torch.save(payload, temporary)
 
     @classmethod
     def restore(cls, path: Path, fingerprint: dict, net: TabularNet, optimizer, schedule) -> "_Progress":
