@@ -1,4 +1,4 @@
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from kfp.dsl import Dataset, Output
 
@@ -7,30 +7,26 @@ from kfmlops.components._base import component
 
 @component
 def ingest(
-    source: str,
-    label: str,
-    positive_labels: list,
-    sensitive_features: list,
+    data: dict,
     settings: dict,
     pipeline_run_id: str,
     train_data: Output[Dataset],
     test_data: Output[Dataset],
-    test_source: Optional[str] = None,
     run_tags: dict = {},
-) -> NamedTuple("IngestOutputs", [("label_column", str), ("sensitive_columns", list), ("fingerprint", str), ("run_id", str)]):
+) -> NamedTuple("IngestOutputs", [("source", str), ("label_column", str), ("sensitive_columns", list),
+                                  ("fingerprint", str), ("run_id", str)]):
     """Reads raw data and writes normalised train/test Parquet splits; opens the run's MLflow record.
 
     Args:
-        source: Training data path or URI (CSV, Parquet, JSON Lines; local, s3://, gs://, any fsspec URI).
-        label: Label column, raw or normalised name.
-        positive_labels: Label values that mean the positive class.
-        sensitive_features: Columns the fairness gate slices by.
+        data: kfmlops.config.DataSpec as JSON: `source` (CSV, Parquet, JSON Lines; local, s3://, gs://,
+            any fsspec URI), `label` (raw or normalised name), and optionally `test_source`,
+            `positive_labels`, `sensitive_features`.
         settings: kfmlops.config.Settings as JSON (the `ingest` and `mlflow` sections are read).
         pipeline_run_id: The KFP run id, recorded for lineage.
         run_tags: Extra tags for the MLflow run (e.g. why it was started).
-        test_source: Held-out test data; when None the test split is cut from source.
 
     Returns:
+        source: The training data URI, recorded in lineage.
         train_data: Train split, Parquet, normalised column names, label as 0/1.
         test_data: Test split, same schema.
         label_column: The label's normalised name.
@@ -46,18 +42,17 @@ def ingest(
     from kfmlops.tracking import log_to_run, start_run, tracking_uri
 
     cfg = Settings.parse(settings)
-    enforce({"read": [source, test_source], "write": [train_data.uri, test_data.uri],
+    spec = DataSpec.parse(data)
+    enforce({"read": [spec.source, spec.test_source], "write": [train_data.uri, test_data.uri],
              "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-    data = DataSpec(source=source, test_source=test_source, label=label,
-                    positive_labels=positive_labels, sensitive_features=sensitive_features)
-    result = run_ingest(data, cfg.ingest, train_data.path, test_data.path)
+    result = run_ingest(spec, cfg.ingest, train_data.path, test_data.path)
     run_id = start_run(cfg.mlflow, run_name=f"train-{pipeline_run_id}", tags={
         **{str(k): str(v) for k, v in run_tags.items()},
         "kfmlops.pipeline_run_id": pipeline_run_id, "kfmlops.dataset_fingerprint": result.fingerprint})
-    log_to_run(cfg.mlflow, run_id, params={"source": source, "test_source": test_source, "label": result.label,
+    log_to_run(cfg.mlflow, run_id, params={"source": spec.source, "test_source": spec.test_source, "label": result.label,
                                            "config_hash": cfg.digest()},
                metrics={"train_rows": result.train_rows, "test_rows": result.test_rows},
                documents={"ingest.json": asdict(result), "settings.json": settings})
     for artifact, rows in ((train_data, result.train_rows), (test_data, result.test_rows)):
         artifact.metadata.update({"rows": rows, "fingerprint": result.fingerprint, "format": "parquet"})
-    return (result.label, [normalise_name(c) for c in sensitive_features], result.fingerprint, run_id)
+    return (spec.source, result.label, [normalise_name(c) for c in spec.sensitive_features], result.fingerprint, run_id)

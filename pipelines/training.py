@@ -8,8 +8,6 @@ blessed the candidate and fairness passed it, and only such a champion is deploy
 before push, canary, then promoted or rolled back).
 """
 
-from typing import Optional
-
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
@@ -59,53 +57,46 @@ def release(
     description="Ingest, validate, train, evaluate against the champion, fairness-gate, register, promote, deploy.",
 )
 def training(
-    source: str,
-    label: str,
-    positive_labels: list = [1],
-    sensitive_features: list = [],
+    data: dict,
     settings: dict = {},
-    test_source: Optional[str] = None,
     run_tags: dict = {},
     training_backend: str = "in-pod",
     cluster_training: dict = {},
     shared_pvc: str = "kfmlops-shared",
 ) -> str:
-    """Trains and registers a model from `source`; returns the new model version.
+    """Trains and registers a model from `data`; returns the new model version.
 
     Args:
-        source: Training data path or URI (CSV, Parquet, JSON Lines).
-        label: Label column.
-        positive_labels: Label values meaning the positive class.
-        sensitive_features: Columns the fairness gate slices by.
+        data: kfmlops.config.DataSpec as JSON: `source` (training data path or URI: CSV, Parquet,
+            JSON Lines) and `label` (the label column) are required; `test_source` (held-out test
+            data; when absent a test split is cut from source), `positive_labels` and
+            `sensitive_features` (columns the fairness gate slices by) are optional.
         settings: kfmlops.config.Settings as JSON (stage settings; every field has a default).
-        test_source: Held-out test data; when None a test split is cut from source.
         run_tags: Extra MLflow tags for this run, e.g. why it was started (the drift job sets them).
         training_backend: "in-pod" (the train step's own pod; small data) or "cluster" (a Kubeflow
             Trainer TrainJob or PyTorchJob across nodes and GPUs; large data).
         cluster_training: kfmlops.train.cluster.ClusterTrainConfig as JSON, without `storage`.
         shared_pvc: ReadWriteMany PVC that a cluster training job's ranks share (mounted at /mnt/kfmlops).
     """
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    data = ingest(source=source, test_source=test_source, label=label, positive_labels=positive_labels,
-                  sensitive_features=sensitive_features, settings=settings, pipeline_run_id=run_id,
-                  run_tags=run_tags)
-    label_column, mlflow_run = data.outputs["label_column"], data.outputs["run_id"]
-    checked = validate(train_data=data.outputs["train_data"], test_data=data.outputs["test_data"],
+    kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    splits = ingest(data=data, settings=settings, pipeline_run_id=kfp_run_id, run_tags=run_tags)
+    label_column, mlflow_run = splits.outputs["label_column"], splits.outputs["run_id"]
+    checked = validate(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
                        label=label_column, settings=settings, run_id=mlflow_run)
-    downstream = dict(test_data=data.outputs["test_data"], label=label_column,
-                      sensitive_columns=data.outputs["sensitive_columns"], source=source,
-                      fingerprint=data.outputs["fingerprint"], settings=settings, run_id=mlflow_run,
-                      pipeline_run_id=run_id)
+    downstream = dict(test_data=splits.outputs["test_data"], label=label_column,
+                      sensitive_columns=splits.outputs["sensitive_columns"], source=splits.outputs["source"],
+                      fingerprint=splits.outputs["fingerprint"], settings=settings, run_id=mlflow_run,
+                      pipeline_run_id=kfp_run_id)
     with dsl.If(training_backend == "in-pod", name="train-in-pod"):
-        in_pod = train(train_data=data.outputs["train_data"], label=label_column, settings=settings,
+        in_pod = train(train_data=splits.outputs["train_data"], label=label_column, settings=settings,
                        run_id=mlflow_run).after(checked)
         in_pod_release = release(model=in_pod.outputs["model"], **downstream)
     with dsl.Else(name="train-on-cluster"):
-        job = train_job(train_data=data.outputs["train_data"], label=label_column, settings=settings,
+        job = train_job(train_data=splits.outputs["train_data"], label=label_column, settings=settings,
                         cluster=cluster_training, shared_pvc=shared_pvc, run_id=mlflow_run,
                         backend=training_backend).after(checked)
         kubernetes.mount_pvc(job, pvc_name=shared_pvc, mount_path=SHARED_MOUNT)
         cluster_release = release(model=job.outputs["model"], **downstream)
-    for task in (data, checked, job, in_pod):
+    for task in (splits, checked, job, in_pod):
         task.set_caching_options(False)
     return dsl.OneOf(in_pod_release.output, cluster_release.output)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+os.environ.pop("KFMLOPS_IMAGE", None)  # the committed YAML names the default image
+
 from kfmlops.config import DataSpec, IngestConfig, MlflowConfig
 from kfmlops.ingest import IngestResult, ingest
 

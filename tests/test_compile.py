@@ -62,3 +62,13 @@ def test_importing_components_and_pipelines_loads_no_heavy_library():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_the_data_spec_is_a_required_pipeline_parameter():
+    """Every other pipeline parameter has a default in the compiled YAML, so a run may leave it out;
+    none is an Optional with no value (the KFP backend and kfp.local fail on those)."""
+    pipeline, _ = yaml.safe_load_all((next(p for p in targets() if p.name == "training.yaml")).read_text())
+    parameters = pipeline["root"]["inputDefinitions"]["parameters"]
+    required = {name for name, p in parameters.items() if not p.get("isOptional")}
+    assert required == {"data"}
+    assert all("defaultValue" in p for name, p in parameters.items() if name != "data")

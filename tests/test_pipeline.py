@@ -4,13 +4,14 @@ import gzip
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
 import mlflow
 
-from kfmlops.config import PipelineConfig, ProvenanceConfig
+from kfmlops.config import PipelineConfig, ProvenanceConfig, Settings
 from kfmlops.provenance import PROVENANCE_FILE, verify, verify_key
 from kfmlops.local_run import PipelineFailed, run_pipeline, summary
 from kfmlops.register import aliases
@@ -104,3 +105,18 @@ def test_a_residency_violation_is_refused_before_any_data_moves(home):
     root = Path(str(err.value).rsplit("outputs are in ", 1)[1])
     assert not (root / "ingest" / "train_data").exists()
     assert aliases(config.settings.mlflow) == {}
+
+
+def test_every_optional_parameter_can_be_left_out(home):
+    """Only `data.source` and `data.label` given: no test_source, positive_labels, sensitive_features,
+    settings, run_tags or backend options (kfp.local once crashed on an unset Optional[str])."""
+    frame = pd.read_csv(ROOT / "data" / "adult" / "adult.data.gz", skipinitialspace=True, nrows=3000)
+    frame["income"] = (frame.pop("Y") == ">50K").astype(int)  # the default positive_labels: 1
+    frame.to_csv(home / "small.csv", index=False)
+    run = run_pipeline({"data": {"source": str(home / "small.csv"), "label": "income"}})
+    cfg = Settings().mlflow
+    mv = MlflowClient(tracking_uri(cfg)).get_model_version(cfg.model_name, run.version)
+    assert mv.tags["kfmlops.train_data"] == str(home / "small.csv")
+    assert aliases(cfg)["challenger"] == run.version
+    ingest = json.loads((run.pipeline_root / "ingest" / "executor_output.json").read_text())
+    assert ingest["parameterValues"]["sensitive_columns"] == []

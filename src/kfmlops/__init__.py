@@ -5,5 +5,10 @@ One module per stage: :mod:`~kfmlops.ingest`, :mod:`~kfmlops.validate`, :mod:`~k
 are in :mod:`kfmlops.components` and the pipelines in :mod:`kfmlops.pipelines`.
 """
 
+import os
+
 __version__ = "0.1.0"
-IMAGE = f"ghcr.io/kfmlops/kfmlops:{__version__}"
+DEFAULT_IMAGE = f"ghcr.io/kfmlops/kfmlops:{__version__}"
+IMAGE = os.environ.get("KFMLOPS_IMAGE") or DEFAULT_IMAGE
+"""The image every component runs on: ``$KFMLOPS_IMAGE`` when set (read at import, so set it
+before compiling: ``KFMLOPS_IMAGE=registry.example.com/ml/kfmlops:0.1.0 kfmlops compile``)."""

@@ -24,8 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: kfmlops COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        usage = "usage: kfmlops COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines)
+        if argv and argv[0] in ("-h", "--help"):
+            print(usage)
+            return 0
+        unknown = f"kfmlops: unknown command {argv[0]!r}\n" if argv else ""
+        print(unknown + usage, file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module, func = COMMANDS[argv[0]][0].split(":")
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)

@@ -43,6 +43,16 @@ class DataSpec(SettingsModel):
             raise ValueError("positive_labels must name at least one label value")
         return v
 
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> "DataSpec":
+        return parse(cls, raw, "data")
+
+    def to_parameter(self) -> dict[str, Any]:
+        """The data spec as a KFP pipeline parameter: JSON without unset fields (KFP parameters
+        cannot hold null, and an optional parameter left unset fails in kfp.local and on the
+        KFP backend alike, kubeflow/pipelines#11667)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
 
 class IngestConfig(SettingsModel):
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
@@ -216,15 +226,7 @@ class PipelineConfig(SettingsModel):
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The training pipeline's parameters for this config."""
-        d = self.data
-        return {
-            "source": d.source,
-            "test_source": d.test_source,
-            "label": d.label,
-            "positive_labels": list(d.positive_labels),
-            "sensitive_features": list(d.sensitive_features),
-            "settings": self.settings.to_parameter(),
-        }
+        return {"data": self.data.to_parameter(), "settings": self.settings.to_parameter()}
 
 
 def _canonical(value: Any) -> Any:

@@ -40,8 +40,14 @@ class LocalRun:
     seconds: float
 
 
-def run_pipeline(arguments: dict[str, Any], *, pipeline_root: str | os.PathLike | None = None) -> LocalRun:
-    """Run the training pipeline locally with these pipeline arguments; returns the registered version."""
+def run_pipeline(
+    arguments: dict[str, Any], *, pipeline_root: str | os.PathLike | None = None, runner: Any = None
+) -> LocalRun:
+    """Run the training pipeline locally with these pipeline arguments; returns the registered version.
+
+    ``runner`` is a ``kfp.local`` runner; the default runs each task as a subprocess of this
+    interpreter (``SubprocessRunner(use_venv=False)``), a ``DockerRunner`` runs it in the image.
+    """
     from kfp import local
 
     from kfmlops.pipelines import training
@@ -52,7 +58,7 @@ def run_pipeline(arguments: dict[str, Any], *, pipeline_root: str | os.PathLike 
     arguments = {**arguments, "settings": settings.model_copy(update={"mlflow": pinned}).to_parameter()}
     root = Path(pipeline_root) if pipeline_root else kfmlops_home() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     started = time.monotonic()
     before = set(root.glob("kfmlops-training-*"))
     try:
