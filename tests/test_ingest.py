@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ADULT_INGEST, ADULT_SPEC
 from kfmlops.config import DataSpec, IngestConfig
-from kfmlops.ingest import IngestError, ingest, normalise_name, in_test_split
+from kfmlops.ingest import IngestError, StratifiedSplit, ingest, normalise_name, in_test_split
 
 
 def test_adult_is_normalised(adult, adult_train, adult_test):
@@ -43,11 +43,19 @@ def test_split_is_reproducible_and_independent_of_block_size(tmp_path):
     assert not pd.read_parquet(reseeded.test_path).equals(pd.read_parquet(big.test_path))
 
 
-def test_mask_fraction_and_determinism():
-    rows = np.arange(200_000)
-    mask = in_test_split(rows, 42, 0.25)
-    assert abs(mask.mean() - 0.25) < 0.005
-    assert (mask == in_test_split(rows, 42, 0.25)).all()
+def test_split_is_stratified_seeded_and_independent_of_batching():
+    labels = (np.random.default_rng(0).random(200_001) < 0.07).astype(np.int8)
+    mask = in_test_split(labels, 42, 0.25)
+    for cls in (0, 1):
+        n = int((labels == cls).sum())
+        assert int(mask[labels == cls].sum()) in (n // 4, -(-n // 4))  # floor or ceil of n * fraction
+    assert (mask == in_test_split(labels, 42, 0.25)).all()
+    assert not (mask == in_test_split(labels, 7, 0.25)).all()
+    split = StratifiedSplit(42, 0.25)
+    assert (np.concatenate([split(part) for part in np.array_split(labels, 37)]) == mask).all()
+    rare = np.zeros(200, np.int8)
+    rare[[3, 50, 90, 120, 150, 170, 180, 199]] = 1  # 8 positives: the test split gets 2, the train split 6
+    assert int(in_test_split(rare, 42, 0.2)[rare == 1].sum()) == 2
 
 
 def test_parquet_and_jsonl_give_the_same_table_as_csv(tmp_path, adult_train):
@@ -125,5 +133,5 @@ def test_normalised_table_matches_ingest_and_its_split(tmp_path):
     split = ingest(spec, ADULT_INGEST, tmp_path / "tr.parquet", tmp_path / "te.parquet")
     table, label = normalised_table(spec.source, spec, ADULT_INGEST)
     assert label == "y" and table.num_rows == split.train_rows + split.test_rows
-    train = table.filter(pa.array(~in_test_split(np.arange(table.num_rows), ADULT_INGEST.seed, ADULT_INGEST.test_fraction)))
+    train = table.filter(pa.array(~in_test_split(table.column(label).to_numpy(), ADULT_INGEST.seed, ADULT_INGEST.test_fraction)))
     assert train.equals(pq.read_table(split.train_path))

@@ -16,6 +16,7 @@ import os
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kfmlops.residency import ResidencyPolicy
 from kfmlops.serving.config import DeployConfig
@@ -34,6 +35,11 @@ class DataSpec(SettingsModel):
     positive_labels: list[str | int | bool] = Field(
         default=[1, True, "1"], description="Label values that mean the positive class; every other value is negative."
     )
+    negative_labels: list[str | int | bool] | None = Field(
+        default=None,
+        description="Label values that mean the negative class; when set, a label value in neither list fails "
+        "ingest instead of counting as negative.",
+    )
     sensitive_features: list[str] = Field(default=[], description="Columns the fairness gate slices by.")
 
     @field_validator("positive_labels")
@@ -42,6 +48,13 @@ class DataSpec(SettingsModel):
         if not v:
             raise ValueError("positive_labels must name at least one label value")
         return v
+
+    @model_validator(mode="after")
+    def _classes_disjoint(self) -> "DataSpec":
+        both = [v for v in self.negative_labels or [] if v in self.positive_labels]
+        if both:
+            raise ValueError(f"negative_labels and positive_labels both hold {both}")
+        return self
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> "DataSpec":
@@ -215,6 +228,18 @@ class PipelineConfig(SettingsModel):
             sections = {k: v for k, v in raw.items() if k != "data"}
             return {"data": raw.get("data"), "settings": sections}
         return raw
+
+    @model_validator(mode="after")
+    def _fairness_thresholds_have_features(self) -> "PipelineConfig":
+        fairness = self.settings.fairness
+        thresholds = [k for k, v in fairness.model_dump().items() if k != "min_group_size" and v is not None]
+        if thresholds and not self.data.sensitive_features:
+            raise PydanticCustomError(
+                "fairness_without_features",
+                f"fairness thresholds {thresholds} are set but data.sensitive_features is empty, so the fairness gate "
+                "would check nothing: list the columns to slice by in data.sensitive_features, or unset the thresholds"
+            )
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "PipelineConfig":

@@ -7,19 +7,24 @@ bytes for lineage).
 
 Data is read and written one record batch at a time, so memory stays bounded by the block size
 whatever the file size. Column names are normalised to ``snake_case``, strings are trimmed and
-NA tokens become nulls, the label becomes ``0``/``1`` (``int8``), and rows are assigned to the
-test split by a seeded hash of their row number, so the split does not depend on block sizes.
+NA tokens become nulls, the label becomes ``0``/``1`` (``int8``) and rows whose label is missing
+(null, blank or an NA token) are dropped and counted. The test split is stratified: within each
+class, every run of about ``1 / test_fraction`` rows (in file order) gives one seeded pick to the
+test split, so both splits hold each class in proportion and the split does not depend on block sizes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
-import re
 import time
+import unicodedata
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,9 @@ _FORMATS_BY_SUFFIX = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
 }
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zst", ".lz4"}
+MIN_TRAIN_ROWS_PER_CLASS = 2
+"""Training holds out a stratified validation slice: each class needs a row to fit and a row to validate."""
+CLASS_NAMES = {1: "positive", 0: "negative"}
 
 
 class IngestError(ValueError):
@@ -49,6 +57,10 @@ class IngestError(ValueError):
 
 @dataclass(frozen=True)
 class IngestResult:
+    """What :func:`ingest` wrote. ``label_counts``: rows of each class per split; ``dropped_unlabelled``:
+    rows dropped because their label was missing (null, blank or an NA token); ``label_mapping``: how
+    many rows of each raw label value became ``positive`` (1) and ``negative`` (0), over every source."""
+
     train_path: str
     test_path: str
     train_rows: int
@@ -58,11 +70,37 @@ class IngestResult:
     columns: dict[str, str]
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     dropped_unlabelled: int = 0
+    label_mapping: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def normalise_name(name: str) -> str:
-    """``" Education-Num"`` -> ``"education_num"``."""
-    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+    """``" Education-Num"`` -> ``"education_num"``, ``"Catégorie"`` -> ``"catégorie"``, ``"職業"`` -> ``"職業"``:
+    NFKC, lower case, and every run of characters that are not letters, marks or digits (of any
+    script) becomes one ``_``; none at either end."""
+    text = unicodedata.normalize("NFKC", name).lower()
+    return "_".join("".join(c if unicodedata.category(c)[0] in "LMN" else " " for c in text).split())
+
+
+def normalised_names(raw: list[str], uri: str) -> list[str]:
+    """The normalised name of every column of ``uri``; an IngestError names a column left with no name
+    and the original columns of any two that normalise to the same name."""
+    names = [normalise_name(n) for n in raw]
+    for position, (original, name) in enumerate(zip(raw, names), start=1):
+        if not name:
+            raise IngestError(
+                f"{uri!r}: column {position} ({original!r}) has no letter or digit to name it by; give it a name in the header"
+            )
+    originals: dict[str, list[str]] = {}
+    for original, name in zip(raw, names):
+        originals.setdefault(name, []).append(original)
+    clashes = [
+        f"{group[0]!r} appears {len(group)} times" if len(set(group)) == 1
+        else f"{', '.join(map(repr, group))} all become {name!r}"
+        for name, group in originals.items() if len(group) > 1
+    ]
+    if clashes:
+        raise IngestError(f"{uri!r}: column names collide ({'; '.join(clashes)}); rename columns so each name is unique")
+    return names
 
 
 def detect_format(uri: str, configured: str) -> str:
@@ -113,10 +151,12 @@ def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
         info = fs.get_file_info(path)
     except OSError as exc:
         raise IngestError(f"cannot read {uri!r}: {exc}") from None
+    if info.type == pa_fs.FileType.Directory:
+        raise IngestError(f"{uri!r} is a directory; name one data file (CSV, Parquet or JSON Lines) instead")
     if info.type != pa_fs.FileType.File:
-        raise IngestError(f"no such file: {uri!r}")
+        raise IngestError(f"no such file: {uri!r}; check the path (a config file's relative paths are relative to it)")
     if info.size == 0:
-        raise IngestError(f"{uri!r} is empty (0 bytes)")
+        raise IngestError(f"{uri!r} is empty (0 bytes); name a file with a header and data rows")
     try:
         if fmt == "parquet":
             with fs.open_input_file(path) as handle:
@@ -135,7 +175,8 @@ def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
                 reader = pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=config.block_size_bytes))
             yield from reader
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise IngestError(f"{uri!r} could not be parsed as {fmt}: {exc}") from None
+        hint = f"; check ingest.delimiter ({config.delimiter!r}) and quoting" if fmt == "csv" else ""
+        raise IngestError(f"{uri!r} could not be parsed as {fmt}: {' '.join(str(exc).split())}{hint}") from None
 
 
 def normalise_column(array: pa.Array, na_values: pa.Array) -> pa.Array:
@@ -154,6 +195,9 @@ def normalise_column(array: pa.Array, na_values: pa.Array) -> pa.Array:
 
 
 def label_to_int(array: pa.Array, positive: list, label: str) -> pa.Array:
+    """1 where the value is one of ``positive``, 0 elsewhere (null for a column with no values at all)."""
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), LABEL_TYPE)
     if pa.types.is_string(array.type):
         values = pa.array([str(v) for v in positive], pa.string())
     elif pa.types.is_boolean(array.type):
@@ -175,18 +219,53 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def in_test_split(row_numbers: np.ndarray, seed: int, fraction: float) -> np.ndarray:
-    """Seeded, order-independent split: row ``i`` is a test row iff ``hash(seed, i) < fraction``."""
+def _uniform(keys: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded hash of each key (splitmix64) as a float in [0, 1)."""
     with np.errstate(over="ignore"):  # splitmix64 relies on wrap-around
-        x = row_numbers.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        x = keys.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class StratifiedSplit:
+    """The seeded, stratified test split, fed 0/1 labels in file order one batch at a time.
+
+    The rows of each class are numbered in file order and cut into windows of about ``1 / fraction``
+    rows (window ``j`` holds the ranks ``k`` with ``floor(k * fraction) == j``); one row of each
+    window, picked by a hash of (seed, class, window), is a test row. So each class of ``n`` rows
+    gives ``floor(n * fraction)`` or ``ceil(n * fraction)`` test rows, and the split depends on the
+    labels in file order only, not on how they are batched.
+    """
+
+    def __init__(self, seed: int, fraction: float):
+        ratio = Fraction(fraction).limit_denominator(1_000_000)
+        self.seed, self.num, self.den = seed, ratio.numerator, ratio.denominator
+        self.seen = {0: 0, 1: 0}
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        """Whether each row of the next batch is a test row."""
+        mask = np.zeros(len(labels), dtype=bool)
+        for cls in (0, 1):
+            rows = np.flatnonzero(labels == cls)
+            ranks = self.seen[cls] + np.arange(len(rows), dtype=np.int64)
+            self.seen[cls] += len(rows)
+            window = ranks * self.num // self.den
+            start = (window * self.den + self.num - 1) // self.num  # ceil(window / fraction)
+            end = ((window + 1) * self.den + self.num - 1) // self.num
+            picked = start + (_uniform(window * 2 + cls, self.seed) * (end - start)).astype(np.int64)
+            mask[rows] = ranks == picked
+        return mask
+
+
+def in_test_split(labels: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """Which rows of a whole table (its 0/1 labels, in file order) ingest's stratified split puts in the test split."""
+    return StratifiedSplit(seed, fraction)(np.asarray(labels))
 
 
 class _Normaliser:
-    """Turns raw batches into batches of one fixed, normalised schema."""
+    """Turns raw batches into batches of one fixed, normalised schema, counting what it does to the label."""
 
     def __init__(self, data: DataSpec, config: IngestConfig):
         self.data = data
@@ -196,32 +275,71 @@ class _Normaliser:
         self.na_values = pa.array([v.strip() for v in config.na_values], pa.string())
         self.schema: pa.Schema | None = None
         self.dropped_unlabelled = 0
+        self.label_values = {"positive": Counter(), "negative": Counter()}
+        self.non_null: Counter = Counter()
 
-    def __call__(self, batch: pa.RecordBatch, uri: str) -> pa.RecordBatch:
-        names = [normalise_name(n) for n in batch.schema.names]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise IngestError(f"{uri!r}: columns {duplicates} collide after normalising names")
+    def __call__(self, batch: pa.RecordBatch, uri: str) -> pa.RecordBatch | None:
+        names = normalised_names(batch.schema.names, uri)
         columns = {n: normalise_column(batch.column(i), self.na_values) for i, n in enumerate(names) if n not in self.drop}
         self._check_columns(set(columns), uri)
         label = columns.pop(self.label)
-        unlabelled = label.null_count
+        if pa.types.is_string(label.type):  # a blank label is a missing one, not a negative
+            label = pc.if_else(pc.equal(label, ""), pa.scalar(None, pa.string()), label)
         columns[self.label] = label_to_int(label, self.data.positive_labels, self.label)
         table = pa.table(columns)
-        if unlabelled:
-            self.dropped_unlabelled += unlabelled
-            table = table.filter(pc.is_valid(label))
+        if label.null_count:
+            self.dropped_unlabelled += label.null_count
+            keep = pc.is_valid(label)
+            table, label = table.filter(keep), label.filter(keep)
+        self._count_labels(label, table.column(self.label), uri)
         if self.schema is None:
             self.schema = table.schema
+        self.non_null.update({name: len(table) - table.column(name).null_count for name in table.column_names})
         return self._conform(table, uri).combine_chunks().to_batches()[0] if table.num_rows else None
 
+    def _count_labels(self, raw: pa.Array, encoded: pa.ChunkedArray, uri: str) -> None:
+        """Counts each raw label value under the class it became; with ``data.negative_labels`` set, a
+        value in neither list is an IngestError."""
+        positive = pa.array(encoded.to_numpy() == 1)
+        negatives = raw.filter(pc.invert(positive))
+        self.label_values["positive"].update(_value_counts(raw.filter(positive)))
+        self.label_values["negative"].update(_value_counts(negatives))
+        if self.data.negative_labels is None:
+            return
+        known = label_to_int(negatives, self.data.negative_labels, self.label).cast(pa.bool_())
+        unmapped = _value_counts(negatives.filter(pc.invert(known)))
+        if unmapped:
+            shown = ", ".join(f"{v!r} ({n} rows)" for v, n in unmapped.most_common(5))
+            raise IngestError(
+                f"{uri!r}: label {self.data.label!r} has values in neither positive_labels "
+                f"{list(self.data.positive_labels)} nor negative_labels {list(self.data.negative_labels)}: {shown}; "
+                "add each to one of the lists, or to ingest.na_values to drop its rows"
+            )
+
     def _check_columns(self, present: set[str], uri: str) -> None:
-        required = [self.label, *(normalise_name(c) for c in self.data.sensitive_features)]
+        wanted = {self.label: "data.label", **{normalise_name(c): "data.sensitive_features" for c in self.data.sensitive_features}}
         if self.schema is not None:
-            required += self.schema.names
-        missing = [c for c in dict.fromkeys(required) if c not in present]
+            wanted = {**{n: "the first source" for n in self.schema.names}, **wanted}
+        missing = [c for c in wanted if c not in present]
         if missing:
-            raise IngestError(f"{uri!r} is missing columns {missing}; it has {sorted(present)}")
+            why = "; ".join(f"{c!r} is named by {wanted[c]}" for c in missing)
+            raise IngestError(
+                f"{uri!r} is missing columns {missing}; it has {sorted(present)} ({why}; names are compared "
+                "after normalising to snake_case)"
+            )
+
+    def check_has_values(self, uri: str) -> None:
+        """Raise an IngestError naming every column that held no value in any row read so far."""
+        empty = [name for name in self.schema.names if name != self.label and not self.non_null[name]]
+        if empty:
+            raise IngestError(
+                f"{uri!r}: columns {empty} have no values (every row is null or an NA token); drop them with "
+                "ingest.drop_columns or fill them in"
+            )
+
+    def mapping(self) -> dict[str, dict[str, int]]:
+        """Rows of each raw label value by the class it became, most frequent first."""
+        return {cls: dict(counter.most_common()) for cls, counter in self.label_values.items()}
 
     def _conform(self, table: pa.Table, uri: str) -> pa.Table:
         table = table.select(self.schema.names)
@@ -245,8 +363,8 @@ class _Normaliser:
 
 def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa.Table, str]:
     """Every labelled row of ``uri`` normalised as :func:`ingest` normalises it, in file order, and
-    the label's column name; no split, no files, no fingerprint (``in_test_split`` over the row
-    numbers gives ingest's seeded test split). Holds the whole table in memory."""
+    the label's column name; no split, no files, no fingerprint (:func:`in_test_split` over the
+    labels gives ingest's seeded test split). Holds the whole table in memory."""
     normalise = _Normaliser(data, config)
     batches = [batch for raw in read_batches(uri, config) if (batch := normalise(raw, uri)) is not None]
     if not batches:
@@ -257,6 +375,7 @@ def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa
 def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, test_out: str | os.PathLike) -> IngestResult:
     """Read ``data.source`` (and ``data.test_source``), write normalised train/test Parquet splits."""
     normalise = _Normaliser(data, config)
+    split = StratifiedSplit(config.seed, config.test_fraction)
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {"train": 0, "test": 0}
     positives = {"train": 0, "test": 0}
@@ -282,13 +401,15 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
             if data.test_source:
                 write("train", batch)
             else:
-                mask = pa.array(in_test_split(np.arange(row, row + batch.num_rows), config.seed, config.test_fraction))
+                mask = pa.array(split(batch.column(normalise.label).to_numpy()))
                 write("test", batch.filter(mask))
                 write("train", batch.filter(pc.invert(mask)))
             row += batch.num_rows
             log.info("ingest: %d rows read from %s (%.1f s)", row, data.source, time.monotonic() - started)
         if normalise.schema is None:
-            raise IngestError(f"{data.source!r} has a header but no data rows")
+            raise IngestError(f"{data.source!r} has a header but no data rows; name a file with data rows")
+        _check_labelled(data, data.source, row, normalise)
+        normalise.check_has_values(data.source)
         if data.test_source:
             for raw in read_batches(data.test_source, config):
                 batch = normalise(raw, data.test_source)
@@ -298,7 +419,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
         for writer in writers.values():
             writer.close()
 
-    _check_splits(data, counts, positives)
+    _check_splits(data, config, counts, positives, normalise)
     result = IngestResult(
         train_path=paths["train"],
         test_path=paths["test"],
@@ -311,22 +432,60 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
             split: {"positive": positives[split], "negative": counts[split] - positives[split]} for split in counts
         },
         dropped_unlabelled=normalise.dropped_unlabelled,
+        label_mapping=normalise.mapping(),
     )
     log.info(
-        "ingest: %d train / %d test rows, fingerprint %s, %.1f s",
-        result.train_rows, result.test_rows, result.fingerprint[:12], time.monotonic() - started,
+        "ingest: %d train / %d test rows, fingerprint %s, %.1f s; label %r: %s; %d rows without a label dropped",
+        result.train_rows, result.test_rows, result.fingerprint[:12], time.monotonic() - started, data.label,
+        result.label_mapping, result.dropped_unlabelled,
     )
     return result
 
 
-def _check_splits(data: DataSpec, counts: dict[str, int], positives: dict[str, int]) -> None:
-    for split, n in counts.items():
-        if n == 0:
-            where = data.test_source if split == "test" and data.test_source else data.source
-            raise IngestError(f"the {split} split is empty: {where!r} gave no labelled rows for it")
-        if positives[split] in (0, n):
-            only = "positive" if positives[split] else "negative"
+def _check_labelled(data: DataSpec, uri: str, rows: int, normalise: _Normaliser) -> None:
+    if rows == 0:
+        raise IngestError(
+            f"{uri!r}: every row's label {data.label!r} is missing ({normalise.dropped_unlabelled} rows null, blank "
+            f"or one of ingest.na_values {list(normalise.config.na_values)}); check data.label names the label column"
+        )
+
+
+def _check_splits(
+    data: DataSpec, config: IngestConfig, counts: dict[str, int], positives: dict[str, int], normalise: _Normaliser
+) -> None:
+    """Both classes must be present, the train split needs MIN_TRAIN_ROWS_PER_CLASS rows of each and the test split one."""
+    if data.test_source and counts["test"] == 0:
+        _check_labelled(data, data.test_source, 0, normalise)
+    values = normalise.mapping()
+    for cls, other in (("positive", "negative"), ("negative", "positive")):
+        if not values[cls]:
+            shown = ", ".join(f"{v!r} ({n} rows)" for v, n in list(values[other].items())[:5])
             raise IngestError(
-                f"label {data.label!r} has one class in the {split} split (all {n} rows {only}); "
-                f"check positive_labels={list(data.positive_labels)} against the label's values"
+                f"label {data.label!r} has one class: every row is {other} (its values: {shown}); "
+                f"check positive_labels={list(data.positive_labels)} against them"
             )
+    for split, n in counts.items():
+        need = MIN_TRAIN_ROWS_PER_CLASS if split == "train" else 1
+        for cls, k in (("positive", positives[split]), ("negative", n - positives[split])):
+            if k >= need:
+                continue
+            if data.test_source:
+                where = data.test_source if split == "test" else data.source
+                raise IngestError(
+                    f"label {data.label!r}: the {split} split ({where!r}) has {k} {cls} rows and needs at least "
+                    f"{need} of each class; add {cls} rows to it"
+                )
+            total = sum(values[cls].values())
+            raise IngestError(
+                f"label {data.label!r}: class {cls} is too rare to split: {total} rows in {data.source!r}, {k} of "
+                f"them in the {split} split, which needs at least {need}; with ingest.test_fraction "
+                f"{config.test_fraction} each class needs about {math.ceil(1 / config.test_fraction) + need} rows: "
+                f"add {cls} rows or give data.test_source"
+            )
+
+
+def _value_counts(values: pa.Array) -> Counter:
+    """Rows of each value, keyed by its text."""
+    if len(values) == 0:
+        return Counter()
+    return Counter({str(v["values"]): v["counts"] for v in pc.value_counts(values).to_pylist()})

@@ -61,7 +61,7 @@ def load_reference(uri: str, training: PipelineConfig) -> tuple[pa.Table, str]:
                                    "positive_labels": positives or data.positive_labels})
     table, label = normalised_table(uri, spec, config)
     if not whole:  # the same seeded split the training run's ingest cut
-        table = table.filter(pa.array(~in_test_split(np.arange(table.num_rows), config.seed, config.test_fraction)))
+        table = table.filter(pa.array(~in_test_split(table.column(label).to_numpy(), config.seed, config.test_fraction)))
     return table, label
 
 
