@@ -13,7 +13,8 @@ import mlflow
 
 from kfmlops.config import PipelineConfig, ProvenanceConfig, Settings
 from kfmlops.provenance import PROVENANCE_FILE, verify, verify_key
-from kfmlops.local_run import PipelineFailed, run_pipeline, summary
+from kfmlops import run_summary
+from kfmlops.local_run import PipelineFailed, main, run_pipeline
 from kfmlops.register import aliases
 from kfmlops.tracking import tracking_uri
 
@@ -76,19 +77,27 @@ def test_pipeline_registers_a_gated_champion_then_keeps_it_from_a_weaker_model(h
     assert weak_tags["kfmlops.gate.evaluate.passed"] == "false"
     reasons = json.loads(weak_tags["kfmlops.gate.evaluate.reasons"])
     assert any("below champion v" + first.version in r for r in reasons)
-    text = summary(weak, second)
+    text = run_summary.render(run_summary.collect(cfg, second.version, seconds=second.seconds, steps=[],
+                                                  run_dir=second.pipeline_root, logs=second.logs))
     assert "not promoted (evaluate gate failed)" in text and f"champion stays v{first.version}" in text
 
 
-def test_data_that_breaks_the_suite_stops_the_pipeline_and_registers_nothing(home):
+def test_data_that_breaks_the_suite_stops_the_pipeline_and_registers_nothing(home, capsys):
     lines = gzip.open(ROOT / "data" / "adult" / "adult.data.gz", "rt").read().splitlines(keepends=True)
     broken = [lines[0]] + [("-5" + line[line.index(","):]) if i % 10 == 0 else line for i, line in enumerate(lines[1:])]
     (home / "broken.csv").write_text("".join(broken))
-    config = DEMO.model_copy(update={"data": DEMO.data.model_copy(update={"source": str(home / "broken.csv")})})
-    with pytest.raises(PipelineFailed, match="validate") as err:
-        run_pipeline(config.pipeline_arguments())
-    assert aliases(config.settings.mlflow) == {}
-    root = Path(str(err.value).rsplit("outputs are in ", 1)[1])
+    config = (ROOT / "pipelines" / "configs" / "adult.yaml").read_text()
+    (home / "broken.yaml").write_text(config.replace("../../data/adult/adult.data.gz", "broken.csv")
+                                      .replace("../../data", str(ROOT / "data")))
+    assert main(["--config", str(home / "broken.yaml"), "--json"]) == 1
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["status"] == "failed" and summary["error"]["step"] == "validate"
+    assert err.splitlines()[-1].startswith("kfmlops run failed at step validate: ")
+    assert "Traceback" not in err
+    assert aliases(DEMO.settings.mlflow) == {}
+    root = Path(summary["paths"]["run_dir"])
+    assert "Traceback" in Path(summary["error"]["log"]).read_text()
     results = json.loads((root / "validate" / "results").read_text())
     failed = [o for o in results["outcomes"] if not o["success"] and o["severity"] == "error"]
     assert any(o["column"] == "age" and o["type"] == "expect_column_values_to_be_between" for o in failed)
@@ -102,21 +111,33 @@ def test_a_residency_violation_is_refused_before_any_data_moves(home):
     config = config.model_copy(update={"settings": type(config.settings).parse(raw)})
     with pytest.raises(PipelineFailed, match="ingest") as err:
         run_pipeline(config.pipeline_arguments())
-    root = Path(str(err.value).rsplit("outputs are in ", 1)[1])
+    assert err.value.step == "ingest" and err.value.reason.startswith("ResidencyError: ")
+    root = err.value.run_dir
     assert not (root / "ingest" / "train_data").exists()
     assert aliases(config.settings.mlflow) == {}
 
 
-def test_every_optional_parameter_can_be_left_out(home):
+def test_every_optional_parameter_can_be_left_out(home, capsys):
     """Only `data.source` and `data.label` given: no test_source, positive_labels, sensitive_features,
-    settings, run_tags or backend options (kfp.local once crashed on an unset Optional[str])."""
+    settings, run_tags or backend options (kfp.local once crashed on an unset Optional[str]).
+    Through `kfmlops run` as a person runs it: a progress line per step and the summary, no task logs."""
     frame = pd.read_csv(ROOT / "data" / "adult" / "adult.data.gz", skipinitialspace=True, nrows=3000)
     frame["income"] = (frame.pop("Y") == ">50K").astype(int)  # the default positive_labels: 1
     frame.to_csv(home / "small.csv", index=False)
-    run = run_pipeline({"data": {"source": str(home / "small.csv"), "label": "income"}})
+    (home / "minimal.yaml").write_text("data: {source: small.csv, label: income}\n")
+    assert main(["--config", str(home / "minimal.yaml")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) < 60
+    steps = [line.split()[0] for line in printed if line.strip().endswith(" s") and "SUCCESS" in line]
+    assert steps[:4] == ["ingest", "validate", "train", "evaluate"] and "register" in steps
+    assert not any("HTTP Request" in line or "KFP Executor" in line for line in printed)
+
+    summary = json.loads((home / "pipeline_root").glob("kfmlops-training-*/summary.json").__next__().read_text())
     cfg = Settings().mlflow
-    mv = MlflowClient(tracking_uri(cfg)).get_model_version(cfg.model_name, run.version)
+    mv = MlflowClient(tracking_uri(cfg)).get_model_version(cfg.model_name, summary["model"]["version"])
     assert mv.tags["kfmlops.train_data"] == str(home / "small.csv")
-    assert aliases(cfg)["challenger"] == run.version
-    ingest = json.loads((run.pipeline_root / "ingest" / "executor_output.json").read_text())
-    assert ingest["parameterValues"]["sensitive_columns"] == []
+    assert aliases(cfg)["challenger"] == summary["model"]["version"]
+    assert summary["status"] == "succeeded" and summary["fairness"] == []
+    assert [s["name"] for s in summary["steps"]] == steps
+    assert all(Path(s["log"]).is_file() for s in summary["steps"])
+    assert "KFP Executor" in Path(summary["steps"][0]["log"]).read_text()  # the full log went to the file

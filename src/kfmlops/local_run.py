@@ -10,43 +10,58 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
+import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kfmlops.config import PipelineConfig, Settings
-from kfmlops.typed import ConfigError
-from kfmlops.register import CHAMPION
-from kfmlops.register import DEPLOY_REASONS_TAG, DEPLOY_STATUS_TAG
-from kfmlops.register import aliases as registry_aliases
+from kfmlops.durable import write_text_atomically
+from kfmlops.task_logs import Step, TaskLogs, failure_reason
 from kfmlops.tracking import kfmlops_home, tracking_uri
-
-log = logging.getLogger(__name__)
+from kfmlops.typed import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "adult.yaml"
+PIPELINE = "kfmlops-training"
 
 
 class PipelineFailed(RuntimeError):
-    """A step failed; the message names it and where its outputs are."""
+    """A step failed: ``step`` names it, ``reason`` is its last exception line, ``log`` its full log."""
+
+    def __init__(self, message: str, *, step: str | None, reason: str, run_dir: Path, logs: Path,
+                 log: Path | None, steps: list[Step], seconds: float) -> None:
+        super().__init__(message)
+        self.step, self.reason, self.run_dir, self.logs, self.log = step, reason, run_dir, logs, log
+        self.steps, self.seconds = steps, seconds
 
 
 @dataclass(frozen=True)
 class LocalRun:
     version: str
-    pipeline_root: Path
+    pipeline_root: Path  # this run's directory: one folder of outputs per step, logs/, summary.json
     seconds: float
+    steps: list[Step] = field(default_factory=list)
+    logs: Path | None = None
 
 
 def run_pipeline(
-    arguments: dict[str, Any], *, pipeline_root: str | os.PathLike | None = None, runner: Any = None
+    arguments: dict[str, Any],
+    *,
+    pipeline_root: str | os.PathLike | None = None,
+    runner: Any = None,
+    progress: TextIO | None = None,
+    verbose: bool = True,
 ) -> LocalRun:
     """Run the training pipeline locally with these pipeline arguments; returns the registered version.
 
     ``runner`` is a ``kfp.local`` runner; the default runs each task as a subprocess of this
     interpreter (``SubprocessRunner(use_venv=False)``), a ``DockerRunner`` runs it in the image.
+    Each task's output goes to ``<run dir>/logs/<task>.log``; ``progress`` gets one line per
+    finished task, and with ``verbose`` everything is echoed to the console as well.
     """
     from kfp import local
 
@@ -59,107 +74,82 @@ def run_pipeline(
     root = Path(pipeline_root) if pipeline_root else kfmlops_home() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    before = set(root.glob(f"{PIPELINE}-*"))
+    staging = root / f".logs-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
+    logs = TaskLogs(staging, progress=progress, echo=sys.__stdout__ if verbose else None)
     started = time.monotonic()
-    before = set(root.glob("kfmlops-training-*"))
+    error: RuntimeError | None = None
     try:
-        task = training(**{k: v for k, v in arguments.items() if v is not None})
+        with logs.capture():
+            task = training(**arguments)
     except RuntimeError as exc:
-        outputs = sorted(set(root.glob("kfmlops-training-*")) - before)
-        where = f"; the steps' outputs are in {outputs[-1]}" if outputs else ""
-        raise PipelineFailed(f"{exc}{where}") from None
-    outputs = sorted(set(root.glob("kfmlops-training-*")) - before)
-    return LocalRun(str(task.output), outputs[-1] if outputs else root, time.monotonic() - started)
+        error = exc
+    seconds = time.monotonic() - started
+    created = sorted(set(root.glob(f"{PIPELINE}-*")) - before)
+    run_dir = created[-1] if created else staging
+    log_dir = _move_logs(logs, staging, run_dir)
+    if error is None:
+        return LocalRun(str(task.output), run_dir, seconds, logs.steps, log_dir)
+    failed = logs.failed()
+    reason = (failure_reason(failed.log) if failed else None) or str(error).splitlines()[0]
+    step = failed.name if failed else None
+    raise PipelineFailed(f"step {step} failed: {reason}" if step else reason, step=step, reason=reason,
+                         run_dir=run_dir, logs=log_dir, log=failed.log if failed else None,
+                         steps=logs.steps, seconds=seconds) from None
 
 
-def summary(config: PipelineConfig, run: LocalRun) -> str:
-    """A readable account of one run: metrics, fairness by group, gate verdicts, version, aliases, locations."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+def _move_logs(logs: TaskLogs, staging: Path, run_dir: Path) -> Path:
+    """The staged logs into ``<run_dir>/logs`` (the run's folder exists only once kfp.local made it)."""
+    if run_dir == staging:
+        return staging
+    target = run_dir / "logs"
+    shutil.move(staging, target)
+    for step in logs.steps:
+        step.log = target / step.log.name
+    return target
 
-    cfg = config.settings.mlflow
-    uri = tracking_uri(cfg)
-    client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
-    mv = client.get_model_version(cfg.model_name, run.version)
-    aliases = registry_aliases(cfg)
-    evaluation = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/evaluation.json")
-    fairness = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/fairness.json")
-    validation = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/validation.json")
 
-    out = [f"kfmlops training run: {cfg.model_name} version {run.version} ({run.seconds:.1f} s)", ""]
-    cand, champ = evaluation["candidate"], evaluation.get("champion")
-    out.append("Test metrics" + (f" (vs champion v{evaluation['champion_version']})" if champ else " (no champion yet)"))
-    for name in ("roc_auc", "pr_auc", "accuracy", "f1", "log_loss", "brier"):
-        line = f"  {name:<9} {cand[name]:.4f}"
-        if champ:
-            line += f"   champion {champ[name]:.4f}   delta {cand[name] - champ[name]:+.4f}"
-        out.append(line)
-    (tn, fp), (fn, tp) = cand["confusion_matrix"]
-    out += [f"  confusion  tn={tn} fp={fp} fn={fn} tp={tp}", ""]
+def run_and_summarise(config: PipelineConfig, *, progress: TextIO | None, verbose: bool,
+                      pipeline_root: str | None = None) -> dict[str, Any]:
+    """Run the pipeline for ``config`` and return its summary (see :mod:`kfmlops.run_summary`),
+    also written to ``summary.json`` in the run directory; a failed run gets one too."""
+    from kfmlops import run_summary
 
-    out.append("Fairness by group (selection rate / TPR / FPR / accuracy / rows)")
-    for feature in fairness["features"]:
-        out.append(
-            f"  {feature['feature']}: DP diff {_f(feature['demographic_parity_difference'])}, "
-            f"DP ratio {_f(feature['demographic_parity_ratio'])}, EO diff {_f(feature['equalized_odds_difference'])}"
-        )
-        for g in feature["by_group"]:
-            gated = "" if g["gated"] else "  (too few rows: not gated)"
-            out.append(
-                f"    {str(g['group']):<20} {_f(g['selection_rate'])} / {_f(g['tpr'])} / {_f(g['fpr'])} / "
-                f"{_f(g['accuracy'])} / {g['count']}{gated}"
-            )
-    out.append("")
-
-    gates = [
-        ("validate", validation["passed"], [f"{validation['warnings']} warnings, {validation['errors']} errors"]),
-        ("evaluate", evaluation["blessed"], evaluation["reasons"]),
-        ("fairness", fairness["passed"], fairness["reasons"]),
-    ]
-    out.append("Gates")
-    for name, passed, reasons in gates:
-        out.append(f"  {name:<9} {'PASS' if passed else 'FAIL'}")
-        out += [f"            {r}" for r in reasons]
-    mine = sorted(a for a, v in aliases.items() if v == run.version)
-    champion = aliases.get(CHAMPION)
-    out += ["", f"Model {cfg.model_name} v{run.version}: aliases {', '.join(mine) or 'none'}"]
-    failed = [name for name, passed, _ in gates if not passed]
-    deployed = mv.tags.get(DEPLOY_STATUS_TAG)
-    held = f"champion stays v{champion}" if champion else "there is no champion"
-    if champion == run.version:
-        out.append("  promoted to champion: every gate passed")
-    elif failed:
-        out.append(f"  not promoted ({', '.join(failed)} gate failed): {held}")
+    try:
+        run = run_pipeline(config.pipeline_arguments(), pipeline_root=pipeline_root, progress=progress,
+                           verbose=verbose)
+    except PipelineFailed as exc:
+        summary = run_summary.failed(step=exc.step, reason=exc.reason, log=exc.log, seconds=exc.seconds,
+                                     steps=[s.to_json() for s in exc.steps], run_dir=exc.run_dir, logs=exc.logs)
     else:
-        out.append(f"  every gate passed, but the deploy step {deployed or 'did not finish'}: {held}")
-    if deployed:
-        out.append(f"  deploy: {deployed}")
-        out += [f"    {r}" for r in json.loads(mv.tags.get(DEPLOY_REASONS_TAG, "[]"))]
-    out += [
-        "",
-        "Where things are",
-        f"  reports and artifacts  {run.pipeline_root}",
-        "    validate/report, evaluate/report, fairness/report are HTML; evaluate/predictions is Parquet",
-        f"  MLflow store           {uri}",
-        f"  browse it with         mlflow ui --backend-store-uri {uri} --host 127.0.0.1",
-    ]
-    return "\n".join(out)
-
-
-def _f(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+        summary = run_summary.collect(config.settings.mlflow, run.version, seconds=run.seconds,
+                                      steps=[s.to_json() for s in run.steps], run_dir=run.pipeline_root,
+                                      logs=run.logs)
+    write_text_atomically(summary["paths"]["summary"], json.dumps(summary, indent=1, default=str))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kfmlops import run_summary
+
     parser = argparse.ArgumentParser(prog="kfmlops run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config YAML (default: the Adult demo)")
     parser.add_argument("--pipeline-root", help="where task outputs go (default: $KFMLOPS_HOME/pipeline_root)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (progress on stderr)")
+    parser.add_argument("--verbose", action="store_true", help="also print every step's full log")
     args = parser.parse_args(argv)
+    out = sys.stderr if args.json else sys.stdout
     try:
         config = PipelineConfig.from_yaml(args.config)
-        run = run_pipeline(config.pipeline_arguments(), pipeline_root=args.pipeline_root)
-    except (ConfigError, PipelineFailed) as exc:
-        print(f"kfmlops run failed: {exc}")
+    except ConfigError as exc:
+        print(f"kfmlops run failed: {exc}", file=out)
         return 1
-    print("\n" + summary(config, run))
-    return 0
+    print(f"kfmlops run: {config.settings.mlflow.model_name} from {config.data.source}", file=out, flush=True)
+    summary = run_and_summarise(config, progress=out, verbose=args.verbose, pipeline_root=args.pipeline_root)
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+        if summary["status"] != "succeeded":
+            print(run_summary.render(summary).splitlines()[-1], file=sys.stderr)
+    else:
+        print("\n" + run_summary.render(summary))
+    return 0 if summary["status"] == "succeeded" else 1

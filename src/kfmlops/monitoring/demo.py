@@ -394,7 +394,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """The demo (see the module docstring); 0 when phase 2 started a retraining run that registered a version."""
     import httpx
 
-    from kfmlops.local_run import LocalRun, summary as run_summary
+    from kfmlops import run_summary
     from kfmlops.monitoring.drift import run as drift_run
     from kfmlops.monitoring.store import InferenceLog, import_ground_truth
     from kfmlops.monitoring.trigger import submitter_for
@@ -491,7 +491,9 @@ def run_demo(args: argparse.Namespace) -> int:
         else:
             seconds = summaries[-1][0]["timings_s"].get("retrain", 0.0)
             with _pipeline_output_to(demo_dir / "phase-2" / "pipeline.log", say):  # MLflow's download progress bars
-                text = run_summary(training, LocalRun(new, root, seconds))
+                summary = run_summary.collect(training.settings.mlflow, new, seconds=seconds, steps=[],
+                                              run_dir=root, logs=None)
+                text = run_summary.render(summary)
             print(text, flush=True)
             with _pipeline_output_to(demo_dir / "phase-2" / "pipeline.log", say):
                 record["retrain"] |= _gates(training, new)
