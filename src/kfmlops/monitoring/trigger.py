@@ -16,7 +16,6 @@ Submitters: :func:`kfp_submitter` (a Kubeflow Pipelines host and the compiled pi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -40,16 +39,14 @@ REASON_KEY = b"kfmlops.retrain_reason"
 
 
 def kfp_submitter(host: str, pipeline_package: str, experiment: str) -> Submitter:
-    """Submits the compiled pipeline to a Kubeflow Pipelines host; the run is named after its arguments."""
+    """Submits the compiled pipeline to a Kubeflow Pipelines host through
+    :func:`kfmlops.submit.submit_run` (what ``kfmlops submit`` uses); the run is named after its arguments."""
 
     def submit(arguments: dict[str, Any]) -> str:
-        import kfp
+        from kfmlops.submit import KfpEndpoint, run_name, submit_run
 
-        digest = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12]
-        result = kfp.Client(host=host).create_run_from_pipeline_package(
-            pipeline_package, arguments=arguments, run_name=f"kfmlops-retrain-{digest}", experiment_name=experiment
-        )
-        return str(result.run_id)
+        name = run_name("kfmlops-retrain", arguments)
+        return submit_run(KfpEndpoint(host), pipeline_package, arguments, experiment=experiment, name=name).run_id
 
     return submit
 
