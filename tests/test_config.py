@@ -49,3 +49,22 @@ def test_digest_ignores_where_runs_are_recorded_and_number_spelling():
     as_kfp_sends_it = Settings.parse({"validate": {"expectations": [{"type": "expect_x", "kwargs": {"min_value": 16.0}}]},
                                       "mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
     assert base.digest() == as_kfp_sends_it.digest()
+
+
+def test_fairness_thresholds_without_sensitive_features_are_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: x.csv, label: y}\nfairness: {max_equalized_odds_difference: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        PipelineConfig.from_yaml(path)
+    assert "fairness thresholds ['max_equalized_odds_difference'] are set but data.sensitive_features is empty" in str(err.value)
+    path.write_text("data: {source: x.csv, label: y, sensitive_features: [sex]}\nfairness: {max_equalized_odds_difference: 0.1}\n")
+    assert PipelineConfig.from_yaml(path).data.sensitive_features == ["sex"]
+    path.write_text("data: {source: x.csv, label: y}\nfairness: {min_group_size: 10}\n")
+    assert PipelineConfig.from_yaml(path).settings.fairness.min_group_size == 10
+
+
+def test_a_label_value_in_both_classes_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: x.csv, label: y, positive_labels: [yes], negative_labels: [no, yes]}\n")
+    with pytest.raises(ConfigError, match=r"negative_labels and positive_labels both hold \['yes'\]"):
+        PipelineConfig.from_yaml(path)

@@ -150,24 +150,37 @@ def test_missing_values_form_their_own_group_and_undefined_rates_are_nan():
     assert missing["tpr"] is None
 
 
-def test_fewer_than_two_gated_groups_is_not_checked():
+def test_a_threshold_that_fewer_than_two_gated_groups_leave_unchecked_fails_the_gate():
     y = np.array([1, 0, 1, 0, 1])
     pred = np.array([1, 0, 0, 0, 1])
     sensitive = pd.DataFrame({"g": ["a", "a", "a", "a", "b"]})
     result = assess(y, pred, sensitive, FairnessConfig(min_group_size=2, max_demographic_parity_difference=0.1))
     feature = result.features[0]
     assert math.isnan(feature.demographic_parity_difference) and math.isnan(feature.equalized_odds_difference)
-    assert result.passed
-    assert any("not checked: g: demographic_parity_difference" in r for r in result.reasons)
+    assert not result.passed
+    assert result.reasons == [
+        "not checked, so failed: g: demographic_parity_difference (max_demographic_parity_difference 0.1) cannot be "
+        "computed: only 1 of its 2 groups have >= 2 test rows (fairness.min_group_size) and the figure compares two; "
+        "lower fairness.min_group_size or test on more rows"
+    ]
     assert json.loads(json.dumps(result.to_json(), allow_nan=False))["features"][0]["demographic_parity_ratio"] is None
+    # every group under min_group_size: the same
+    assert not assess(y, pred, sensitive, FairnessConfig(min_group_size=10, max_demographic_parity_difference=0.1)).passed
+    # no threshold set: reported, not gated
+    assert assess(y, pred, sensitive, FairnessConfig(min_group_size=10)).passed
 
 
-def test_no_sensitive_features_passes_saying_nothing_was_checked():
+def test_thresholds_with_no_sensitive_features_fail_the_gate_saying_why():
     y, pred = np.array([0, 1, 1]), np.array([0, 1, 0])
     for sensitive in (pd.DataFrame(), pd.DataFrame(index=range(3)), None):
         result = assess(y, pred, sensitive, FairnessConfig(max_demographic_parity_difference=0.0))
-        assert result.passed and result.features == []
-        assert "nothing was checked" in result.reasons[0]
+        assert not result.passed and result.features == []
+        assert result.reasons == [
+            "fairness thresholds ['max_demographic_parity_difference'] are set but no sensitive features were given, "
+            "so nothing could be checked: list the columns to slice by in data.sensitive_features"
+        ]
+        result = assess(y, pred, sensitive, FairnessConfig())
+        assert result.passed and "nothing was checked" in result.reasons[0]
 
 
 def test_bad_input_is_a_clear_value_error():

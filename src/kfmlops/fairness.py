@@ -11,8 +11,10 @@ but excluded ("not gated"); over the gated groups the module computes
 
 and compares each with its threshold in :class:`~kfmlops.config.FairnessConfig` (``None`` = not
 checked). A group with no positive (negative) rows has no defined TPR (FPR): NaN, skipped by the
-differences. With fewer than two gated groups to compare a figure is NaN and reported as not checked.
-Null sensitive values form their own group, ``"(missing)"``.
+differences. With fewer than two gated groups to compare a figure is NaN. The gate fails closed: a
+threshold that is set but checks nothing (no sensitive features, or a figure that cannot be computed
+because too few groups reach ``min_group_size``) fails it, saying why. Null sensitive values form
+their own group, ``"(missing)"``.
 
 fairlearn is imported inside :func:`assess`, so importing this module is cheap.
 """
@@ -245,6 +247,11 @@ def assess(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame | Non
     if len(y) != len(pred):
         raise ValueError(f"length mismatch: {len(y)} labels but {len(pred)} predictions")
     if sensitive is None or sensitive.shape[1] == 0:
+        thresholds = [name for _, name, _ in _CHECKS if getattr(config, name) is not None]
+        if thresholds:
+            reason = (f"fairness thresholds {thresholds} are set but no sensitive features were given, so nothing "
+                      "could be checked: list the columns to slice by in data.sensitive_features")
+            return FairnessResult(passed=False, reasons=[reason], features=[], config=config)
         return FairnessResult(
             passed=True, reasons=["no sensitive features configured: nothing was checked"], features=[], config=config
         )
@@ -273,18 +280,19 @@ def assess(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame | Non
                 op = "<=" if check["kind"] == "max" else ">="
                 passed.append(f"{f.feature} {figure} {value:.4f} {op} {limit:.4g}")
             elif check["status"] == "not computed":
-                unchecked.append(
-                    f"not checked: {f.feature}: {figure} cannot be computed ({gated} group(s) with >= "
-                    f"{config.min_group_size} rows, {len(f.by_group)} in all)"
+                why = (
+                    f"only {gated} of its {len(f.by_group)} groups have >= {config.min_group_size} test rows "
+                    "(fairness.min_group_size) and the figure compares two; lower fairness.min_group_size or test "
+                    "on more rows" if gated < 2 else
+                    "no two gated groups have both positive and negative rows to compare rates over"
                 )
+                unchecked.append(f"not checked, so failed: {f.feature}: {figure} ({limit_name} {limit:.4g}) cannot be "
+                                 f"computed: {why}")
     names = ", ".join(f.feature for f in features)
-    if failed:
+    if failed or unchecked:
         reasons = failed + unchecked
     elif passed:
         reasons = [f"passed over {names} (groups with >= {config.min_group_size} rows): " + "; ".join(passed)]
-        reasons += unchecked
-    elif unchecked:
-        reasons = [f"passed: no figure could be checked over {names}"] + unchecked
     else:
         reasons = [f"no fairness thresholds set: figures for {names} reported, nothing was checked"]
-    return FairnessResult(passed=not failed, reasons=reasons, features=features, config=config)
+    return FairnessResult(passed=not (failed or unchecked), reasons=reasons, features=features, config=config)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from kfmlops.config import MlflowConfig, TrainConfig
 from kfmlops.train.distributed import WorkerSpec, launch, run
-from kfmlops.train.loop import Dist, TrainResult
+from kfmlops.train.loop import Dist, TrainDataError, TrainResult
 from kfmlops.train.model import ModelBundle
 
-__all__ = ["ModelBundle", "TrainResult", "train"]
+__all__ = ["ModelBundle", "TrainDataError", "TrainResult", "train"]
 
 
 def train(

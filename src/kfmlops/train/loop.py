@@ -56,6 +56,10 @@ RESUMABLE_ACROSS = {"processes", "device", "checkpoint_dir", "checkpoint_every_s
 PREDICT_CHUNK = 65_536
 
 
+class TrainDataError(ValueError):
+    """The train split cannot be trained on; the message names the column or class at fault."""
+
+
 @dataclass(frozen=True)
 class Dist:
     """This process's place in the job (torchrun's environment variables; 1 rank by default)."""
@@ -111,13 +115,34 @@ def peak_learning_rate(config: TrainConfig) -> float:
 def feature_columns(frame: pd.DataFrame, label: str, exclude: list[str]) -> list[str]:
     unknown = [c for c in exclude if c not in frame.columns]
     if unknown:
-        raise ValueError(f"train.exclude_features names columns that are not in the data: {unknown}")
+        raise TrainDataError(
+            f"train.exclude_features names columns that are not in the data: {unknown}; it has {list(frame.columns)}"
+        )
     if label not in frame.columns:
-        raise ValueError(f"label column {label!r} is not in the train split; columns: {list(frame.columns)}")
+        raise TrainDataError(f"label column {label!r} is not in the train split; columns: {list(frame.columns)}")
     features = [c for c in frame.columns if c != label and c not in exclude]
     if not features:
-        raise ValueError("no feature columns left to train on")
+        raise TrainDataError("no feature columns left to train on: train.exclude_features excludes them all")
     return features
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified (validation rows, training rows) of a 0/1 label column: each class gives
+    ``round(n * fraction)`` rows, at least 1 and at most ``n - 1``, to the validation slice. A class
+    with fewer than 2 rows is a TrainDataError naming it."""
+    rng = np.random.default_rng(seed)
+    val, fit_rows = [], []
+    for cls, name in ((1, "positive"), (0, "negative")):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        if len(rows) < 2:
+            raise TrainDataError(
+                f"label {label!r}: class {name} ({cls}) has {len(rows)} row(s) in the train split of {len(labels)}; "
+                "training needs at least 2 of each class (one to fit, one to validate): add rows of that class"
+            )
+        n = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+        val.append(rows[:n])
+        fit_rows.append(rows[n:])
+    return rng.permutation(np.concatenate(val)), rng.permutation(np.concatenate(fit_rows))
 
 
 def fit(
@@ -138,12 +163,10 @@ def fit(
 
 def _fit(frame, label, config, model_dir, device, on_epoch, dist) -> TrainResult:
     started = time.monotonic()
-    order = np.random.default_rng(config.seed).permutation(len(frame))
-    n_val = max(1, int(len(frame) * config.validation_fraction))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    n_train = len(train_idx)
-
     features = feature_columns(frame, label, config.exclude_features)
+    val_idx, train_idx = validation_split(frame[label].to_numpy(), config.validation_fraction, config.seed, label)
+    n_train, n_val = len(train_idx), len(val_idx)
+
     pre = Preprocessor.fit(frame.iloc[train_idx], features, config.min_category_count)
     spec = NetSpec.for_data(pre, config.hidden_units, config.max_embedding_dim, config.dropout)
     codes, numbers = (torch.from_numpy(a) for a in pre.transform({c: frame[c] for c in features}))
