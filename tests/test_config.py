@@ -65,6 +65,6 @@ def test_fairness_thresholds_without_sensitive_features_are_a_config_error(tmp_p
 
 def test_a_label_value_in_both_classes_is_a_config_error(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("data: {source: x.csv, label: y, positive_labels: [yes], negative_labels: [no, yes]}\n")
-    with pytest.raises(ConfigError, match=r"negative_labels and positive_labels both hold \['yes'\]"):
+    path.write_text("data: {source: x.csv, label: y, positive_labels: [hi], negative_labels: [lo, hi]}\n")
+    with pytest.raises(ConfigError, match=r"negative_labels and positive_labels both hold \[.hi.\]"):
         PipelineConfig.from_yaml(path)
