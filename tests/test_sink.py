@@ -17,6 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -296,3 +297,159 @@ def test_sink_cli_imports_labels(tmp_path, capsys):
     (tmp_path / "truth.jsonl").write_text('{"request_id": "a", "label": 1}\n{"request_id": "b", "label": 0}\n')
     assert main(["sink", "import-labels", "--root", str(tmp_path), str(tmp_path / "truth.jsonl")]) == 0
     assert "imported 2 labels" in capsys.readouterr().out
+
+
+def test_bad_events_are_refused_naming_the_field():
+    for time_, message in [("0001-01-01T00:00:00+05:00", "ce-time '0001-01-01T00:00:00\\+05:00' is out of range"),
+                           ("yesterday", "ce-time 'yesterday' is not an RFC 3339 time"),
+                           ("1969-12-31T23:00:00Z", "out of range")]:
+        event = _event(REQUEST, "t", {"instances": [{"x": 1}]})
+        with pytest.raises(EventError, match=message):
+            parse_event({**event["headers"], "ce-time": time_}, event["content"].encode(), T0)
+    structured = {"id": "s", "type": REQUEST, "time": "0001-01-01T00:00:00+05:00", "data": {"instances": [{"x": 1}]}}
+    with pytest.raises(EventError, match="^time '0001"):
+        parse_event({"content-type": "application/cloudevents+json"}, json.dumps(structured).encode(), T0)
+    shifted = parse_event({**_event(REQUEST, "t", {})["headers"], "ce-time": "2026-11-23T12:30:00+05:00"}, b"{}", T0)
+    assert shifted.time == datetime(2026, 11, 23, 7, 30, tzinfo=timezone.utc)
+
+    empty = json.dumps({"instances": [{}] * 1000}).encode()  # 4 MB of these became 1.32 M rows
+    with pytest.raises(EventError, match=r"instances\[0\] is empty") as refused:
+        parse_event(_event(REQUEST, "e", {})["headers"], empty, T0, max_rows=100)
+    assert refused.value.status == 400
+    with pytest.raises(EventError, match=r"instances\[1\] is empty"):
+        parse_event(_event(REQUEST, "e", {})["headers"], b'{"instances": [[1], []]}', T0)
+    for kind, body, field in [(REQUEST, {"instances": [[i] for i in range(101)]}, "instances"),
+                              (RESPONSE, {"predictions": [0.5] * 101}, "predictions")]:
+        with pytest.raises(EventError, match=f"{field} holds 101 rows; the sink takes at most 100") as refused:
+            parse_event(_event(kind, "big", {})["headers"], json.dumps(body).encode(), T0, max_rows=100)
+        assert refused.value.status == 413
+    assert len(parse_event(_event(REQUEST, "ok", {})["headers"], b'{"instances": []}', T0, max_rows=100).body["instances"]) == 0
+
+
+def test_log_refuses_a_record_without_an_hour_partition_and_keeps_the_rest(tmp_path):
+    log = InferenceLog(InferenceLogConfig(root=str(tmp_path)))
+    bad = PredictionRecord(model="adult", request_id="bad", timestamp=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))))
+    with pytest.raises(ValueError, match="'bad': timestamp 0001-01-01T00:00:00\\+05:00 has no UTC hour partition"):
+        log.append([_record(1), bad])
+    assert log.buffered == 0  # nothing of the refused chunk was buffered
+    log.append([_record(2)])
+    log.close()
+    assert _keys(read_window(tmp_path, "adult", *ALL_TIME)) == [("w-2", 0)]
+
+
+def test_one_request_is_committed_in_one_file(tmp_path):
+    with InferenceLog(InferenceLogConfig(root=str(tmp_path), max_buffered_rows=10)) as log:
+        log.append([replace(_record(0, "big"), row_index=i, timestamp=T0) for i in range(25)]
+                   + [replace(_record(i), timestamp=T0) for i in range(5)])
+    files = window_files(tmp_path, "adult", *ALL_TIME)
+    assert sorted(pq.read_table(f).num_rows for f in files) == [5, 25]
+
+
+def _health(url: str) -> dict:
+    return httpx.get(url + "/healthz").json()
+
+
+def test_sink_refuses_bad_events_and_keeps_every_other(tmp_path):
+    """A bad time, empty instances and an oversized batch are refused with 4xx naming the field; the
+    events around them are joined or written alone (the background writer survives), and a failed
+    commit of one partition is retried without stopping the rest."""
+    blocked_hour = T0 + timedelta(hours=5)
+    partition = tmp_path / "predictions" / "model=adult" / "hour=2026-11-23T14"
+    partition.parent.mkdir(parents=True)
+    partition.write_text("a file where the partition directory should be: commits there fail")
+    config = SinkConfig(log=InferenceLogConfig(root=str(tmp_path), flush_interval_s=0.1), join_timeout_s=1.0,
+                        max_rows_per_event=100)
+    good = [_event(kind, f"p{i}", body) for i in range(6)
+            for kind, body in ((REQUEST, {"instances": [{"age": i}]}), (RESPONSE, {"predictions": [0.5]}))]
+    good += [_event(REQUEST, f"alone{i}", {"instances": [{"age": i}]}) for i in range(6)]
+    good += [_event(REQUEST, "later", {"instances": [{"age": 1}]}, time_=blocked_hour)]
+    with running_sink(config) as url:
+        bad_time = _event(REQUEST, "bad", {"instances": [{"age": 1}]})
+        bad_time["headers"]["ce-time"] = "0001-01-01T00:00:00+05:00"
+        answers = [httpx.post(url, **bad_time), httpx.post(url, **good[0])]
+        answers.append(httpx.post(url, headers=good[2]["headers"], content=json.dumps({"instances": [{}] * 1000})))
+        answers.append(httpx.post(url, **_event(REQUEST, "huge", {"instances": [[i] for i in range(101)]})))
+        codes = [a.status_code for a in answers] + [httpx.post(url, **e).status_code for e in good[1:]]
+        assert codes[:4] == [400, 200, 400, 413] and codes[4:] == [200] * (len(good) - 1)
+        assert "ce-time" in answers[0].json()["error"] and "instances[0] is empty" in answers[2].json()["error"]
+        assert "max_rows_per_event" in answers[3].json()["error"]
+        deadline = time.monotonic() + 20
+        while (health := _health(url))["pending"] or not health["errors"] or len(read_window(tmp_path, "adult", *ALL_TIME)) < 12:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.05)
+        assert health["status"] == "degraded" and "committing predictions" in health["last_error"]
+        partition.unlink()  # the disk is fixed: the retried commit goes through
+        while read_window(tmp_path, "adult", T0, T0 + timedelta(hours=6)).num_rows < 13:
+            assert time.monotonic() < deadline, _health(url)
+            time.sleep(0.05)
+    table = read_window(tmp_path, "adult", *ALL_TIME)
+    rows = dict(zip(table["request_id"].to_pylist(), table["prediction"].to_pylist()))
+    assert sorted(rows) == sorted({f"p{i}" for i in range(6)} | {f"alone{i}" for i in range(6)} | {"later"})
+    assert all(rows[f"p{i}"] == 0.5 for i in range(6)) and rows["alone0"] is None
+    assert not any((tmp_path / "wal").iterdir())  # stopped cleanly: the write-ahead log is gone
+
+
+def _start_sink_process(config: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "kfmlops.cli", "sink", "serve", "--config", str(config),
+                                "--host", "127.0.0.1", "--port", str(port)])
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and process.poll() is None, "the sink did not start"
+            time.sleep(0.05)
+
+
+def test_sigkill_loses_no_acknowledged_event(tmp_path):
+    """A real sink process: every event answered 200 before a SIGKILL is in the log exactly once
+    after a restart, whether it was committed, buffered, or waiting for its pair at the kill."""
+    (tmp_path / "sink.yaml").write_text("log: {root: log, flush_interval_s: 0.5}\njoin_timeout_s: 5\n")
+    sink, url = _start_sink_process(tmp_path / "sink.yaml")
+    acknowledged: list[str] = []
+
+    async def send(events: list[dict]) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            semaphore = asyncio.Semaphore(16)
+
+            async def post(event):
+                async with semaphore:
+                    if (await client.post("/", **event)).status_code == 200:
+                        acknowledged.append(event["headers"]["ce-id"])
+
+            await asyncio.gather(*(post(e) for e in events))
+
+    try:
+        for wave in range(6):  # waves a checkpoint apart: some events committed, some only in the write-ahead log
+            ids = [f"w{wave}-{i}" for i in range(50)]
+            asyncio.run(send([_event(kind, i, body) for i in ids for kind, body in (
+                (REQUEST, {"instances": [{"age": 30}, {"age": 31}]}), (RESPONSE, {"predictions": [0.1, 0.9]}))]))
+            time.sleep(0.3)
+        asyncio.run(send([_event(REQUEST, f"open-{i}", {"instances": [{"age": 40}]}) for i in range(5)]))
+        assert len(acknowledged) == 6 * 100 + 5
+    finally:
+        sink.kill()  # SIGKILL, at once after the last 200
+        sink.wait()
+    assert window_files(tmp_path / "log", "adult", *ALL_TIME)  # checkpoints committed some before the kill,
+    assert list((tmp_path / "log" / "wal").glob("*/seg-*.wal"))  # the rest is in the write-ahead log only
+
+    sink, url = _start_sink_process(tmp_path / "sink.yaml")
+    try:  # the responses of the requests that were waiting at the kill arrive after the restart
+        asyncio.run(send([_event(RESPONSE, f"open-{i}", {"predictions": [0.7]}) for i in range(5)]))
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(timeout=60) in (0, -signal.SIGTERM)
+
+    table = read_window(tmp_path / "log", "adult", *ALL_TIME)
+    keys = _keys(table)
+    assert len(keys) == len(set(keys))  # nothing twice
+    assert {k for k, _ in keys} == {i for i in acknowledged if i.startswith(("w", "open"))}  # nothing lost
+    assert len(keys) == 6 * 50 * 2 + 5
+    rows = dict(zip(keys, table.select(["input.age", "prediction"]).to_pylist()))
+    assert all(rows[(f"w{w}-{i}", 1)] == {"input.age": 31, "prediction": 0.9} for w in range(6) for i in range(50))
+    assert all(rows[(f"open-{i}", 0)] == {"input.age": 40, "prediction": 0.7} for i in range(5))  # joined after replay
+    assert not list((tmp_path / "log" / "wal").glob("*/seg-*.wal"))

@@ -1,10 +1,11 @@
 """Typed settings for the inference-log sink and the drift job, validated once at the boundary.
 
-:class:`SinkConfig` configures ``kfmlops sink`` (where the log lives, how long a request waits for
-its response). :class:`DriftConfig` configures ``kfmlops drift``: what to check (a window of the
-inference log or any dataset), against what (the served model version's training data), how
-(Evidently stat tests), what counts as a reason to retrain (:class:`PolicyConfig`), where the
-figures go (:class:`MetricsConfig`) and how retraining is submitted (:class:`TriggerConfig`).
+:class:`SinkConfig` configures ``kfmlops sink`` (where the log and the sink's write-ahead log live,
+how long a request waits for its response, how large an event may be). :class:`DriftConfig`
+configures ``kfmlops drift``: what to check (a window of the inference log or any dataset),
+against what (the served model version's training data), how (Evidently stat tests), what counts
+as a reason to retrain (:class:`PolicyConfig`), where the figures go (:class:`MetricsConfig`) and
+how retraining is submitted (:class:`TriggerConfig`).
 Both load from YAML; relative paths in a file are relative to that file.
 """
 
@@ -46,12 +47,36 @@ class SinkConfig(SettingsModel):
         default=256 << 20, ge=1024, description="Bodies waiting for their pair; past this the oldest is written alone."
     )
     max_body_bytes: int = Field(default=16 << 20, ge=1024, description="Larger events are refused with 413.")
+    max_rows_per_event: int = Field(
+        default=10_000, ge=1,
+        description="Events with more instances (or predictions), or more than log.max_buffered_rows, are refused with 413.",
+    )
+    wal_dir: str | None = Field(
+        default=None,
+        description="The write-ahead log (events are fsync'd here before they are acknowledged); unset: <log.root>/wal.",
+    )
+    wal_checkpoint_bytes: int = Field(
+        default=64 << 20, ge=1024,
+        description="Commit to Parquet and release the write-ahead log after this many bytes (or log.flush_interval_s).",
+    )
+
+    @property
+    def rows_per_event(self) -> int:
+        """The most rows an event may hold: one event's rows are committed in one file."""
+        return min(self.max_rows_per_event, self.log.max_buffered_rows)
+
+    @property
+    def wal_path(self) -> str:
+        return self.wal_dir or str(Path(self.log.root) / "wal")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SinkConfig":
         raw, base = load_yaml(path)
         config = parse(cls, raw, str(path))
-        return config.model_copy(update={"log": config.log.model_copy(update={"root": resolve_path(config.log.root, base)})})
+        return config.model_copy(update={
+            "log": config.log.model_copy(update={"root": resolve_path(config.log.root, base)}),
+            "wal_dir": resolve_path(config.wal_dir, base),
+        })
 
 
 class WindowConfig(SettingsModel):

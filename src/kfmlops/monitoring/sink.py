@@ -10,9 +10,25 @@ An event whose pair has not arrived within ``join_timeout_s``, or that is pushed
 pending buffer, is written alone with nulls for the missing side; a repeated delivery of an event
 already joined or pending is dropped.
 
-:func:`create_app` is a plain ASGI application (``POST`` any path: an event, answered 200 once
-buffered; ``GET /healthz``), served by uvicorn. On shutdown every pending event is written and the
-log committed.
+What is refused (the answer names the field): a missing ``ce-id``, another ``ce-type``, a body that
+is not JSON, a ``ce-time`` (structured: ``time``) that is not an RFC 3339 time between 1970 and
+9999 UTC, a request instance with no inputs (400), a body over ``max_body_bytes`` and an event of
+more than ``max_rows_per_event`` (or ``log.max_buffered_rows``) instances or predictions (413). A request with no recognisable
+instances is logged as one row without inputs. Nothing refused touches the log or other events.
+
+:func:`create_app` is a plain ASGI application (``POST`` any path: an event; ``GET /healthz``),
+served by uvicorn. An event is answered 200 only once it is durable: appended to the write-ahead
+log (:mod:`~kfmlops.monitoring.wal`) and fsync'd, together with the other events that arrived
+meanwhile (group commit). One task then feeds the events to the joiner and the inference log's
+buffer, in write-ahead-log order. Every ``log.flush_interval_s`` (or ``wal_checkpoint_bytes``) it
+checkpoints: the current segment is sealed, the buffered rows are committed to Parquet, and the
+sealed segments whose events are all committed are deleted (a segment holding an event still
+waiting for its pair is kept). At start the sink replays whatever a previous sink left in the
+write-ahead log, skipping the events whose request ids the Parquet files committed since then
+already hold, so a SIGKILL loses no acknowledged event and duplicates none. On shutdown every
+pending event is written, the log committed and the write-ahead log removed. A failure in the
+background (a commit that fails) is logged, counted in ``/healthz`` and retried; it never stops
+the sink, and the events stay in the write-ahead log until they are committed.
 """
 
 from __future__ import annotations
@@ -31,17 +47,26 @@ from typing import Any, Callable
 
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
-from kfmlops.monitoring.store import InferenceLog, PredictionRecord, import_ground_truth
+from kfmlops.monitoring.store import InferenceLog, PredictionRecord, committed_request_ids, import_ground_truth
+from kfmlops.monitoring.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
 REQUEST = "org.kubeflow.serving.inference.request"
 RESPONSE = "org.kubeflow.serving.inference.response"
 _STRUCTURED = "application/cloudevents+json"
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+_CLOCK_SLACK_NS = 600 * 10**9  # replay reads files committed up to 10 min before the oldest segment (clock steps)
 
 
 class EventError(ValueError):
-    """The HTTP request is not an inference-log CloudEvent; the message says why (answered 400)."""
+    """The HTTP request is not an acceptable inference-log CloudEvent; the message says why and
+    ``status`` is the answer (400, or 413 for an event of too many rows)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -55,13 +80,15 @@ class InferenceEvent:
     size: int = 0  # bytes of the HTTP body, counted against the pending buffer's byte budget
 
 
-def parse_event(headers: dict[str, str], body: bytes, received: datetime) -> InferenceEvent:
-    """An :class:`InferenceEvent` from lower-cased HTTP headers and the body; raises :class:`EventError`."""
+def parse_event(headers: dict[str, str], body: bytes, received: datetime, max_rows: int | None = None) -> InferenceEvent:
+    """An :class:`InferenceEvent` from lower-cased HTTP headers and the body; raises :class:`EventError`
+    (see the module docstring for what is refused; ``max_rows`` None: any number of rows)."""
     try:
         payload = json.loads(body) if body else None
     except ValueError as exc:
         raise EventError(f"body is not JSON: {exc}") from None
-    if headers.get("content-type", "").startswith(_STRUCTURED):
+    structured = headers.get("content-type", "").startswith(_STRUCTURED)
+    if structured:
         if not isinstance(payload, dict):
             raise EventError("a structured CloudEvent must be a JSON object")
         attributes = {k: str(v) for k, v in payload.items() if k not in ("data", "data_base64")}
@@ -76,25 +103,49 @@ def parse_event(headers: dict[str, str], body: bytes, received: datetime) -> Inf
         raise EventError("missing CloudEvent id (ce-id)")
     if kind not in (REQUEST, RESPONSE):
         raise EventError(f"CloudEvent type {kind!r} is neither {REQUEST} nor {RESPONSE}")
-    return InferenceEvent(
+    event = InferenceEvent(
         id=event_id,
         kind=kind,
         model=attributes.get("inferenceservicename"),
         endpoint=attributes.get("endpoint"),
-        time=_parse_time(attributes.get("time"), received),
+        time=_parse_time(attributes.get("time"), received, "time" if structured else "ce-time"),
         body=payload,
         size=len(body),
     )
+    _check_rows(event, max_rows)
+    return event
 
 
-def _parse_time(value: str | None, default: datetime) -> datetime:
+def _parse_time(value: str | None, default: datetime, field: str) -> datetime:
+    """``value`` as a UTC time (no zone: UTC); ``default`` when absent; EventError naming ``field`` otherwise."""
     if not value:
         return default
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
-        return default
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+        raise EventError(f"{field} {value!r} is not an RFC 3339 time") from None
+    try:
+        ts = (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except OverflowError:
+        ts = None
+    if ts is None or not _EARLIEST <= ts <= _LATEST:
+        raise EventError(f"{field} {value!r} is out of range: the log takes times from 1970 to 9999 UTC")
+    return ts
+
+
+def _check_rows(event: InferenceEvent, max_rows: int | None) -> None:
+    """Refuse empty request instances, and events of more than ``max_rows`` rows (413)."""
+    body = event.body if isinstance(event.body, dict) else {}
+    if event.kind == REQUEST:
+        rows, field = request_rows(body), next((k for k in ("instances", "inputs") if k in body), "instances")
+        empty = next((i for i, row in enumerate(rows) if not row), None)
+        if empty is not None:
+            raise EventError(f"{field}[{empty}] is empty: every instance needs its inputs")
+    else:
+        rows, field = response_rows(body)[0], next((k for k in ("predictions", "outputs") if k in body), "predictions")
+    if max_rows is not None and len(rows) > max_rows:
+        raise EventError(f"{field} holds {len(rows)} rows; the sink takes at most {max_rows} per event "
+                         "(max_rows_per_event): send smaller batches", 413)
 
 
 def records_for(request: InferenceEvent | None, response: InferenceEvent | None) -> list[PredictionRecord]:
@@ -125,7 +176,9 @@ class EventJoiner:
 
     At most ``max_pending`` events and ``max_pending_bytes`` of bodies wait; past either, the oldest
     is written alone. Every method returns the records that are now complete and should be written.
-    Not thread-safe: the sink calls it from its event loop only.
+    Each event may carry the write-ahead-log segment it is in (added in segment order), so that
+    :attr:`oldest_segment` says which segments still hold a waiting event.
+    Not thread-safe: the sink calls it from one task only.
     """
 
     def __init__(
@@ -136,13 +189,13 @@ class EventJoiner:
         self.max_pending_bytes = max_pending_bytes
         self.clock = clock
         self._pending_bytes = 0
-        self._pending: OrderedDict[tuple[str | None, str], tuple[float, InferenceEvent]] = OrderedDict()
+        self._pending: OrderedDict[tuple[str | None, str], tuple[float, InferenceEvent, int]] = OrderedDict()
         self._done: OrderedDict[tuple[str | None, str], None] = OrderedDict()  # recently joined: drop redeliveries
         self.joined = 0
         self.unmatched = 0
         self.duplicates = 0
 
-    def add(self, event: InferenceEvent) -> list[PredictionRecord]:
+    def add(self, event: InferenceEvent, segment: int = 0) -> list[PredictionRecord]:
         key = (event.model, event.id)
         if key in self._done:
             self.duplicates += 1
@@ -159,7 +212,7 @@ class EventJoiner:
             self.joined += 1
             request, response = (other, event) if event.kind == RESPONSE else (event, other)
             return records_for(request, response)
-        self._pending[key] = (self.clock(), event)
+        self._pending[key] = (self.clock(), event, segment)
         self._pending_bytes += event.size
         records = []
         while len(self._pending) > self.max_pending or self._pending_bytes > self.max_pending_bytes:
@@ -171,7 +224,7 @@ class EventJoiner:
         deadline = self.clock() - self.timeout_s
         records = []
         while self._pending:
-            key, (since, _) = next(iter(self._pending.items()))
+            key, (since, *_) = next(iter(self._pending.items()))
             if since > deadline:
                 break
             records += self._write_alone(key, self._pending.pop(key))
@@ -188,7 +241,12 @@ class EventJoiner:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _write_alone(self, key, waiting: tuple[float, InferenceEvent]) -> list[PredictionRecord]:
+    @property
+    def oldest_segment(self) -> int | None:
+        """The write-ahead-log segment of the oldest waiting event; None when none waits."""
+        return next(iter(self._pending.values()))[2] if self._pending else None
+
+    def _write_alone(self, key, waiting: tuple[float, InferenceEvent, int]) -> list[PredictionRecord]:
         event = waiting[1]
         self._pending_bytes -= event.size
         self._remember(key)
@@ -201,34 +259,172 @@ class EventJoiner:
             self._done.popitem(last=False)
 
 
+class Unavailable(RuntimeError):
+    """The event could not be made durable (answered 503); the message says why."""
+
+
+class Sink:
+    """The sink's state: the write-ahead log, the joiner and ``log_``, driven by one committer task.
+
+    :meth:`start` opens the write-ahead log and replays it, :meth:`submit` returns once an event is
+    durable, :meth:`stop` commits everything and removes the write-ahead log (see the module
+    docstring). Runs on one asyncio event loop; file I/O happens in worker threads.
+    """
+
+    def __init__(self, log_: InferenceLog, config: SinkConfig):
+        self.log = log_
+        self.config = config
+        self.joiner = EventJoiner(config.join_timeout_s, config.max_pending, config.max_pending_bytes)
+        self.wal: WriteAheadLog | None = None
+        self.errors = 0
+        self.last_error: str | None = None
+        self.replayed = 0
+        self._waiting: list[tuple[InferenceEvent, bytes, bytes, asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._committer: asyncio.Task | None = None
+        self._checkpoint: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.wal = await asyncio.to_thread(WriteAheadLog, self.config.wal_path)
+        await asyncio.to_thread(self._replay)
+        self._committer = asyncio.create_task(self._commit_forever())
+
+    async def submit(self, event: InferenceEvent, headers: dict[str, str], body: bytes, received: datetime) -> None:
+        """Return once ``event`` is in the write-ahead log, fsync'd; raises :class:`Unavailable`."""
+        if self._stopping:
+            raise Unavailable("the sink is shutting down")
+        if self.log.buffered >= 2 * self.config.log.max_buffered_rows:
+            raise Unavailable(f"the inference log is not committing ({self.last_error}); retry later")
+        kept = {k: v for k, v in headers.items() if k.startswith("ce-") or k == "content-type"}
+        meta = json.dumps({"headers": kept, "received": received.isoformat()}).encode()
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, meta, body, future))
+        self._wake.set()
+        await future
+
+    async def stop(self) -> None:
+        """Write every pending event, commit the log and remove the write-ahead log; on a failure
+        the write-ahead log is kept for the next start (logged, never raised)."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            if self._committer is not None:
+                await self._committer
+            if self._checkpoint is not None:
+                await self._checkpoint
+            await asyncio.to_thread(self.log.append, self.joiner.drain())
+            await asyncio.to_thread(self.log.close)
+            await asyncio.to_thread(self.wal.close, True)
+        except Exception:
+            log.exception("sink: committing at shutdown failed; the write-ahead log %s keeps the events for the "
+                          "next start", self.config.wal_path)
+            if self.wal is not None:
+                self.wal.close()
+        log.info("sink: %d joined, %d unmatched, %d duplicates dropped, %d replayed, %d rows committed",
+                 self.joiner.joined, self.joiner.unmatched, self.joiner.duplicates, self.replayed, self.log.rows_committed)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "degraded" if self.errors else "ok", "pending": self.joiner.pending,
+                "buffered_rows": self.log.buffered, "wal_segments": self.wal.segments if self.wal else 0,
+                "errors": self.errors, "last_error": self.last_error}
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        log.error("sink: %s failed (retried; the events stay in the write-ahead log)", what, exc_info=exc)
+
+    def _replay(self) -> None:
+        """Feed what earlier sinks left in the write-ahead log to the joiner, skipping committed requests."""
+        since = self.wal.adopted_since_ns()
+        if since is None:
+            return
+        committed = committed_request_ids(self.log.root, since - _CLOCK_SLACK_NS)
+        records = []
+        for segment, meta, body in self.wal.replay():
+            info = json.loads(meta)
+            try:
+                event = parse_event(info["headers"], body, datetime.fromisoformat(info["received"]))
+            except EventError as exc:  # accepted by an older sink with other rules
+                log.warning("sink: write-ahead log entry skipped: %s", exc)
+                continue
+            if event.id not in committed:
+                records += self.joiner.add(event, segment)
+                self.replayed += 1
+        self.log.append(records)
+        log.info("sink: replayed %d events from the write-ahead log (%d requests already committed)",
+                 self.replayed, len(committed))
+
+    async def _commit_forever(self) -> None:
+        """The one task that writes the write-ahead log, feeds the joiner and the log, and checkpoints."""
+        expire_every = min(1.0, self.config.join_timeout_s / 2)
+        last_checkpoint = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), expire_every)
+            self._wake.clear()
+            batch, self._waiting = self._waiting, []
+            if not batch and self._stopping:
+                return
+            try:
+                records = await self._write_ahead(batch) if batch else []
+                records += self.joiner.expire()
+                if records:
+                    await asyncio.to_thread(self.log.append, records)
+                due = time.monotonic() - last_checkpoint >= self.config.log.flush_interval_s
+                if (due or self.wal.written >= self.config.wal_checkpoint_bytes) and (self.wal.written or self.wal.segments > 1) and (
+                    self._checkpoint is None or self._checkpoint.done()
+                ):
+                    last_checkpoint = time.monotonic()
+                    sealed = await asyncio.to_thread(self.wal.rotate)
+                    oldest = self.joiner.oldest_segment
+                    upto = sealed if oldest is None else min(sealed, oldest - 1)
+                    self._checkpoint = asyncio.create_task(self._commit_and_release(upto))
+            except Exception as exc:  # never stops the committer: the events stay in the write-ahead log
+                self._failed("committing predictions", exc)
+
+    async def _write_ahead(self, batch: list[tuple[InferenceEvent, bytes, bytes, asyncio.Future]]) -> list[PredictionRecord]:
+        """Append ``batch`` to the write-ahead log (one fsync), acknowledge it, and join its events."""
+        try:
+            segment = await asyncio.to_thread(self.wal.append, [(meta, body) for _, meta, body, _ in batch])
+        except Exception as exc:
+            self._failed("writing the write-ahead log", exc)
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(Unavailable(f"the event is not durable: {type(exc).__name__}: {exc}"))
+            return []
+        records = []
+        for event, _, _, future in batch:
+            if not future.done():
+                future.set_result(None)
+            try:
+                records += self.joiner.add(event, segment)
+            except Exception as exc:  # durable, so acknowledged; replayed (and logged again) at the next start
+                self._failed(f"joining event {event.id!r}", exc)
+        return records
+
+    async def _commit_and_release(self, upto: int) -> None:
+        """Commit the buffered rows, then delete the write-ahead-log segments up to ``upto``."""
+        try:
+            await asyncio.to_thread(self.log.flush)
+            await asyncio.to_thread(self.wal.release, upto)
+        except Exception as exc:
+            self._failed("committing predictions", exc)
+
+
 def create_app(log_: InferenceLog, config: SinkConfig):
     """The sink as an ASGI application writing into ``log_``; the app closes the log at shutdown."""
-    joiner = EventJoiner(config.join_timeout_s, config.max_pending, config.max_pending_bytes)
-    state: dict[str, Any] = {}
-
-    async def write(records: list[PredictionRecord]) -> None:
-        if records:
-            await asyncio.to_thread(log_.append, records)
-
-    async def expire_periodically() -> None:
-        while True:
-            await asyncio.sleep(min(1.0, config.join_timeout_s / 2))
-            await write(joiner.expire())
+    state: dict[str, Sink] = {}
 
     async def lifespan(receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                state["expirer"] = asyncio.create_task(expire_periodically())
+                state["sink"] = Sink(log_, config)
+                await state["sink"].start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                state["expirer"].cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await state["expirer"]
-                await write(joiner.drain())
-                await asyncio.to_thread(log_.close)
-                log.info("sink: %d joined, %d unmatched, %d duplicates dropped, %d rows committed",
-                         joiner.joined, joiner.unmatched, joiner.duplicates, log_.rows_committed)
+                await state["sink"].stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -238,8 +434,9 @@ def create_app(log_: InferenceLog, config: SinkConfig):
             return
         if scope["type"] != "http":
             return
+        sink = state["sink"]
         if scope["method"] == "GET" and scope["path"] in ("/healthz", "/ready"):
-            await _respond(send, 200, {"status": "ok", "pending": joiner.pending})
+            await _respond(send, 200, sink.health())
             return
         if scope["method"] != "POST":
             await _respond(send, 405, {"error": "POST CloudEvents here"})
@@ -249,17 +446,22 @@ def create_app(log_: InferenceLog, config: SinkConfig):
             message = await receive()
             body += message.get("body", b"")
             if len(body) > config.max_body_bytes:
-                await _respond(send, 413, {"error": f"event larger than {config.max_body_bytes} bytes"})
+                await _respond(send, 413, {"error": f"event larger than {config.max_body_bytes} bytes (max_body_bytes)"})
                 return
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        received = datetime.now(timezone.utc)
         try:
-            event = parse_event(headers, bytes(body), datetime.now(timezone.utc))
+            event = parse_event(headers, bytes(body), received, config.rows_per_event)
         except EventError as exc:
-            await _respond(send, 400, {"error": str(exc)})
+            await _respond(send, exc.status, {"error": str(exc)})
             return
-        await write(joiner.add(event))
+        try:
+            await sink.submit(event, headers, bytes(body), received)
+        except Unavailable as exc:
+            await _respond(send, 503, {"error": str(exc)})
+            return
         await _respond(send, 200, {"accepted": event.id})
 
     return app

@@ -115,27 +115,45 @@ class InferenceLog:
         self._flusher.start()
 
     def append(self, records: Iterable[PredictionRecord]) -> int:
-        """Buffer records, committing whenever the buffer is full; returns how many were appended."""
+        """Buffer records, committing whenever the buffer is full; returns how many were appended.
+
+        The rows of one request (consecutive records with the same model and request id) are
+        buffered, and so committed, together. A record whose timestamp has no hour partition raises
+        ValueError before any record of its chunk is buffered.
+        """
         n, chunk = 0, []
         for record in records:
-            chunk.append(record)
-            if len(chunk) >= self.config.max_buffered_rows:
+            if len(chunk) >= self.config.max_buffered_rows and (record.model, record.request_id) != (
+                chunk[-1].model, chunk[-1].request_id
+            ):
                 n += self._buffer(chunk)
                 chunk = []
+            chunk.append(record)
         return n + self._buffer(chunk)
+
+    @property
+    def buffered(self) -> int:
+        """Rows buffered and not yet committed."""
+        return self._buffered
 
     def _buffer(self, records: list[PredictionRecord]) -> int:
         now = datetime.now(timezone.utc)
+        keyed = []
+        for record in records:
+            ts = record.timestamp or now
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=timezone.utc)
+            if ts is not record.timestamp:
+                record = replace(record, timestamp=ts)
+            try:
+                keyed.append(((record.model, hour_key(ts)), record))
+            except (OverflowError, ValueError):
+                raise ValueError(f"request {record.request_id!r}: timestamp {ts.isoformat()} has no UTC hour partition") from None
         with self._lock:
             if self._stop.is_set():
                 raise RuntimeError("the inference log is closed")
-            for record in records:
-                ts = record.timestamp or now
-                if ts.tzinfo is None:
-                    ts = ts.replace(tzinfo=timezone.utc)
-                if ts is not record.timestamp:
-                    record = replace(record, timestamp=ts)
-                self._buffers.setdefault((record.model, hour_key(ts)), []).append(record)
+            for key, record in keyed:
+                self._buffers.setdefault(key, []).append(record)
             self._buffered += len(records)
             full = self._buffered >= self.config.max_buffered_rows
         if full:
@@ -143,21 +161,28 @@ class InferenceLog:
         return len(records)
 
     def flush(self) -> int:
-        """Commit every buffered row; returns the number of rows committed."""
+        """Commit every buffered row, one file per partition; returns the number of rows committed.
+
+        A partition that fails to commit is kept buffered for the next flush and the others are
+        committed anyway; the first failure is raised after.
+        """
         with self._write_lock:
             with self._lock:
                 pending, self._buffers, self._buffered = self._buffers, {}, 0
-            committed = 0
-            partitions = list(pending.items())
-            for i, ((model, hour), records) in enumerate(partitions):
+            committed, failed, error = 0, [], None
+            for (model, hour), records in pending.items():
                 try:
                     commit_table(_to_table(records), partition_dir(self.root, model, hour), self.config.compression)
-                except BaseException:
-                    self._requeue(partitions[i:])
-                    raise
+                except Exception as exc:
+                    failed.append(((model, hour), records))
+                    error = error or exc
+                    continue
                 committed += len(records)
                 self.files_committed += 1
             self.rows_committed += committed
+            if failed:
+                self._requeue(failed)
+                raise error
             return committed
 
     def close(self) -> None:
@@ -259,6 +284,20 @@ def _make_dirs(directory: Path) -> None:
         except FileExistsError:
             continue
         fsync_path(path.parent)
+
+
+def committed_request_ids(root: str | os.PathLike, since_ns: int) -> set[str]:
+    """Request ids in the prediction files committed at or after ``since_ns`` (epoch ns, from the
+    files' names) under ``root``, every model and hour."""
+    ids: set[str] = set()
+    for path in (Path(root) / PREDICTIONS).glob("model=*/hour=*/part-*.parquet"):
+        try:
+            committed_at = int(path.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if committed_at >= since_ns:
+            ids.update(pq.read_table(path, columns=["request_id"])["request_id"].to_pylist())
+    return ids
 
 
 def _remove_stale_temporaries(root: Path) -> None:
