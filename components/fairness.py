@@ -38,24 +38,25 @@ def fairness(
     from kfmlops.fairness import assess
     from kfmlops.register import gate_tags
     from kfmlops.residency import enforce
-    from kfmlops.tracking import log_to_run, tracking_uri
+    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
 
     cfg = Settings.parse(settings)
-    enforce({"read": [test_data.uri, predictions.uri], "write": [verdict.uri, report.uri],
-             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-    scored = pd.read_parquet(predictions.path)
-    sensitive = pd.read_parquet(test_data.path, columns=list(sensitive_features))
-    result = assess(scored["label"].to_numpy(), scored["prediction"].to_numpy(), sensitive, cfg.fairness)
-    Path(verdict.path).write_text(json.dumps(result.to_json(), indent=1))
-    Path(report.path).write_text(result.to_html())
-    verdict.metadata.update({"passed": result.passed, "reasons": result.reasons})
-    figures = {}
-    for feature in result.features:
-        for name in ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference"):
-            figures[f"{feature.feature}.{name}"] = getattr(feature, name)
-    for name, value in figures.items():
-        metrics.log_metric(name, value)
-    log_to_run(cfg.mlflow, run_id, metrics={f"fairness.{k}": v for k, v in figures.items()},
-               tags=gate_tags("fairness", result.passed),
-               documents={"fairness.json": result.to_json()})
-    return result.passed
+    with failed_on_error(cfg.mlflow, run_id):
+        enforce({"read": [test_data.uri, predictions.uri], "write": [verdict.uri, report.uri],
+                 "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
+        scored = pd.read_parquet(predictions.path)
+        sensitive = pd.read_parquet(test_data.path, columns=list(sensitive_features))
+        result = assess(scored["label"].to_numpy(), scored["prediction"].to_numpy(), sensitive, cfg.fairness)
+        Path(verdict.path).write_text(json.dumps(result.to_json(), indent=1))
+        Path(report.path).write_text(result.to_html())
+        verdict.metadata.update({"passed": result.passed, "reasons": result.reasons})
+        figures = {}
+        for feature in result.features:
+            for name in ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference"):
+                figures[f"{feature.feature}.{name}"] = getattr(feature, name)
+        for name, value in figures.items():
+            metrics.log_metric(name, value)
+        log_to_run(cfg.mlflow, run_id, metrics={f"fairness.{k}": v for k, v in figures.items()},
+                   tags=gate_tags("fairness", result.passed),
+                   documents={"fairness.json": result.to_json()})
+        return result.passed

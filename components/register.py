@@ -46,26 +46,27 @@ def register(
     from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
     from kfmlops.provenance import signing_key
     from kfmlops.residency import enforce, residency_record
-    from kfmlops.tracking import end_run, tracking_uri, use
+    from kfmlops.tracking import end_run, failed_on_error, tracking_uri, use
 
     cfg = Settings.parse(settings)
-    use(cfg.mlflow)
-    verdicts = enforce({"read": [model.uri, test_data.uri, source], "mlflow": tracking_uri(cfg.mlflow),
-                        "model storage": mlflow.get_run(run_id).info.artifact_uri}, cfg.residency)
-    evaluation = json.loads(Path(blessing.path).read_text())
-    fair = json.loads(Path(fairness_verdict.path).read_text())
-    lineage = Lineage(
-        dataset_fingerprint=fingerprint,
-        config_hash=cfg.digest(),
-        train_data=source,
-        code_commit=code_commit(),
-        pipeline_run_id=pipeline_run_id,
-        metrics={k: v for k, v in evaluation["candidate"].items() if isinstance(v, float)},
-        gates={"evaluate": GateVerdict(evaluation["blessed"], evaluation["reasons"]),
-               "fairness": GateVerdict(fair["passed"], fair["reasons"])},
-    )
-    example = pd.read_parquet(test_data.path).drop(columns=[label]).head(5)
-    ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, signing_key=signing_key(cfg.provenance),
-                       residency=residency_record(cfg.residency, verdicts))
-    end_run(cfg.mlflow, run_id)
-    return (ref.name, ref.version)
+    with failed_on_error(cfg.mlflow, run_id):
+        use(cfg.mlflow)
+        verdicts = enforce({"read": [model.uri, test_data.uri, source], "mlflow": tracking_uri(cfg.mlflow),
+                            "model storage": mlflow.get_run(run_id).info.artifact_uri}, cfg.residency)
+        evaluation = json.loads(Path(blessing.path).read_text())
+        fair = json.loads(Path(fairness_verdict.path).read_text())
+        lineage = Lineage(
+            dataset_fingerprint=fingerprint,
+            config_hash=cfg.digest(),
+            train_data=source,
+            code_commit=code_commit(),
+            pipeline_run_id=pipeline_run_id,
+            metrics={k: v for k, v in evaluation["candidate"].items() if isinstance(v, float)},
+            gates={"evaluate": GateVerdict(evaluation["blessed"], evaluation["reasons"]),
+                   "fairness": GateVerdict(fair["passed"], fair["reasons"])},
+        )
+        example = pd.read_parquet(test_data.path).drop(columns=[label]).head(5)
+        ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, signing_key=signing_key(cfg.provenance),
+                           residency=residency_record(cfg.residency, verdicts))
+        end_run(cfg.mlflow, run_id)
+        return (ref.name, ref.version)

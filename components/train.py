@@ -31,19 +31,20 @@ def train(
 
     from kfmlops.config import Settings
     from kfmlops.residency import enforce
-    from kfmlops.tracking import log_to_run, tracking_uri
+    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
     from kfmlops.train import train as run_train
 
     cfg = Settings.parse(settings)
-    enforce({"read": train_data.uri, "write": [model.uri, cfg.train.checkpoint_dir],
-             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-    log_to_run(cfg.mlflow, run_id, params={f"train.{k}": v for k, v in cfg.train.model_dump().items()})
-    result = run_train(train_data.path, label, cfg.train, model.path, mlflow=cfg.mlflow, run_id=run_id)
-    figures = {"val_roc_auc": result.val_roc_auc, "best_epoch": result.best_epoch, "train_rows": result.train_rows,
-               "samples_per_second": result.samples_per_second, "train_seconds": result.seconds}
-    for name, value in figures.items():
-        metrics.log_metric(name, value)
-    model.metadata.update({"framework": "pytorch", "format": "kfmlops-bundle", "device": result.device,
-                           "world_size": result.world_size})
-    log_to_run(cfg.mlflow, run_id, metrics=figures, documents={"train.json": asdict(result)})
-    return (result.val_roc_auc,)
+    with failed_on_error(cfg.mlflow, run_id):
+        enforce({"read": train_data.uri, "write": [model.uri, cfg.train.checkpoint_dir],
+                 "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
+        log_to_run(cfg.mlflow, run_id, params={f"train.{k}": v for k, v in cfg.train.model_dump().items()})
+        result = run_train(train_data.path, label, cfg.train, model.path, mlflow=cfg.mlflow, run_id=run_id)
+        figures = {"val_roc_auc": result.val_roc_auc, "best_epoch": result.best_epoch, "train_rows": result.train_rows,
+                   "samples_per_second": result.samples_per_second, "train_seconds": result.seconds}
+        for name, value in figures.items():
+            metrics.log_metric(name, value)
+        model.metadata.update({"framework": "pytorch", "format": "kfmlops-bundle", "device": result.device,
+                               "world_size": result.world_size})
+        log_to_run(cfg.mlflow, run_id, metrics=figures, documents={"train.json": asdict(result)})
+        return (result.val_roc_auc,)

@@ -40,7 +40,7 @@ def train_job(
 
     from kfmlops.config import Settings
     from kfmlops.residency import enforce
-    from kfmlops.tracking import log_to_run, tracking_uri
+    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
     from kfmlops.train.cluster import ClusterTrainConfig, train_on_cluster
     from kfmlops.typed import parse
 
@@ -48,21 +48,22 @@ def train_job(
         raise ValueError(f"training_backend must be 'in-pod' or 'cluster', got {backend!r}")
     mount = "/mnt/kfmlops"
     cfg = Settings.parse(settings)
-    job = parse(ClusterTrainConfig, {**cluster, "storage": {"claim_name": shared_pvc, "mount_path": mount}}, "cluster")
-    # the ranks are other processes: they need the store's address, not "the default"
-    store = cfg.mlflow.model_copy(update={"tracking_uri": tracking_uri(cfg.mlflow)})
-    enforce({"read": train_data.uri, "write": [model.uri, mount, cfg.train.checkpoint_dir],
-             "mlflow": store.tracking_uri}, cfg.residency)
-    staged = Path(mount) / "kfmlops-runs" / run_id
-    staged.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(train_data.path, staged / "train.parquet")
-    done = train_on_cluster(str(staged / "train.parquet"), label, cfg.train, str(staged / "model"), job,
-                            mlflow=store, run_id=run_id)
-    shutil.copytree(done.model_dir, model.path, dirs_exist_ok=True)
-    model.metadata.update({"framework": "pytorch", "format": "kfmlops-bundle", "job": done.job})
-    if done.result is not None:
-        figures = {"val_roc_auc": done.result.val_roc_auc, "best_epoch": done.result.best_epoch,
-                   "train_rows": done.result.train_rows, "samples_per_second": done.result.samples_per_second}
-        for name, value in figures.items():
-            metrics.log_metric(name, value)
-        log_to_run(cfg.mlflow, run_id, metrics=figures)
+    with failed_on_error(cfg.mlflow, run_id):
+        job = parse(ClusterTrainConfig, {**cluster, "storage": {"claim_name": shared_pvc, "mount_path": mount}}, "cluster")
+        # the ranks are other processes: they need the store's address, not "the default"
+        store = cfg.mlflow.model_copy(update={"tracking_uri": tracking_uri(cfg.mlflow)})
+        enforce({"read": train_data.uri, "write": [model.uri, mount, cfg.train.checkpoint_dir],
+                 "mlflow": store.tracking_uri}, cfg.residency)
+        staged = Path(mount) / "kfmlops-runs" / run_id
+        staged.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(train_data.path, staged / "train.parquet")
+        done = train_on_cluster(str(staged / "train.parquet"), label, cfg.train, str(staged / "model"), job,
+                                mlflow=store, run_id=run_id)
+        shutil.copytree(done.model_dir, model.path, dirs_exist_ok=True)
+        model.metadata.update({"framework": "pytorch", "format": "kfmlops-bundle", "job": done.job})
+        if done.result is not None:
+            figures = {"val_roc_auc": done.result.val_roc_auc, "best_epoch": done.result.best_epoch,
+                       "train_rows": done.result.train_rows, "samples_per_second": done.result.samples_per_second}
+            for name, value in figures.items():
+                metrics.log_metric(name, value)
+            log_to_run(cfg.mlflow, run_id, metrics=figures)

@@ -34,19 +34,18 @@ def validate(
     from kfmlops.config import Settings
     from kfmlops.register import gate_tags
     from kfmlops.residency import enforce
-    from kfmlops.tracking import end_run, log_to_run, tracking_uri
+    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
     from kfmlops.validate import validate as run_validate
 
     cfg = Settings.parse(settings)
-    enforce({"read": [train_data.uri, test_data.uri], "write": [results.uri, report.uri],
-             "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-    outcome = run_validate({"train": pd.read_parquet(train_data.path), "test": pd.read_parquet(test_data.path)},
-                           cfg.validate_, label)
-    Path(results.path).write_text(json.dumps(outcome.to_json(), indent=1))
-    Path(report.path).write_text(outcome.to_html())
-    results.metadata.update({"passed": outcome.passed, "errors": len(outcome.errors), "warnings": len(outcome.warnings)})
-    log_to_run(cfg.mlflow, run_id, tags=gate_tags("validate", outcome.passed),
-               documents={"validation.json": outcome.to_json()})
-    if not outcome.passed:
-        end_run(cfg.mlflow, run_id, "FAILED")
-    outcome.raise_for_errors()
+    with failed_on_error(cfg.mlflow, run_id):
+        enforce({"read": [train_data.uri, test_data.uri], "write": [results.uri, report.uri],
+                 "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
+        outcome = run_validate({"train": pd.read_parquet(train_data.path), "test": pd.read_parquet(test_data.path)},
+                               cfg.validate_, label)
+        Path(results.path).write_text(json.dumps(outcome.to_json(), indent=1))
+        Path(report.path).write_text(outcome.to_html())
+        results.metadata.update({"passed": outcome.passed, "errors": len(outcome.errors), "warnings": len(outcome.warnings)})
+        log_to_run(cfg.mlflow, run_id, tags=gate_tags("validate", outcome.passed),
+                   documents={"validation.json": outcome.to_json()})
+        outcome.raise_for_errors()

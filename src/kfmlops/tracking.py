@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kfmlops.config import MlflowConfig
+
+log = logging.getLogger(__name__)
+
+ERROR_TAG = "kfmlops.error"
+"""The tag that holds the exception that failed a run: ``Type: message``."""
 
 
 def kfmlops_home() -> Path:
@@ -14,15 +22,22 @@ def kfmlops_home() -> Path:
     return Path(os.environ.get("KFMLOPS_HOME", ".kfmlops")).resolve()
 
 
-def tracking_uri(config: MlflowConfig) -> str:
-    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else a sqlite file under :func:`kfmlops_home`."""
+def configured_tracking_uri(config: MlflowConfig) -> str:
+    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else a sqlite file under :func:`kfmlops_home`;
+    creates nothing."""
     if config.tracking_uri:
         return config.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    home = kfmlops_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}"
+    return f"sqlite:///{kfmlops_home() / 'mlflow.db'}"
+
+
+def tracking_uri(config: MlflowConfig) -> str:
+    """:func:`configured_tracking_uri`, with :func:`kfmlops_home` created when the store is the default one there."""
+    uri = configured_tracking_uri(config)
+    if not config.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        kfmlops_home().mkdir(parents=True, exist_ok=True)
+    return uri
 
 
 def use(config: MlflowConfig) -> str:
@@ -90,6 +105,24 @@ def log_to_run(
     )
     for name, document in (documents or {}).items():
         client.log_dict(run_id, document, name)
+
+
+@contextmanager
+def failed_on_error(config: MlflowConfig, run_id: str) -> Iterator[None]:
+    """A stage's body, recorded: when it raises, ``run_id`` is marked FAILED with the exception as its
+    :data:`ERROR_TAG` tag, and the exception goes on. A store that cannot be reached then is logged, not
+    raised, so the stage's own error is the one reported."""
+    try:
+        yield
+    except Exception as exc:
+        from kfmlops.register import TAG_LIMIT
+
+        try:
+            log_to_run(config, run_id, tags={ERROR_TAG: f"{type(exc).__name__}: {exc}"[:TAG_LIMIT]})
+            end_run(config, run_id, "FAILED")
+        except Exception as record_error:  # noqa: BLE001 - the stage's error matters more
+            log.warning("could not mark MLflow run %s FAILED: %s", run_id, record_error)
+        raise
 
 
 def end_run(config: MlflowConfig, run_id: str, status: str = "FINISHED") -> None:
