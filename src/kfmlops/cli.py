@@ -9,6 +9,8 @@ import sys
 COMMANDS = {
     "run": ("kfmlops.local_run:main", "run the training pipeline locally through kfp.local and print a summary"),
     "compile": ("kfmlops.compile:main", "compile every component and pipeline to YAML"),
+    "submit": ("kfmlops.submit:main", "submit the compiled training pipeline to a Kubeflow Pipelines endpoint"),
+    "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back"),
     "serve": ("kfmlops.serving.server:main", "serve a registered model with KServe's ModelServer"),
     "sink": ("kfmlops.monitoring.sink:main", "receive KServe inference-log CloudEvents into Parquet"),
     "drift": ("kfmlops.monitoring.drift:main", "run the drift job and, when the policy fires, retraining"),

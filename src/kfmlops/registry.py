@@ -1,0 +1,382 @@
+"""``kfmlops models``: what the MLflow registry holds, and moving the ``champion`` alias back.
+
+Reads what :mod:`kfmlops.register` and :mod:`kfmlops.serving.deploy` record on each model
+version (``kfmlops.*`` tags: test metrics, gate verdicts, lineage, deploy status, the previous
+champion) and the registered model's aliases. ``list`` gives every model with its versions;
+``show NAME [VERSION]`` one version (default: the champion); ``compare NAME V1 V2`` two versions'
+metrics side by side with deltas.
+
+``rollback NAME [VERSION] --reason WHY`` points ``champion`` at VERSION, or at the version the
+champion replaced: :func:`kfmlops.register.promote` writes ``kfmlops.previous_champion`` on every
+version it makes champion, so those tags chain the champion's history. A rollback keeps that tag
+on a version that was champion before (a second rollback walks one step further back); a version
+that never was gets the current champion, as promote would give it. Who, when, why, from and to
+go into ``kfmlops.rollback.*`` tags on both versions. A version whose gates did not pass is
+refused unless ``--force``. Only the alias moves: a predictor that serves ``models:/NAME@champion``
+(``kfmlops serve``) takes the version when it restarts; a KServe InferenceService serves the version
+the deploy step rolled out until the deploy step runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from kfmlops.register import (
+    CHAMPION,
+    DEPLOY_REASONS_TAG,
+    DEPLOY_STATUS_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    TAG_LIMIT,
+    TAG_PREFIX,
+)
+
+ROLLBACK_TAG_PREFIX = TAG_PREFIX + "rollback."
+ALL_GATES_TAG = TAG_PREFIX + "all_gates_passed"
+METRIC_TAG_PREFIX = TAG_PREFIX + "metric."
+GATE_TAG_PREFIX = TAG_PREFIX + "gate."
+
+
+class RegistryError(RuntimeError):
+    """An unknown model or version, no champion, or a refused rollback; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    passed: bool
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """One model version as kfmlops recorded it: ``lineage`` holds every other ``kfmlops.*`` tag
+    (dataset fingerprint, config hash, code commit, ..., the last rollback), without the prefix."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    created: str
+    run_id: str | None
+    metrics: dict[str, float]
+    gates: dict[str, Gate]
+    all_gates_passed: bool | None
+    deploy_status: str | None
+    deploy_reasons: list[str]
+    previous_champion: str | None
+    lineage: dict[str, str]
+
+    @property
+    def failed_gates(self) -> list[str]:
+        return [f"{name}: {'; '.join(g.reasons) or 'failed'}" for name, g in self.gates.items() if not g.passed]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    aliases: dict[str, str]
+    versions: list[VersionView]
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    metric: str
+    a: float | None
+    b: float | None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.a is None or self.b is None else self.b - self.a
+
+
+@dataclass(frozen=True)
+class Rollback:
+    name: str
+    from_version: str | None
+    to_version: str
+    by: str
+    at: str
+    reason: str
+    forced: bool
+    previous_champion: str | None
+
+
+def view(version, model_aliases: dict[str, str]) -> VersionView:
+    """A ``ModelVersion`` (from MlflowClient) and its model's alias -> version map, as a VersionView."""
+    tags = dict(version.tags or {})
+    number = str(version.version)
+    metrics, gates, lineage = {}, {}, {}
+    for key, value in sorted(tags.items()):
+        if not key.startswith(TAG_PREFIX):
+            continue
+        if key.startswith(METRIC_TAG_PREFIX):
+            metrics[key.removeprefix(METRIC_TAG_PREFIX)] = float(value)
+        elif key.startswith(GATE_TAG_PREFIX) and key.endswith((".passed", ".reasons")):
+            gate, field = key.removeprefix(GATE_TAG_PREFIX).rsplit(".", 1)
+            gates.setdefault(gate, {})[field] = value
+        elif key not in (ALL_GATES_TAG, DEPLOY_STATUS_TAG, DEPLOY_REASONS_TAG, PREVIOUS_CHAMPION_TAG):
+            lineage[key.removeprefix(TAG_PREFIX)] = value
+    previous = tags.get(PREVIOUS_CHAMPION_TAG)
+    return VersionView(
+        name=version.name,
+        version=number,
+        aliases=sorted(a for a, v in model_aliases.items() if v == number),
+        created=_iso(version.creation_timestamp / 1000),
+        run_id=version.run_id,
+        metrics=metrics,
+        gates={g: Gate(f.get("passed") == "true", _json_list(f.get("reasons"))) for g, f in gates.items()},
+        all_gates_passed=None if ALL_GATES_TAG not in tags else tags[ALL_GATES_TAG] == "true",
+        deploy_status=tags.get(DEPLOY_STATUS_TAG),
+        deploy_reasons=_json_list(tags.get(DEPLOY_REASONS_TAG)),
+        previous_champion=None if previous in (None, "none") else previous,
+        lineage=lineage,
+    )
+
+
+def list_models(client) -> list[ModelSummary]:
+    """Every registered model, by name, with its aliases and its versions, newest first."""
+    models, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        models += page
+        token = page.token
+        if not token:
+            break
+    return [_summary(client, m) for m in sorted(models, key=lambda m: m.name)]
+
+
+def get_version(client, name: str, version: str | None = None) -> VersionView:
+    """Version ``version`` of model ``name``, or its champion when None."""
+    model_aliases = _aliases(client, name)
+    if version is None:
+        version = model_aliases.get(CHAMPION)
+        if version is None:
+            raise RegistryError(f"model {name!r} has no {CHAMPION!r} alias: name a VERSION (`kfmlops models list` shows them)")
+    return view(_model_version(client, name, version), model_aliases)
+
+
+def compare(client, name: str, a: str, b: str) -> tuple[VersionView, VersionView, list[MetricRow]]:
+    """Versions ``a`` and ``b`` and their metrics side by side (every metric either one has)."""
+    va, vb = get_version(client, name, a), get_version(client, name, b)
+    rows = [MetricRow(m, va.metrics.get(m), vb.metrics.get(m)) for m in sorted(va.metrics.keys() | vb.metrics.keys())]
+    return va, vb, rows
+
+
+def rollback(
+    client, name: str, version: str | None, *, reason: str, by: str, force: bool = False, now: datetime | None = None
+) -> Rollback:
+    """Point ``champion`` at ``version``, or at the champion's previous champion when None (see
+    the module docstring), and record the move on both versions; a RegistryError when refused."""
+    model_aliases = _aliases(client, name)
+    champion = model_aliases.get(CHAMPION)
+    if version is None:
+        if champion is None:
+            raise RegistryError(f"model {name!r} has no {CHAMPION!r} alias, so no previous one: name the VERSION to make champion")
+        version = get_version(client, name, champion).previous_champion
+        if version is None:
+            raise RegistryError(
+                f"champion version {champion} of {name!r} records no previous champion ({PREVIOUS_CHAMPION_TAG} "
+                "is none or unset: it was the first): name the VERSION to roll back to"
+            )
+    found = _model_version(client, name, version)
+    target = view(found, model_aliases)
+    recorded = PREVIOUS_CHAMPION_TAG in (found.tags or {})  # champion before: it keeps its place in the history
+    if target.version == champion:
+        raise RegistryError(f"version {target.version} is already the champion of {name!r}")
+    if not target.all_gates_passed and not force:
+        why = "; ".join(target.failed_gates) or "no gate verdicts recorded"
+        raise RegistryError(f"version {target.version} of {name!r} did not pass its gates ({why}): pass --force to make it champion anyway")
+    at = _iso((now or datetime.now(timezone.utc)).timestamp())
+    move = Rollback(name, champion, target.version, by, at, reason, force, target.previous_champion if recorded else champion)
+    client.set_registered_model_alias(name, CHAMPION, target.version)
+    if not recorded:
+        client.set_model_version_tag(name, target.version, PREVIOUS_CHAMPION_TAG, champion or "none")
+    record = {"from": champion or "none", "to": target.version, "by": by, "at": at, "reason": reason[:TAG_LIMIT],
+              "forced": str(force).lower()}
+    for number in filter(None, (target.version, champion)):
+        for key, value in record.items():
+            client.set_model_version_tag(name, number, ROLLBACK_TAG_PREFIX + key, value)
+    return move
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kfmlops models list|show|compare|rollback``: 0 on success, 1 with a one-line reason otherwise."""
+    parser = argparse.ArgumentParser(prog="kfmlops models", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="pipeline config YAML: its mlflow section names the registry")
+    parser.add_argument("--tracking-uri", help="the registry (default: --config's, else $MLFLOW_TRACKING_URI, else $KFMLOPS_HOME's store)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="models with their versions and aliases")
+    show = sub.add_parser("show", help="one version's metrics, gates, lineage, aliases and deploy status")
+    show.add_argument("name")
+    show.add_argument("version", nargs="?", help="default: the champion")
+    cmp_ = sub.add_parser("compare", help="two versions' metrics side by side, with deltas (V2 - V1)")
+    cmp_.add_argument("name")
+    cmp_.add_argument("v1")
+    cmp_.add_argument("v2")
+    back = sub.add_parser("rollback", help="move champion to VERSION, or to the champion's previous champion")
+    back.add_argument("name")
+    back.add_argument("version", nargs="?", help="default: the version the champion replaced")
+    back.add_argument("--reason", required=True, help="why: recorded on both versions")
+    back.add_argument("--by", default=None, help="who: recorded on both versions (default: the login name)")
+    back.add_argument("--force", action="store_true", help="allow a version whose gates did not pass")
+    args = parser.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from kfmlops.typed import ConfigError
+
+    try:
+        uri = _registry_uri(args.config, args.tracking_uri)
+        client = MlflowClient(uri, uri)
+        if args.action == "list":
+            models = list_models(client)
+            out = json.dumps([_model_json(m) for m in models]) if args.json else _list_text(models, uri)
+        elif args.action == "show":
+            version = get_version(client, args.name, args.version)
+            out = json.dumps(asdict(version)) if args.json else _show_text(version)
+        elif args.action == "compare":
+            a, b, rows = compare(client, args.name, args.v1, args.v2)
+            out = json.dumps(_compare_json(a, b, rows)) if args.json else _compare_text(a, b, rows)
+        else:
+            move = rollback(client, args.name, args.version, reason=args.reason, by=args.by or _login(), force=args.force)
+            out = json.dumps(asdict(move)) if args.json else _rollback_text(move)
+    except (RegistryError, ConfigError) as exc:
+        print(f"kfmlops models: {exc}", file=sys.stderr)
+        return 1
+    except MlflowException as exc:
+        print(f"kfmlops models: the registry at {uri} answered: {' '.join(exc.message.split())[:300]}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+def _registry_uri(config: str | None, tracking_uri: str | None) -> str:
+    from kfmlops.config import MlflowConfig, PipelineConfig
+    from kfmlops.tracking import tracking_uri as resolve
+
+    if tracking_uri:
+        return tracking_uri
+    return resolve(PipelineConfig.from_yaml(config).settings.mlflow if config else MlflowConfig())
+
+
+def _aliases(client, name: str) -> dict[str, str]:
+    return {alias: str(v) for alias, v in _registered_model(client, name).aliases.items()}
+
+
+def _registered_model(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    names = sorted(m.name for m in client.search_registered_models(max_results=100))
+    raise RegistryError(f"no registered model {name!r} (models: {', '.join(names) or 'none'})") from None
+
+
+def _model_version(client, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+    known = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
+    raise RegistryError(f"model {name!r} has no version {version!r} (versions: {', '.join(known) or 'none'})") from None
+
+
+def _summary(client, model) -> ModelSummary:
+    model_aliases = {alias: str(v) for alias, v in model.aliases.items()}
+    versions = client.search_model_versions(f"name='{model.name}'")
+    views = [view(v, model_aliases) for v in sorted(versions, key=lambda v: int(v.version), reverse=True)]
+    return ModelSummary(model.name, model_aliases, views)
+
+
+def _json_list(value: str | None) -> list[str]:
+    if not value:
+        return []
+    try:
+        parsed = json.loads(value)
+    except ValueError:  # cut at MLflow's tag limit
+        return [value]
+    return [str(p) for p in parsed] if isinstance(parsed, list) else [str(parsed)]
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name, e.g. a container's arbitrary uid
+        return "unknown"
+
+
+def _gates_word(v: VersionView) -> str:
+    return {True: "passed", False: "failed", None: "unknown"}[v.all_gates_passed]
+
+
+def _model_json(m: ModelSummary) -> dict:
+    rows = [{"version": v.version, "aliases": v.aliases, "all_gates_passed": v.all_gates_passed,
+             "deploy_status": v.deploy_status, "created": v.created} for v in m.versions]
+    return {"name": m.name, "aliases": m.aliases, "versions": rows}
+
+
+def _list_text(models: list[ModelSummary], uri: str) -> str:
+    if not models:
+        return f"no registered models in {uri}"
+    lines = []
+    for m in models:
+        lines.append(f"{m.name}: " + (", ".join(f"{a} v{v}" for a, v in sorted(m.aliases.items())) or "no aliases"))
+        lines.append(f"  {'version':<8} {'aliases':<22} {'gates':<8} {'deploy':<12} created")
+        for v in m.versions:
+            lines.append(f"  {v.version:<8} {','.join(v.aliases) or '-':<22} {_gates_word(v):<8} {v.deploy_status or '-':<12} {v.created}")
+    return "\n".join(lines)
+
+
+def _show_text(v: VersionView) -> str:
+    lines = [f"{v.name} version {v.version}" + (f" ({', '.join(v.aliases)})" if v.aliases else "") + f", created {v.created}, run {v.run_id}"]
+    lines.append(f"gates: {_gates_word(v)}")
+    lines += [f"  {name}: {'passed' if g.passed else 'failed'}" + (f" ({'; '.join(g.reasons)})" if g.reasons else "")
+              for name, g in v.gates.items()]
+    lines.append("metrics: " + (", ".join(f"{k} {x:.6g}" for k, x in v.metrics.items()) or "none recorded"))
+    lines.append(f"deploy: {v.deploy_status or 'not deployed'}" + (f" ({'; '.join(v.deploy_reasons)})" if v.deploy_reasons else ""))
+    lines.append(f"previous champion: {v.previous_champion or 'none'}")
+    lines += ["lineage:"] + [f"  {k}: {x}" for k, x in v.lineage.items()]
+    return "\n".join(lines)
+
+
+def _compare_json(a: VersionView, b: VersionView, rows: list[MetricRow]) -> dict:
+    return {
+        "name": a.name,
+        "versions": [a.version, b.version],
+        "all_gates_passed": [a.all_gates_passed, b.all_gates_passed],
+        "metrics": [{"metric": r.metric, a.version: r.a, b.version: r.b, "delta": r.delta} for r in rows],
+    }
+
+
+def _compare_text(a: VersionView, b: VersionView, rows: list[MetricRow]) -> str:
+    def num(x: float | None, sign: str = "") -> str:
+        return "-" if x is None else f"{x:{sign}.4f}"
+
+    width = max([len("metric"), *(len(r.metric) for r in rows)])
+    lines = [f"{a.name}: version {a.version} vs {b.version} (gates {_gates_word(a)} / {_gates_word(b)})"]
+    lines.append(f"  {'metric':<{width}}  {'v' + a.version:>10}  {'v' + b.version:>10}  {'delta':>10}")
+    lines += [f"  {r.metric:<{width}}  {num(r.a):>10}  {num(r.b):>10}  {num(r.delta, '+'):>10}" for r in rows]
+    return "\n".join(lines) if rows else lines[0] + "\n  no metrics recorded on either version"
+
+
+def _rollback_text(m: Rollback) -> str:
+    forced = ", forced past failed gates" if m.forced else ""
+    return (
+        f"{m.name}: champion moved from version {m.from_version or 'none'} to {m.to_version} by {m.by} at {m.at}{forced} "
+        f"(reason: {m.reason}); predictors on models:/{m.name}@champion take it when they restart, "
+        "a KServe InferenceService when the deploy step runs again"
+    )
