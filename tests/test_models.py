@@ -189,6 +189,12 @@ def test_the_registry_comes_from_config_env_or_home(registry, tmp_path, capsys, 
     shutil.copy(tmp_path / "mlflow.db", home / "mlflow.db")
     monkeypatch.setenv("KFMLOPS_HOME", str(home))
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["--tracking-uri", empty, "list"]) == 1 and not (tmp_path / "empty.db").exists()
+    assert capsys.readouterr().err == (f"kfmlops models: no MLflow store at {empty}: pass --tracking-uri or --config "
+                                       "(its mlflow.tracking_uri), or set MLFLOW_TRACKING_URI\n")
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(empty).search_registered_models()  # an empty store
 
     def names(*args: str) -> list[str]:
         assert main([*args, "--json", "list"]) == 0

@@ -25,6 +25,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from kfmlops.register import (
     CHAMPION,
@@ -255,12 +256,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _registry_uri(config: str | None, tracking_uri: str | None) -> str:
+    """--tracking-uri, else --config's mlflow section, else $MLFLOW_TRACKING_URI, else $KFMLOPS_HOME's
+    store; a RegistryError for a sqlite file that does not exist (MLflow would create an empty one)."""
     from kfmlops.config import MlflowConfig, PipelineConfig
-    from kfmlops.tracking import tracking_uri as resolve
+    from kfmlops.tracking import configured_tracking_uri
 
-    if tracking_uri:
-        return tracking_uri
-    return resolve(PipelineConfig.from_yaml(config).settings.mlflow if config else MlflowConfig())
+    mlflow_config = PipelineConfig.from_yaml(config).settings.mlflow if config else MlflowConfig()
+    uri = tracking_uri or configured_tracking_uri(mlflow_config)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RegistryError(
+            f"no MLflow store at {uri}: pass --tracking-uri or --config (its mlflow.tracking_uri), or set MLFLOW_TRACKING_URI"
+        )
+    return uri
 
 
 def _aliases(client, name: str) -> dict[str, str]:
