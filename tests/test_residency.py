@@ -172,6 +172,8 @@ def test_enforce_lists_every_violation_before_anything_is_written(data_root, tmp
     ]
     message = str(exc.value)
     assert message.startswith("3 location(s) break the data residency policy")
+    assert "\n" not in message and message.count(policy.describe()) == 1
+    assert message.endswith("; move the data to an allowed location or change the residency settings")
     for _, uri in refused:
         assert uri in message
     assert not out.exists()

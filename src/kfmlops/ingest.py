@@ -23,6 +23,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -48,7 +49,8 @@ _FORMATS_BY_SUFFIX = {
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zst", ".lz4"}
 MIN_TRAIN_ROWS_PER_CLASS = 2
 """Training holds out a stratified validation slice: each class needs a row to fit and a row to validate."""
-CLASS_NAMES = {1: "positive", 0: "negative"}
+HEADER_BLOCK_BYTES = 1 << 20
+"""What :func:`header` reads of a CSV or JSON Lines file: enough for its first rows."""
 
 
 class IngestError(ValueError):
@@ -143,9 +145,8 @@ def fingerprint(uris: list[str], chunk: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
-    """Raw record batches from one file, with bounded memory."""
-    fmt = detect_format(uri, config.format)
+def check_file(uri: str) -> None:
+    """An IngestError naming ``uri`` unless it is one non-empty file."""
     fs, path = open_filesystem(uri)
     try:
         info = fs.get_file_info(path)
@@ -157,23 +158,53 @@ def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
         raise IngestError(f"no such file: {uri!r}; check the path (a config file's relative paths are relative to it)")
     if info.size == 0:
         raise IngestError(f"{uri!r} is empty (0 bytes); name a file with a header and data rows")
-    try:
+
+
+def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
+    """Raw record batches from one file, with bounded memory."""
+    fmt = detect_format(uri, config.format)
+    check_file(uri)
+    fs, path = open_filesystem(uri)
+    with _parse_errors(uri, fmt, config):
         if fmt == "parquet":
             with fs.open_input_file(path) as handle:
                 yield from pq.ParquetFile(handle).iter_batches(batch_size=65_536)
             return
         with fs.open_input_stream(path, compression="detect") as stream:
-            if fmt == "csv":
-                na = sorted({*config.na_values, *(f" {v}" for v in config.na_values)})
-                reader = pa_csv.open_csv(
-                    stream,
-                    read_options=pa_csv.ReadOptions(block_size=config.block_size_bytes),
-                    parse_options=pa_csv.ParseOptions(delimiter=config.delimiter),
-                    convert_options=pa_csv.ConvertOptions(null_values=na, strings_can_be_null=True),
-                )
-            else:
-                reader = pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=config.block_size_bytes))
-            yield from reader
+            yield from _stream_reader(stream, fmt, config, config.block_size_bytes)
+
+
+def header(uri: str, config: IngestConfig) -> list[str]:
+    """The raw column names of ``uri``, read from its first block only (a Parquet file's from its footer)."""
+    fmt = detect_format(uri, config.format)
+    check_file(uri)
+    fs, path = open_filesystem(uri)
+    with _parse_errors(uri, fmt, config):
+        if fmt == "parquet":
+            with fs.open_input_file(path) as handle:
+                return pq.read_schema(handle).names
+        with fs.open_input_stream(path, compression="detect") as stream:
+            return _stream_reader(stream, fmt, config, HEADER_BLOCK_BYTES).schema.names
+
+
+def _stream_reader(stream, fmt: str, config: IngestConfig, block_size: int):
+    """A pyarrow CSV or JSON Lines reader over ``stream`` with the configured parsing options."""
+    if fmt == "csv":
+        na = sorted({*config.na_values, *(f" {v}" for v in config.na_values)})
+        return pa_csv.open_csv(
+            stream,
+            read_options=pa_csv.ReadOptions(block_size=block_size),
+            parse_options=pa_csv.ParseOptions(delimiter=config.delimiter),
+            convert_options=pa_csv.ConvertOptions(null_values=na, strings_can_be_null=True),
+        )
+    return pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=block_size))
+
+
+@contextmanager
+def _parse_errors(uri: str, fmt: str, config: IngestConfig) -> Iterator[None]:
+    """pyarrow's parse errors as one-line IngestErrors naming the file."""
+    try:
+        yield
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         hint = f"; check ingest.delimiter ({config.delimiter!r}) and quoting" if fmt == "csv" else ""
         raise IngestError(f"{uri!r} could not be parsed as {fmt}: {' '.join(str(exc).split())}{hint}") from None
@@ -264,6 +295,23 @@ def in_test_split(labels: np.ndarray, seed: int, fraction: float) -> np.ndarray:
     return StratifiedSplit(seed, fraction)(np.asarray(labels))
 
 
+def required_columns(data: DataSpec) -> dict[str, str]:
+    """The normalised columns every source must have, each with the setting that names it."""
+    return {normalise_name(data.label): "data.label",
+            **{normalise_name(c): "data.sensitive_features" for c in data.sensitive_features}}
+
+
+def check_columns(present: set[str], wanted: dict[str, str], uri: str) -> None:
+    """An IngestError naming every ``wanted`` column (``{name: what names it}``) that ``uri`` lacks."""
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        why = "; ".join(f"{c!r} is named by {wanted[c]}" for c in missing)
+        raise IngestError(
+            f"{uri!r} is missing columns {missing}; it has {sorted(present)} ({why}; names are compared "
+            "after normalising to snake_case)"
+        )
+
+
 class _Normaliser:
     """Turns raw batches into batches of one fixed, normalised schema, counting what it does to the label."""
 
@@ -281,7 +329,10 @@ class _Normaliser:
     def __call__(self, batch: pa.RecordBatch, uri: str) -> pa.RecordBatch | None:
         names = normalised_names(batch.schema.names, uri)
         columns = {n: normalise_column(batch.column(i), self.na_values) for i, n in enumerate(names) if n not in self.drop}
-        self._check_columns(set(columns), uri)
+        wanted = required_columns(self.data)
+        if self.schema is not None:
+            wanted = {**{n: "the first source" for n in self.schema.names}, **wanted}
+        check_columns(set(columns), wanted, uri)
         label = columns.pop(self.label)
         if pa.types.is_string(label.type):  # a blank label is a missing one, not a negative
             label = pc.if_else(pc.equal(label, ""), pa.scalar(None, pa.string()), label)
@@ -314,18 +365,6 @@ class _Normaliser:
                 f"{uri!r}: label {self.data.label!r} has values in neither positive_labels "
                 f"{list(self.data.positive_labels)} nor negative_labels {list(self.data.negative_labels)}: {shown}; "
                 "add each to one of the lists, or to ingest.na_values to drop its rows"
-            )
-
-    def _check_columns(self, present: set[str], uri: str) -> None:
-        wanted = {self.label: "data.label", **{normalise_name(c): "data.sensitive_features" for c in self.data.sensitive_features}}
-        if self.schema is not None:
-            wanted = {**{n: "the first source" for n in self.schema.names}, **wanted}
-        missing = [c for c in wanted if c not in present]
-        if missing:
-            why = "; ".join(f"{c!r} is named by {wanted[c]}" for c in missing)
-            raise IngestError(
-                f"{uri!r} is missing columns {missing}; it has {sorted(present)} ({why}; names are compared "
-                "after normalising to snake_case)"
             )
 
     def check_has_values(self, uri: str) -> None:

@@ -38,12 +38,17 @@ _BARE_REMOTE = frozenset({"databricks", "databricks-uc"})
 
 
 class ResidencyError(ValueError):
-    """At least one location breaks the residency policy; ``violations`` holds every refused verdict."""
+    """At least one location breaks the residency policy; ``violations`` holds every refused verdict.
+    The message is one line: each refusal, the allowed set once, and what to do."""
 
-    def __init__(self, violations: list["ResidencyVerdict"]):
+    def __init__(self, violations: list["ResidencyVerdict"], policy: "ResidencyPolicy | None" = None):
         self.violations = violations
-        lines = "\n".join(f"  - {v.reason}" for v in violations)
-        super().__init__(f"{len(violations)} location(s) break the data residency policy:\n{lines}")
+        allowed = f" ({policy.describe()})" if policy is not None else ""
+        refusals = "; ".join(v.reason.removesuffix(allowed) for v in violations)
+        super().__init__(
+            f"{len(violations)} location(s) break the data residency policy: {refusals}{allowed}; move the data to an "
+            "allowed location or change the residency settings"
+        )
 
 
 class _Unparseable(ValueError):
@@ -242,7 +247,7 @@ def enforce(uris: Mapping[str, str | Sequence[str] | None], policy: ResidencyPol
                 verdicts.append(check(uri, policy, purpose=purpose))
     violations = [v for v in verdicts if not v.allowed]
     if violations:
-        raise ResidencyError(violations)
+        raise ResidencyError(violations, policy)
     return verdicts
 
 

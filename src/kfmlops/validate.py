@@ -40,6 +40,7 @@ RANGE_MOSTLY = 0.999
 MAX_INFERRED_CATEGORIES = 1000
 """String columns with more distinct values than this (identifiers, free text) get no inferred set."""
 LABEL_VALUES = [0, 1]
+COLUMN_ARGUMENTS = ("column", "column_A", "column_B")
 
 # Type names GX's expect_column_values_to_be_in_type_list accepts for pandas, per dtype family.
 # Numeric includes floats for integer columns: pandas turns an integer column with nulls into float64.
@@ -159,6 +160,29 @@ class ValidationResult:
         raise DataValidationError(f"data validation failed: {len(self.errors)} error-level expectations\n{lines}")
 
 
+def expectation_columns(expectation: Expectation) -> list[str]:
+    """The columns an expectation's arguments name (``column``, ``column_A``, ``column_B``, ``column_list``)."""
+    kwargs = expectation.kwargs
+    named = [kwargs[k] for k in COLUMN_ARGUMENTS if isinstance(kwargs.get(k), str)]
+    return named + [c for c in kwargs.get("column_list") or [] if isinstance(c, str)]
+
+
+def check_expectation_columns(expectations: list[Expectation], columns: list[str], where: str) -> None:
+    """A ConfigError naming every declared expectation whose column ``where`` (e.g. "the train split") lacks."""
+    present = set(columns)
+    wrong = [
+        f"validate.expectations[{i}] {e.type} names column {c!r}"
+        for i, e in enumerate(expectations)
+        for c in expectation_columns(e)
+        if c not in present
+    ]
+    if wrong:
+        raise ConfigError(
+            f"{'; '.join(wrong)}, which {where} does not have; it has {sorted(present)} (expectations name columns "
+            "by their normalised snake_case names)"
+        )
+
+
 def build_suite(config: ValidateConfig, reference: pd.DataFrame | None, label: str) -> list[Expectation]:
     """The expectation suite: the config's declarative expectations, then those inferred from ``reference``.
 
@@ -217,11 +241,15 @@ def validate(
 ) -> ValidationResult:
     """Run the suite (built once, from ``reference`` or else ``splits["train"]``) against every split.
 
-    Raises :class:`~kfmlops.config.ConfigError` for an unknown expectation name or invalid
-    arguments before any data is checked. Failed expectations do not raise here: call
-    :meth:`ValidationResult.raise_for_errors` to fail on error-level ones.
+    Raises :class:`~kfmlops.config.ConfigError` for an unknown expectation name, invalid arguments
+    or a declared expectation naming a column the reference lacks, before any data is checked.
+    Failed expectations do not raise here: call :meth:`ValidationResult.raise_for_errors` to fail
+    on error-level ones.
     """
-    suite = build_suite(config, reference if reference is not None else splits.get("train"), label)
+    reference = reference if reference is not None else splits.get("train")
+    if reference is not None:
+        check_expectation_columns(config.expectations, list(reference.columns), "the reference (train) split")
+    suite = build_suite(config, reference, label)
     classes = [_expectation_class(e.type, f"validate.expectations[{i}]") for i, e in enumerate(suite)]
     gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig

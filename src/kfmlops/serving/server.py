@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import kserve
 import kserve.model_server
@@ -108,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from_args(argv: list[str]) -> ServerSettings:
     """Command-line flags -> validated :class:`ServerSettings` (raises ConfigError naming the field)."""
-    from kfmlops.tracking import tracking_uri
+    from kfmlops.tracking import configured_tracking_uri
 
     args = parser().parse_args(argv)
     settings = PipelineConfig.from_yaml(args.config).settings if args.config else None
@@ -124,7 +125,7 @@ def settings_from_args(argv: list[str]) -> ServerSettings:
         return ServerSettings(
             model=model,
             model_name=args.model_name or (registered["name"] if registered else mlflow_config.model_name),
-            tracking_uri=None if args.model_dir else tracking_uri(mlflow_config),
+            tracking_uri=None if args.model_dir else configured_tracking_uri(mlflow_config),
             host=args.host,
             http_port=args.http_port,
             access_log=args.access_log,
@@ -137,11 +138,28 @@ def settings_from_args(argv: list[str]) -> ServerSettings:
         raise ConfigError(f"kfmlops serve: {problems}") from None
 
 
+def check_source(settings: ServerSettings) -> None:
+    """A ConfigError, before anything is created, for a model directory or a local sqlite MLflow store
+    that does not exist (opening a missing store would create an empty one, and a development key pair
+    would be made to verify against)."""
+    if settings.tracking_uri is None:
+        if not Path(settings.model).is_dir():
+            raise ConfigError(f"kfmlops serve: --model-dir {settings.model} is not a directory")
+    elif settings.tracking_uri.startswith("sqlite:///"):
+        path = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ConfigError(
+                f"kfmlops serve: no MLflow store at {path}: train a model first (`kfmlops run`), or point "
+                "--config, --tracking-uri or $KFMLOPS_HOME at the store, or serve --model-dir"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kfmlops serve`` and ``python -m kfmlops.serving.server``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(sys.argv[1:] if argv is None else argv)
+        check_source(settings)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
