@@ -103,7 +103,7 @@ def test_cooldown_and_daily_cap(tmp_path):
 def test_retrain_submits_once_per_window(tmp_path):
     ledger, submit = Ledger(tmp_path), Recorder()
     decision = decide(DRIFTING, PolicyConfig(), ledger, window_id({"model": "adult", "start": "t0"}), "adult", NOW)
-    arguments = {"source": "/data/fresh.parquet", "label": "y"}
+    arguments = {"data": {"source": "/data/fresh.parquet", "label": "y"}}
     entry, submitted = retrain(decision, "adult", {"start": "t0"}, arguments, ledger, submit, NOW)
     assert submitted and entry.status == SUBMITTED and entry.run_id == "run-1" and submit.calls == [arguments]
     again, submitted = retrain(decision, "adult", {"start": "t0"}, arguments, ledger, submit, NOW + 1)
@@ -117,18 +117,18 @@ def test_failed_submission_is_recorded_and_never_retried(tmp_path):
     ledger = Ledger(tmp_path)
     decision = decide(DRIFTING, PolicyConfig(), ledger, "w-fail", "adult", NOW)
     with pytest.raises(ConnectionError):
-        retrain(decision, "adult", {}, {"source": "s"}, ledger, Recorder(fail=True), NOW)
+        retrain(decision, "adult", {}, {"data": {"source": "s"}}, ledger, Recorder(fail=True), NOW)
     entry = ledger.get("w-fail")
     assert entry.status == FAILED and "unreachable" in entry.error
     submit = Recorder()
-    assert retrain(decision, "adult", {}, {"source": "s"}, ledger, submit, NOW)[1] is False and submit.calls == []
+    assert retrain(decision, "adult", {}, {"data": {"source": "s"}}, ledger, submit, NOW)[1] is False and submit.calls == []
 
 
 def test_concurrent_claims_admit_one(tmp_path):
     ledger, submit = Ledger(tmp_path), Recorder()
     decision = decide(DRIFTING, PolicyConfig(), ledger, "w-race", "adult", NOW)
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: retrain(decision, "adult", {}, {"source": "s"}, Ledger(tmp_path), submit, NOW)[1], range(16)))
+        results = list(pool.map(lambda _: retrain(decision, "adult", {}, {"data": {"source": "s"}}, Ledger(tmp_path), submit, NOW)[1], range(16)))
     assert results.count(True) == 1 and len(submit.calls) == 1
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -151,7 +151,7 @@ def test_fresh_data_keeps_the_gates_and_reads_back(tmp_path, adult, adult_train)
     arguments = fresh_config.pipeline_arguments()
     settings = Settings.parse(arguments["settings"])
     assert settings.model_copy(update={"ingest": training.settings.ingest}) == training.settings  # same gates
-    assert settings.ingest.format == "parquet" and arguments["positive_labels"] == [1] and arguments["label"] == "y"
+    assert settings.ingest.format == "parquet" and arguments["data"]["positive_labels"] == [1] and arguments["data"]["label"] == "y"
     # the next drift run reads the fresh data back whole as its reference, with or without a test source
     for config in (training, training.model_copy(update={"data": ADULT_SPEC.model_copy(update={"test_source": None})})):
         again, label = load_reference(str(path), config)

@@ -139,7 +139,7 @@ def retrain(
         status=CLAIMED,
         reasons=decision.reasons,
         window=window,
-        source=arguments["source"],
+        source=arguments["data"]["source"],
     )
     if not ledger.claim(entry):
         return ledger.get(decision.window_id), False
