@@ -517,9 +517,9 @@ def _check_splits(
             total = sum(values[cls].values())
             raise IngestError(
                 f"label {data.label!r}: class {cls} is too rare to split: {total} rows in {data.source!r}, {k} of "
-                f"them in the {split} split, which needs at least {need}; with ingest.test_fraction "
-                f"{config.test_fraction} each class needs about {math.ceil(1 / config.test_fraction) + need} rows: "
-                f"add {cls} rows or give data.test_source"
+                f"them in the {split} split, which needs at least {need} (ingest.test_fraction {config.test_fraction} "
+                f"puts about one row of each class in {1 / config.test_fraction:.3g} in the test split): add {cls} rows "
+                "or give data.test_source"
             )
 
 
