@@ -169,11 +169,12 @@ def test_fired_policy_submits_once_per_window(monitored, tmp_path):
     first = run(config, NOW, submit)
     assert first["retrain"]["submitted"] and first["retrain"]["run_id"] == "run-1"
     (arguments,) = calls
-    assert arguments["label"] == "y" and arguments["positive_labels"] == [1]
-    assert arguments["sensitive_features"] == ["sex", "race"] and arguments["settings"]["ingest"]["format"] == "parquet"
-    fresh = pq.read_table(arguments["source"])
+    data = arguments["data"]
+    assert data["label"] == "y" and data["positive_labels"] == [1]
+    assert data["sensitive_features"] == ["sex", "race"] and arguments["settings"]["ingest"]["format"] == "parquet"
+    fresh = pq.read_table(data["source"])
     assert fresh.num_rows == 32561 + first["labelled_rows"]
-    assert pq.read_table(arguments["test_source"]).num_rows == 16281  # gated on the same test rows as before
+    assert pq.read_table(data["test_source"]).num_rows == 16281  # gated on the same test rows as before
     reason = json.loads(fresh.schema.metadata[b"kfmlops.retrain_reason"])
     assert reason["window_id"] == first["window_id"] and "age" in reason["drifted"]
 

@@ -342,7 +342,7 @@ def _retrain(
         entry, submitted = retrain(decision, config.model_name, summary["window"], arguments, ledger, submit, now.timestamp())
     except Exception as exc:  # recorded in the ledger and the summary; main() exits non-zero
         log.exception("drift: submitting the training pipeline failed")
-        return {"submitted": False, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "source": arguments["source"]}
+        return {"submitted": False, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "source": arguments["data"]["source"]}
     return {"submitted": submitted, "status": entry.status, "run_id": entry.run_id, "source": entry.source,
             "rows": rows, "arguments": arguments if submitted else None}
 
