@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import time
@@ -48,7 +47,7 @@ from typing import Any, Callable
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
 from kfmlops.monitoring.store import InferenceLog, PredictionRecord, committed_request_ids, import_ground_truth
-from kfmlops.monitoring.wal import WriteAheadLog
+from kfmlops.monitoring.wal import WriteAheadLog, sync
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,7 @@ _STRUCTURED = "application/cloudevents+json"
 _EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
 _CLOCK_SLACK_NS = 600 * 10**9  # replay reads files committed up to 10 min before the oldest segment (clock steps)
+_MAX_SYNCS_IN_FLIGHT = 8
 
 
 class EventError(ValueError):
@@ -279,23 +279,29 @@ class Sink:
         self.errors = 0
         self.last_error: str | None = None
         self.replayed = 0
+        self.events = self.fsyncs = 0  # acknowledged events, and the group commits they took
         self._waiting: list[tuple[InferenceEvent, bytes, bytes, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._stopping = False
         self._committer: asyncio.Task | None = None
+        self._ticker: asyncio.Task | None = None
         self._checkpoint: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.wal = await asyncio.to_thread(WriteAheadLog, self.config.wal_path)
         await asyncio.to_thread(self._replay)
         self._committer = asyncio.create_task(self._commit_forever())
+        self._ticker = asyncio.create_task(self._tick())
 
     async def submit(self, event: InferenceEvent, headers: dict[str, str], body: bytes, received: datetime) -> None:
         """Return once ``event`` is in the write-ahead log, fsync'd; raises :class:`Unavailable`."""
         if self._stopping:
             raise Unavailable("the sink is shutting down")
         if self.log.buffered >= 2 * self.config.log.max_buffered_rows:
-            raise Unavailable(f"the inference log is not committing ({self.last_error}); retry later")
+            if self._checkpoint is not None and not self._checkpoint.done():
+                await asyncio.shield(self._checkpoint)  # back-pressure: wait for the commit under way
+            if self.log.buffered >= 2 * self.config.log.max_buffered_rows:
+                raise Unavailable(f"the inference log is not committing ({self.last_error}); retry later")
         kept = {k: v for k, v in headers.items() if k.startswith("ce-") or k == "content-type"}
         meta = json.dumps({"headers": kept, "received": received.isoformat()}).encode()
         future = asyncio.get_running_loop().create_future()
@@ -307,6 +313,7 @@ class Sink:
         """Write every pending event, commit the log and remove the write-ahead log; on a failure
         the write-ahead log is kept for the next start (logged, never raised)."""
         self._stopping = True
+        self._ticker.cancel()
         self._wake.set()
         try:
             if self._committer is not None:
@@ -321,8 +328,9 @@ class Sink:
                           "next start", self.config.wal_path)
             if self.wal is not None:
                 self.wal.close()
-        log.info("sink: %d joined, %d unmatched, %d duplicates dropped, %d replayed, %d rows committed",
-                 self.joiner.joined, self.joiner.unmatched, self.joiner.duplicates, self.replayed, self.log.rows_committed)
+        log.info("sink: %d events in %d write-ahead fsyncs; %d joined, %d unmatched, %d duplicates dropped, "
+                 "%d replayed, %d rows committed", self.events, self.fsyncs, self.joiner.joined, self.joiner.unmatched,
+                 self.joiner.duplicates, self.replayed, self.log.rows_committed)
 
     def health(self) -> dict[str, Any]:
         return {"status": "degraded" if self.errors else "ok", "pending": self.joiner.pending,
@@ -355,27 +363,40 @@ class Sink:
         log.info("sink: replayed %d events from the write-ahead log (%d requests already committed)",
                  self.replayed, len(committed))
 
-    async def _commit_forever(self) -> None:
-        """The one task that writes the write-ahead log, feeds the joiner and the log, and checkpoints."""
-        expire_every = min(1.0, self.config.join_timeout_s / 2)
-        last_checkpoint = time.monotonic()
+    async def _tick(self) -> None:
+        """Wake the committer now and then: waiting events expire even when nothing arrives."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), expire_every)
+            await asyncio.sleep(min(1.0, self.config.join_timeout_s / 2, self.config.log.flush_interval_s))
+            self._wake.set()
+
+    async def _commit_forever(self) -> None:
+        """The one task that writes the write-ahead log, feeds the joiner and the log's buffer (in
+        write-ahead-log order, so a checkpoint knows what it covers), and checkpoints."""
+        last_checkpoint = time.monotonic()
+        syncing: set[asyncio.Task] = set()
+        while True:
+            await self._wake.wait()
             self._wake.clear()
             batch, self._waiting = self._waiting, []
             if not batch and self._stopping:
+                await asyncio.gather(*syncing)
                 return
             try:
-                records = await self._write_ahead(batch) if batch else []
+                records = []
+                if batch:
+                    if len(syncing) >= _MAX_SYNCS_IN_FLIGHT:
+                        await asyncio.wait(syncing, return_when=asyncio.FIRST_COMPLETED)
+                    records = self._write_ahead(batch, syncing)
                 records += self.joiner.expire()
-                if records:
-                    await asyncio.to_thread(self.log.append, records)
-                due = time.monotonic() - last_checkpoint >= self.config.log.flush_interval_s
-                if (due or self.wal.written >= self.config.wal_checkpoint_bytes) and (self.wal.written or self.wal.segments > 1) and (
+                self.log.append(records, commit_when_full=False)
+                due = (time.monotonic() - last_checkpoint >= self.config.log.flush_interval_s
+                       or self.log.buffered >= self.config.log.max_buffered_rows
+                       or self.wal.written >= self.config.wal_checkpoint_bytes)
+                if due and (self.wal.written or self.wal.segments > 1) and (
                     self._checkpoint is None or self._checkpoint.done()
                 ):
                     last_checkpoint = time.monotonic()
+                    await asyncio.gather(*syncing)  # the segment's descriptor is closed when it is sealed
                     sealed = await asyncio.to_thread(self.wal.rotate)
                     oldest = self.joiner.oldest_segment
                     upto = sealed if oldest is None else min(sealed, oldest - 1)
@@ -383,25 +404,38 @@ class Sink:
             except Exception as exc:  # never stops the committer: the events stay in the write-ahead log
                 self._failed("committing predictions", exc)
 
-    async def _write_ahead(self, batch: list[tuple[InferenceEvent, bytes, bytes, asyncio.Future]]) -> list[PredictionRecord]:
-        """Append ``batch`` to the write-ahead log (one fsync), acknowledge it, and join its events."""
+    def _write_ahead(self, batch: list[tuple[InferenceEvent, bytes, bytes, asyncio.Future]],
+                     syncing: set[asyncio.Task]) -> list[PredictionRecord]:
+        """Write ``batch`` to the write-ahead log and join its events; a task in ``syncing`` fsyncs it
+        and then acknowledges it (the next batch is written meanwhile)."""
+        futures = [future for *_, future in batch]
         try:
-            segment = await asyncio.to_thread(self.wal.append, [(meta, body) for _, meta, body, _ in batch])
+            segment, fd = self.wal.write([(meta, body) for _, meta, body, _ in batch])
         except Exception as exc:
             self._failed("writing the write-ahead log", exc)
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(Unavailable(f"the event is not durable: {type(exc).__name__}: {exc}"))
+            _answer(futures, Unavailable(f"the event is not durable: {type(exc).__name__}: {exc}"))
             return []
+        task = asyncio.create_task(self._sync(fd, futures))
+        syncing.add(task)
+        task.add_done_callback(syncing.discard)
         records = []
-        for event, _, _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        for event, *_ in batch:
             try:
                 records += self.joiner.add(event, segment)
-            except Exception as exc:  # durable, so acknowledged; replayed (and logged again) at the next start
+            except Exception as exc:  # written, so replayed (and logged again) at the next start
                 self._failed(f"joining event {event.id!r}", exc)
         return records
+
+    async def _sync(self, fd: int, futures: list[asyncio.Future]) -> None:
+        try:
+            await asyncio.to_thread(sync, fd)
+        except Exception as exc:
+            self._failed("fsync of the write-ahead log", exc)
+            _answer(futures, Unavailable(f"the event is not durable: {type(exc).__name__}: {exc}"))
+            return
+        self.events += len(futures)
+        self.fsyncs += 1
+        _answer(futures, None)
 
     async def _commit_and_release(self, upto: int) -> None:
         """Commit the buffered rows, then delete the write-ahead-log segments up to ``upto``."""
@@ -410,6 +444,12 @@ class Sink:
             await asyncio.to_thread(self.wal.release, upto)
         except Exception as exc:
             self._failed("committing predictions", exc)
+
+
+def _answer(futures: list[asyncio.Future], error: Exception | None) -> None:
+    for future in futures:
+        if not future.done():  # a client that went away cancelled its future
+            future.set_exception(error) if error else future.set_result(None)
 
 
 def create_app(log_: InferenceLog, config: SinkConfig):

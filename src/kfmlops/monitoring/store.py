@@ -114,29 +114,30 @@ class InferenceLog:
         self._flusher = threading.Thread(target=self._flush_periodically, name="inference-log-flush", daemon=True)
         self._flusher.start()
 
-    def append(self, records: Iterable[PredictionRecord]) -> int:
+    def append(self, records: Iterable[PredictionRecord], commit_when_full: bool = True) -> int:
         """Buffer records, committing whenever the buffer is full; returns how many were appended.
 
         The rows of one request (consecutive records with the same model and request id) are
         buffered, and so committed, together. A record whose timestamp has no hour partition raises
-        ValueError before any record of its chunk is buffered.
+        ValueError before any record of its chunk is buffered. ``commit_when_full=False`` only
+        buffers (no I/O): the caller watches :attr:`buffered` and calls :meth:`flush`.
         """
         n, chunk = 0, []
         for record in records:
             if len(chunk) >= self.config.max_buffered_rows and (record.model, record.request_id) != (
                 chunk[-1].model, chunk[-1].request_id
             ):
-                n += self._buffer(chunk)
+                n += self._buffer(chunk, commit_when_full)
                 chunk = []
             chunk.append(record)
-        return n + self._buffer(chunk)
+        return n + self._buffer(chunk, commit_when_full)
 
     @property
     def buffered(self) -> int:
         """Rows buffered and not yet committed."""
         return self._buffered
 
-    def _buffer(self, records: list[PredictionRecord]) -> int:
+    def _buffer(self, records: list[PredictionRecord], commit_when_full: bool) -> int:
         now = datetime.now(timezone.utc)
         keyed = []
         for record in records:
@@ -156,7 +157,7 @@ class InferenceLog:
                 self._buffers.setdefault(key, []).append(record)
             self._buffered += len(records)
             full = self._buffered >= self.config.max_buffered_rows
-        if full:
+        if full and commit_when_full:
             self.flush()
         return len(records)
 

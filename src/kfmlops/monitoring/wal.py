@@ -1,18 +1,20 @@
 """The sink's write-ahead log: events are appended and fsync'd here before the sink acknowledges them.
 
-Layout: ``<directory>/<writer-uuid>/seg-<n>-<created, epoch ns>.wal``, one directory per sink process, held with an
-exclusive ``flock`` on its ``LOCK`` file while the process lives. A process that starts adopts
+Layout: ``<directory>/<writer-uuid>/seg-<n>-<created, epoch ns>.wal``, one directory per sink
+process, held with an exclusive ``flock`` on its ``LOCK`` file while the process lives. A process that starts adopts
 every directory whose lock it can take (the leftovers of a crashed or killed sink, its own
 predecessor or another replica's) and hands their entries back through :meth:`WriteAheadLog.replay`.
 
 A segment is a sequence of entries: ``<meta length, body length, CRC-32>`` (three little-endian
-uint32) followed by the two byte strings. :meth:`~WriteAheadLog.append` writes a batch of entries
-with one ``write`` and one ``fsync`` (group commit) and returns the segment they are in. A crash in
-the middle of a batch leaves a torn tail, which replay detects (short read or CRC mismatch) and
-stops at; nothing in it was acknowledged. :meth:`~WriteAheadLog.rotate` seals the current segment
-and opens the next; :meth:`~WriteAheadLog.release` deletes sealed segments once everything in them
-is durable elsewhere. Segment ids increase within a process, adopted segments first, so an entry's
-id orders it.
+uint32) followed by the two byte strings. :meth:`~WriteAheadLog.write` writes a batch of entries
+with one ``write``; :func:`sync` (``fsync``, in a worker thread) makes them durable. The sink
+starts the next batch's write while earlier fsyncs are still running, so one fsync covers every
+event that arrived meanwhile (group commit) and the fsync latency does not bound throughput. A
+crash in the middle of a batch leaves a torn tail, which replay detects (short read or CRC
+mismatch) and stops at; nothing in it was acknowledged. :meth:`~WriteAheadLog.rotate` seals the
+current segment and opens the next; :meth:`~WriteAheadLog.release` deletes sealed segments once
+everything in them is durable elsewhere. Segment ids increase within a process, adopted segments
+first, so an entry's id orders it.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class WriteAheadLog:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._segments: dict[int, Path] = {}  # sealed segments (adopted or rotated), by id
-        self._lock = threading.Lock()  # guards _segments: release() may run beside append()/rotate()
+        self._lock = threading.Lock()  # guards _segments: release() runs beside write()/rotate()
         self._adopted: list[tuple[Path, int]] = []  # directories of dead writers we hold the lock of
         for path in sorted(p for p in self.directory.iterdir() if p.is_dir()):
             fd = _try_lock(path)
@@ -71,16 +73,23 @@ class WriteAheadLog:
             for meta, body in read_segment(path):
                 yield segment_id, meta, body
 
-    def append(self, entries: list[tuple[bytes, bytes]]) -> int:
-        """Write ``(meta, body)`` entries with one write and one fsync; returns their segment id."""
-        chunks = []
-        for meta, body in entries:
-            chunks += [_HEADER.pack(len(meta), len(body), zlib.crc32(body, zlib.crc32(meta))), meta, body]
-        self._file.write(b"".join(chunks))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.written += sum(len(m) + len(b) + _HEADER.size for m, b in entries)
-        return self.current
+    def write(self, entries: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Write ``(meta, body)`` entries to the current segment with one write, not yet durable;
+        returns ``(segment id, file descriptor)``: they are durable once :func:`sync` of that
+        descriptor returns. On an error the segment is sealed, so later entries never follow a torn one."""
+        data = b"".join(
+            part for meta, body in entries
+            for part in (_HEADER.pack(len(meta), len(body), zlib.crc32(body, zlib.crc32(meta))), meta, body)
+        )
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self._file.write(view):]
+        except OSError:
+            self.rotate()
+            raise
+        self.written += len(data)
+        return self.current, self._file.fileno()
 
     def rotate(self) -> int:
         """Seal the current segment and open the next; returns the id of the segment sealed (-1: none)."""
@@ -148,6 +157,11 @@ def read_segment(path: Path) -> Iterator[tuple[bytes, bytes]]:
         offset = end
     if offset != len(data):
         log.warning("write-ahead log %s: ignoring a torn tail of %d bytes (never acknowledged)", path, len(data) - offset)
+
+
+def sync(fd: int) -> None:
+    """fsync a segment's descriptor: every entry written to it before is durable."""
+    os.fsync(fd)
 
 
 def _created_ns(segment: Path) -> int:
