@@ -103,6 +103,7 @@ def deploy(
     from kfmlops.provenance import verify_key
     from kfmlops.tracking import tracking_uri
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # else one INFO line per probe request: thousands
     uri = tracking_uri(mlflow_config)
     mlflow.set_tracking_uri(uri)  # models:/ URIs below resolve against the global registry
     client = MlflowClient(uri, uri)
@@ -124,10 +125,18 @@ def deploy(
     if frame.empty:
         raise DeployError(f"{test_path} has no rows to validate with")
     model_uri = f"models:/{name}/{version}"
-    rows = max(config.validation.probe.rows, config.canary.probe.rows)
-    expected = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame.head(rows)), dtype=np.float64)
-    signature = [(c.name, c.type.name, c.required) for c in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
     serving = config.inference_service.serving
+    # The candidate loads its model while this process computes the registry model's own predictions.
+    candidate = PredictorProcess(model_uri, model_name=name, tracking_uri=uri, serving=serving,
+                                 verify_key=verify_key(provenance)).launch()
+    try:
+        rows = max(config.validation.probe.rows, config.canary.probe.rows)
+        expected = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame.head(rows)), dtype=np.float64)
+        signature = [(c.name, c.type.name, c.required)
+                     for c in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
+    except BaseException:
+        candidate.stop()
+        raise
 
     def result(status, validation, canary=None, percent=0, manifest=None) -> DeployResult:
         champion = version if status == "promoted" else _restore(client, name, version, previous)
@@ -136,9 +145,8 @@ def deploy(
         outcome = DeployResult(status, name, version, previous, champion, config.target, percent, validation, canary, steps, manifest)
         return _finish(client, outcome, (canary or validation).reasons)
 
-    candidate = PredictorProcess(model_uri, model_name=name, tracking_uri=uri, serving=serving, verify_key=verify_key(provenance))
     try:
-        candidate.start()
+        candidate.wait_ready()
     except PredictorStartError as exc:
         steps.append("validation failed: the candidate predictor did not start")
         return result("rejected", CheckResult(False, [str(exc)[-2000:]], {}))

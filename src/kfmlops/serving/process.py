@@ -65,6 +65,12 @@ class PredictorProcess:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> "PredictorProcess":
+        """Launch the process and wait until it is ready."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> "PredictorProcess":
+        """Start the process without waiting for it (it loads its model meanwhile); then :meth:`wait_ready`."""
         self.port = free_port()
         source = ["--model-dir", self.model] if Path(self.model).is_dir() else ["--model-uri", self.model]
         command = [sys.executable, "-m", "kfmlops.serving.server", *source, "--model-name", self.model_name]
@@ -76,14 +82,18 @@ class PredictorProcess:
             env[VERIFY_KEY_ENV] = self.verify_key.decode()
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self) -> "PredictorProcess":
+        """Block until the launched process answers ready; stop it and raise :class:`PredictorStartError` if it never does."""
         try:
-            self._wait_ready()
+            self._poll_ready()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
+    def _poll_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         ready = f"{self.url}/v2/models/{self.model_name}/ready"
         while time.monotonic() < deadline:
