@@ -2,42 +2,52 @@
 # kfmlops: one image for the KFP components, the KServe predictor (`kfmlops serve`),
 # the inference-log sink, the drift job and the MLflow tracking server.
 # Published as ghcr.io/kfmlops/kfmlops:<package version> (kfmlops.IMAGE), e.g.
-#   docker build -t ghcr.io/kfmlops/kfmlops:0.1.0 .
+#   docker build -t ghcr.io/kfmlops/kfmlops:0.1.0 .      (or `make image`)
 #
-# Base (both stages, keep the two FROM lines identical): python:3.11-slim-bookworm
-# (Python 3.11.16), pinned by tag and by the digest of its multi-platform index.
-# Bump tag and digest together: docker buildx imagetools inspect python:3.11-slim-bookworm
+# Every Python package comes from requirements.lock (pinned, with hashes; `make lock`), the
+# project wheel is installed without dependencies, then `pip check`.
+#
+# Build arguments (the defaults are what a plain `docker build .` gets):
+#   BASE_IMAGE    both stages' base: python:3.11-slim-bookworm (Python 3.11.16), pinned by tag and
+#                 by the digest of its multi-platform index. Bump tag and digest together:
+#                 docker buildx imagetools inspect python:3.11-slim-bookworm
+#                 Any Debian-based image with python3 and its venv module will do.
+#   TORCH_SOURCE  where pip finds torch==2.13.0+cpu (PyPI's torch is the CUDA build): a package
+#                 index URL (the PyTorch CPU index), or an absolute folder holding the wheel,
+#                 bind-mounted into the build (podman build --volume DIR:/wheels:ro
+#                 --build-arg TORCH_SOURCE=/wheels). The lock's hash is that of the +cpu wheel.
+#   PIP_CERT      (unset) a CA bundle for pip, bind-mounted at build time, for builds behind a
+#                 TLS-inspecting proxy; nothing of it ends up in the image.
+ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
-# ---- builder: wheel of this project + every runtime dependency in /opt/venv ----------
-FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS builder
+# ---- builder: every runtime dependency from the lock, then this project, in /opt/venv --------
+FROM ${BASE_IMAGE} AS builder
+ARG TORCH_SOURCE=https://download.pytorch.org/whl/cpu
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
+# The dependencies first, in a layer of their own: it changes with the lock, not with the code.
+COPY requirements.lock ./
+RUN case "${TORCH_SOURCE}" in \
+      /*) torch_source="--find-links=${TORCH_SOURCE}" ;; \
+      *) torch_source="--extra-index-url=${TORCH_SOURCE}" ;; \
+    esac \
+ && pip install --require-hashes --no-deps "${torch_source}" -r requirements.lock
 COPY pyproject.toml README.m[d] ./
 COPY src ./src
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip wheel --no-deps --wheel-dir /build/dist .
-# CPU-only torch first, from the PyTorch index, so `.[serve]` does not pull CUDA wheels.
-# Its own layer on purpose (DL3059): torch is large and changes far less than the code.
-# hadolint ignore=DL3059
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-# The project with its serving extra (KServe), plus what `mlflow server` needs here:
-# Postgres driver, S3 client and the basic-auth app's Flask-WTF. The project wheel is
-# the one just built (its dependency ranges are in pyproject.toml), hence DL3013.
-# hadolint ignore=DL3013,DL3059
-RUN whl="$(ls /build/dist/kfmlops-*.whl)" \
- && pip install "${whl}[serve]" \
-        psycopg2-binary==2.9.13 \
-        boto3==1.44.5 \
-        flask-wtf==1.3.0 \
+# The wheel is built and installed with the lock's setuptools, dependencies already in place.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /build/dist . \
+ && pip install --no-deps /build/dist/kfmlops-*.whl \
  && pip check
 
-# ---- runtime: same slim base, the venv, a non-root user; no compilers ----------------
-FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS runtime
+# ---- runtime: same base, the venv, a non-root user; no compilers ------------------------------
+FROM ${BASE_IMAGE} AS runtime
 ARG KFMLOPS_VERSION=0.1.0
 LABEL org.opencontainers.image.title="kfmlops" \
       org.opencontainers.image.description="Kubeflow-native MLOps components, predictor, sink and drift monitor" \

@@ -747,20 +747,21 @@ def dockerfile() -> str:
 def test_dockerfile_is_multi_stage_on_a_pinned_slim_base(dockerfile):
     stages = _stages(dockerfile)
     assert len(stages) >= 2
-    for st in stages:
-        assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", st["from"]), st["from"]
-    assert len({st["from"] for st in stages}) == 1, "builder and runtime must share one base"
-    assert "latest" not in dockerfile.split("FROM", 1)[1].split()[0]
+    assert {st["from"] for st in stages} == {"${BASE_IMAGE}"}, "builder and runtime must share one base"
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile.split("FROM", 1)[0], re.M)
+    assert base and re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base[1]), "default base: pinned slim"
 
 
-def test_dockerfile_builder_installs_cpu_torch_then_the_project(dockerfile):
+def test_dockerfile_builder_installs_the_lock_then_the_project(dockerfile):
     builder = _stages(dockerfile)[0]
     runs = " ".join(arg for instr, arg in builder["body"] if instr == "RUN")
-    assert "python -m venv /opt/venv" in runs
-    assert "pip wheel" in runs
-    assert re.search(r"pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu", runs)
-    assert "[serve]" in runs
-    assert runs.index("torch==2.13.0") < runs.index("[serve]")
+    args = dict(arg.split("=", 1) for instr, arg in builder["body"] if instr == "ARG" and "=" in arg)
+    assert args.get("TORCH_SOURCE") == "https://download.pytorch.org/whl/cpu", "users' builds: the PyTorch CPU index"
+    assert "python3 -m venv /opt/venv" in runs
+    assert re.search(r"pip install --require-hashes --no-deps .*-r requirements\.lock", runs)
+    assert re.search(r"pip install --no-deps /build/dist/kfmlops-\*\.whl +&& pip check", runs)
+    assert runs.index("requirements.lock") < runs.index("pip wheel")
+    assert "==" not in runs, "versions come from requirements.lock, not from pins in the Dockerfile"
 
 
 def test_dockerfile_runtime_is_non_root_without_compilers(dockerfile):
@@ -786,7 +787,7 @@ def test_dockerignore_keeps_the_context_small():
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*", "allow-list: ignore everything, then re-include what the wheel needs"
     included = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert {"pyproject.toml", "src", "components", "pipelines"} <= included
+    assert {"requirements.lock", "pyproject.toml", "src", "components", "pipelines"} <= included
     assert not included & {".git", ".venv", "data", "tests", "notebooks", "manifests"}
 
 
