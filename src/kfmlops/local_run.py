@@ -19,8 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from kfmlops import preflight
 from kfmlops.config import PipelineConfig, Settings
 from kfmlops.durable import write_text_atomically
+from kfmlops.ingest import IngestError
+from kfmlops.residency import ResidencyError
 from kfmlops.task_logs import Step, TaskLogs, failure_reason
 from kfmlops.tracking import kfmlops_home, tracking_uri
 from kfmlops.typed import ConfigError
@@ -141,15 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stderr if args.json else sys.stdout
     try:
         config = PipelineConfig.from_yaml(args.config)
-    except ConfigError as exc:
-        print(f"kfmlops run failed: {exc}", file=out)
-        return 1
-    print(f"kfmlops run: {config.settings.mlflow.model_name} from {config.data.source}", file=out, flush=True)
-    summary = run_and_summarise(config, progress=out, verbose=args.verbose, pipeline_root=args.pipeline_root)
+        print(f"kfmlops run: {config.settings.mlflow.model_name} from {config.data.source}", file=out, flush=True)
+        preflight.check(config)  # what a look at the config and the data headers finds, before any step
+    except (ConfigError, IngestError, ResidencyError) as exc:
+        summary = run_summary.refused(exc)
+    else:
+        summary = run_and_summarise(config, progress=out, verbose=args.verbose, pipeline_root=args.pipeline_root)
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
         if summary["status"] != "succeeded":
             print(run_summary.render(summary).splitlines()[-1], file=sys.stderr)
     else:
-        print("\n" + run_summary.render(summary))
+        print(("\n" if summary["steps"] else "") + run_summary.render(summary))
     return 0 if summary["status"] == "succeeded" else 1

@@ -76,6 +76,12 @@ def failed(*, step: str | None, reason: str, log: Path | None, seconds: float, s
             "paths": paths(run_dir, logs)}
 
 
+def refused(error: Exception) -> dict[str, Any]:
+    """The summary of a run refused before any step started (a config or preflight error)."""
+    return {"status": "failed", "seconds": 0.0, "steps": [],
+            "error": {"step": None, "reason": f"{type(error).__name__}: {error}", "log": None}, "paths": None}
+
+
 def paths(run_dir: Path, logs: Path | None) -> dict[str, str | None]:
     return {"run_dir": str(run_dir), "logs": str(logs) if logs else None, "summary": str(run_dir / "summary.json")}
 
@@ -84,6 +90,8 @@ def render(summary: dict[str, Any]) -> str:
     """The summary as text: the first line names the model, version and outcome."""
     if summary["status"] != "succeeded":
         error = summary["error"]
+        if not summary["paths"]:
+            return _error_line(error)
         lines = [f"kfmlops training run failed ({summary['seconds']:.1f} s)", ""]
         if error.get("log"):
             lines.append(f"  full log of {error['step']}: {error['log']}")
@@ -146,7 +154,7 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def _error_line(error: dict[str, Any]) -> str:
-    where = f" at step {error['step']}" if error.get("step") else ""
+    where = f" at step {error['step']}" if error.get("step") else " before any step ran"
     return f"kfmlops run failed{where}: {error['reason']}"
 
 
