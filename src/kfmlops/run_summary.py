@@ -53,7 +53,8 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
             "promoted": champion == version,
             "mlflow_run_id": mv.run_id,
         },
-        "data": {k: documents["ingest"].get(k) for k in ("train_rows", "test_rows", "fingerprint")},
+        "data": {k: documents["ingest"].get(k) for k in ("label", "train_rows", "test_rows", "fingerprint",
+                                                          "dropped_unlabelled", "label_mapping")},
         "metrics": {
             "candidate": {k: evaluation["candidate"][k] for k in (*METRICS, "confusion_matrix")},
             "champion": ({k: evaluation["champion"][k] for k in METRICS} if evaluation.get("champion") else None),
@@ -101,6 +102,14 @@ def render(summary: dict[str, Any]) -> str:
     model, metrics = summary["model"], summary["metrics"]
     cand, champ = metrics["candidate"], metrics["champion"]
     out = [f"kfmlops training run: {model['name']} version {model['version']} ({summary['seconds']:.1f} s)", ""]
+    data = summary["data"]
+    out.append(f"Data: {data['train_rows']:,} train rows, {data['test_rows']:,} test rows; "
+               f"{data.get('dropped_unlabelled') or 0:,} rows dropped for a missing label")
+    for name, values in (data.get("label_mapping") or {}).items():
+        shown = ", ".join(f"{v!r} {n:,}" for v, n in sorted(values.items(), key=lambda kv: -kv[1])[:4])
+        more = f" and {len(values) - 4} more values" if len(values) > 4 else ""
+        out.append(f"  label {data['label']} {name}: {shown}{more}")
+    out.append("")
     out.append("Test metrics" + (f" (vs champion v{metrics['champion_version']})" if champ else " (no champion yet)"))
     for name in METRICS:
         line = f"  {name:<9} {cand[name]:.4f}"
@@ -111,6 +120,8 @@ def render(summary: dict[str, Any]) -> str:
     out += [f"  confusion  tn={tn} fp={fp} fn={fn} tp={tp}", ""]
 
     out.append("Fairness by group (selection rate / TPR / FPR / accuracy / rows)")
+    if not summary["fairness"]:
+        out.append("  not assessed: data.sensitive_features is empty")
     for feature in summary["fairness"]:
         out.append(
             f"  {feature['feature']}: DP diff {_f(feature['demographic_parity_difference'])}, "
