@@ -56,9 +56,12 @@ def local_submitter() -> Submitter:
     run id is the run's directory name under the pipeline root."""
 
     def submit(arguments: dict[str, Any]) -> str:
+        import sys
+
         from kfmlops.local_run import run_pipeline
 
-        return run_pipeline(arguments).pipeline_root.name
+        # A progress line per step here; each step's full log goes to the run's logs/ folder.
+        return run_pipeline(arguments, progress=sys.stdout, verbose=False).pipeline_root.name
 
     return submit
 
