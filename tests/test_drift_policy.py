@@ -167,7 +167,8 @@ def test_submitters(monkeypatch):
         TriggerConfig(submitter="kfp")
     seen = []
 
-    def run_pipeline(arguments):  # stands in for kfp.local: records, and returns what the real one does
+    def run_pipeline(arguments, *, progress, verbose):  # stands in for kfp.local: records, returns what it does
+        assert not verbose  # one progress line per step, the steps' logs in files
         seen.append(arguments)
         return LocalRun(version="2", pipeline_root=Path("/tmp/pipeline_root/kfmlops-training-20261123"), seconds=1.0)
 
