@@ -397,7 +397,7 @@ class _Normaliser:
         try:
             return table.cast(self.schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise IngestError(f"{uri!r}: column types differ from the first rows: {exc}") from None
+            raise IngestError(f"{uri!r}: column types differ from the first rows: {' '.join(str(exc).split())}") from None
 
 
 def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa.Table, str]:
