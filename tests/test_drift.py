@@ -19,10 +19,11 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 
 from kfmlops.monitoring.config import DriftConfig, InferenceLogConfig
+from kfmlops.monitoring.drift import EXIT_INCOMPLETE, EXIT_MISCONFIGURED, exit_code, run
 from kfmlops.monitoring.drift import main as drift_main
-from kfmlops.monitoring.drift import run
 from kfmlops.monitoring.lineage import POSITIVE_LABELS_KEY, TRAIN_DATA_TAG
 from kfmlops.monitoring.store import InferenceLog, PredictionRecord, import_ground_truth
+from kfmlops.typed import ConfigError
 
 from conftest import ADULT_SPEC
 
@@ -49,6 +50,10 @@ class _Scorer:
     def __call__(self, frame: pd.DataFrame) -> np.ndarray:
         return self.model.predict_proba(self._design(frame).reindex(columns=self.columns, fill_value=0.0))[:, 1]
 
+    def without(self, columns: list[str]):
+        """Scores of frames lacking ``columns`` (filled with the mean a served model would impute)."""
+        return lambda frame: self(frame.assign(**{c: 40 for c in columns}))
+
 
 def _log_window(root: Path, model: str, rows: pd.DataFrame, scorer: _Scorer, labelled_share: float = 0.4) -> None:
     """Log ``rows`` as predictions of ``model`` over [00:00, 12:00) and import ground truth for some."""
@@ -60,7 +65,7 @@ def _log_window(root: Path, model: str, rows: pd.DataFrame, scorer: _Scorer, lab
         PredictionRecord(model=model, request_id=f"{model}-{i}", output=float(scores[i]), model_version="1",
                          inputs={k: None if pd.isna(v) else v for k, v in row.items()},
                          timestamp=start + timedelta(seconds=i * 43_000 // len(rows)))
-        for i, row in enumerate(features.to_dict("records"))
+        for i, row in enumerate(features.to_dict("records") if len(features.columns) else [{}] * len(rows))
     ]
     with InferenceLog(InferenceLogConfig(root=str(root))) as log:
         log.append(records)
@@ -86,6 +91,8 @@ def monitored(adult, adult_train, adult_test, tmp_path_factory):
     _log_window(base / "log", "iid", iid, scorer)
     _log_window(base / "log", "shifted", shifted, scorer)
     _log_window(base / "log", "tiny", adult_test.iloc[:50], scorer)
+    _log_window(base / "log", "missing3", iid.drop(columns=["age", "sex", "race"]), scorer.without(["age"]))
+    _log_window(base / "log", "label-only", iid[["y"]], lambda frame: np.full(len(frame), 0.5))
     (base / "training.yaml").write_text(yaml.safe_dump({
         "data": ADULT_SPEC.model_dump(mode="json"), "ingest": {"format": "csv", "na_values": ["?"]},
     }))
@@ -152,10 +159,54 @@ def test_small_window_says_so_and_triggers_nothing(monitored, tmp_path):
     summary = run(_config(monitored, tmp_path, "tiny"), NOW, submit=lambda args: submitted.append(args) or "run")
     assert summary["status"] == "too_small" and summary["rows"] == 50 and summary["drift"] is None
     assert not summary["decision"]["fire"] and "too small: 50 rows" in summary["decision"]["blocked"][0]
-    empty = run(_config(monitored, tmp_path, "no-such-model"), NOW, submit=lambda args: submitted.append(args) or "run")
-    assert empty["rows"] == 0 and "window empty" in empty["decision"]["blocked"][0]
+    assert exit_code(summary) == EXIT_INCOMPLETE and "too small: 50 rows" in summary["problems"][0]
+    assert "Check incomplete" in (tmp_path / "out" / "report.html").read_text()
+    empty = run(_config(monitored, tmp_path, "tiny"), NOW + timedelta(days=2))  # the model's partitions, no rows now
+    assert empty["rows"] == 0 and "window empty" in empty["decision"]["blocked"][0] and exit_code(empty) == EXIT_INCOMPLETE
     assert submitted == []
-    assert 'kfmlops_drift_rows_checked{model="no-such-model"} 0.0' in (tmp_path / "drift.prom").read_text()
+    assert 'kfmlops_drift_rows_checked{model="tiny"} 0.0' in (tmp_path / "drift.prom").read_text()
+
+
+def test_misspelled_model_is_a_misconfiguration(monitored, tmp_path, capsys):
+    config = _config(monitored, tmp_path, "ifd")
+    with pytest.raises(ConfigError, match="no predictions of model 'ifd' in the inference log .*the log has 'iid', "
+                                          "'label-only', 'missing3', 'shifted', 'tiny'"):
+        run(config, NOW)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "misconfigured" and "window.model" in summary["error"]
+    (tmp_path / "drift.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert drift_main(["--config", str(tmp_path / "drift.yaml"), "--now", NOW.isoformat()]) == EXIT_MISCONFIGURED
+    assert "misconfigured, nothing checked: no predictions of model 'ifd'" in capsys.readouterr().err
+
+
+def test_missing_or_unchecked_features_fail_the_check(monitored, tmp_path, capsys):
+    summary = run(_config(monitored, tmp_path, "missing3"), NOW)
+    assert summary["status"] == "incomplete" and summary["drift"]["checked"] == 11 and exit_code(summary) == EXIT_INCOMPLETE
+    assert summary["problems"] == ["3 of 14 features not checked: age (not in the current data); "
+                                   "race (not in the current data); sex (not in the current data)"]
+    assert "Check incomplete: 3 of 14 features not checked" in (tmp_path / "out" / "report.html").read_text()
+
+    config = _config(monitored, tmp_path, "label-only")
+    (tmp_path / "drift.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert drift_main(["--config", str(tmp_path / "drift.yaml"), "--now", NOW.isoformat()]) == EXIT_INCOMPLETE
+    out, err = capsys.readouterr()
+    assert "status incomplete, drift share n/a of 0 features checked" in out
+    assert "check incomplete: 14 of 14 features not checked: age (not in the current data)" in err
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Check incomplete" in report and "No retraining signal" not in report
+
+
+def test_empty_current_file(monitored, tmp_path, capsys):
+    (tmp_path / "header.csv").write_text("age,workclass,y\n")
+    (tmp_path / "empty.csv").write_text("")
+    for name, code, message in [("header.csv", EXIT_INCOMPLETE, "window empty"), ("empty.csv", EXIT_MISCONFIGURED, "is empty (0 bytes)")]:
+        (tmp_path / "drift.yaml").write_text(yaml.safe_dump({
+            "training_config": str(monitored / "training.yaml"), "current": str(tmp_path / name), "output_dir": "out",
+            "reference": {"uri": str(monitored / "reference.parquet")}, "trigger": {"ledger_dir": "ledger"},
+        }))
+        assert drift_main(["--config", str(tmp_path / "drift.yaml")]) == code, name
+        assert message in capsys.readouterr().err
+        assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] in ("too_small", "misconfigured")
 
 
 def test_fired_policy_submits_once_per_window(monitored, tmp_path):
@@ -223,6 +274,38 @@ def test_metrics_reach_a_pushgateway(monitored, tmp_path):
     ((method, path, body),) = _Pushgateway.received
     assert method == "PUT" and path == "/metrics/job/kfmlops_drift/model/tiny"
     assert b"kfmlops_drift_rows_checked" in body and b"kfmlops_drift_last_run_timestamp_seconds" in body
+
+
+def test_unknown_model_or_alias_is_a_misconfiguration(monitored, tmp_path, mlflow_store, capsys):
+    from mlflow.tracking import MlflowClient
+
+    training = yaml.safe_load((monitored / "training.yaml").read_text())
+    training["mlflow"] = mlflow_store.model_dump(mode="json")
+    (tmp_path / "training.yaml").write_text(yaml.safe_dump(training))
+    (tmp_path / "drift.yaml").write_text(yaml.safe_dump({
+        "training_config": "training.yaml", "log_root": str(monitored / "log"), "output_dir": "out",
+        "window": {"model": "iid", "hours": 12, "settle_minutes": 5}, "trigger": {"ledger_dir": "ledger"},
+    }))
+    argv = ["--config", str(tmp_path / "drift.yaml"), "--now", NOW.isoformat()]
+    client = MlflowClient(mlflow_store.tracking_uri)
+    client.create_registered_model("adult-income")
+    assert drift_main(argv) == EXIT_MISCONFIGURED
+    assert "no model 'adult' in the MLflow registry at sqlite:" in (err := capsys.readouterr().err)
+    assert "(known: adult-income); check mlflow.model_name" in err
+    client.create_registered_model("adult")
+    assert drift_main(argv) == EXIT_MISCONFIGURED  # the window's predictions name version 1
+    assert "model 'adult' has no version 1 (versions: none); the served version is reference.model_version, else " \
+           "the window's most common model_version" in capsys.readouterr().err
+    version = client.create_model_version("adult", source=str(tmp_path))
+    client.set_registered_model_alias("adult", "challenger", version.version)
+    (tmp_path / "drift.yaml").write_text(yaml.safe_dump({  # data without model versions: the alias names the version
+        "training_config": "training.yaml", "current": ADULT_SPEC.test_source, "model": "adult", "output_dir": "out",
+        "trigger": {"ledger_dir": "ledger"},
+    }))
+    assert drift_main(argv) == EXIT_MISCONFIGURED
+    assert "model 'adult' has no alias 'champion' (aliases: challenger -> v1)" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "misconfigured" and "no alias 'champion'" in summary["error"]
 
 
 def test_reference_found_through_lineage_and_cli(monitored, tmp_path, mlflow_store):

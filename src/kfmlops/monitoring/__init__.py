@@ -6,7 +6,8 @@
 - :mod:`~kfmlops.monitoring.payloads`: KServe V1/V2 request and response bodies to per-row inputs
   and outputs.
 - :mod:`~kfmlops.monitoring.sink`: the CloudEvents receiver for KServe's inference logger
-  (``kfmlops sink``).
+  (``kfmlops sink``), which acknowledges an event only once it is in its write-ahead log
+  (:mod:`~kfmlops.monitoring.wal`, replayed at start).
 - :mod:`~kfmlops.monitoring.stats`: per-column drift with Evidently's stat tests (computed once per
   column on Arrow-derived arrays), data quality and classification figures.
 - :mod:`~kfmlops.monitoring.drift`: the drift stage (``kfmlops drift``): window + reference in,

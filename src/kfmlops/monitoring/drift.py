@@ -16,8 +16,23 @@ lineage tag, or a given URI). Produces, in ``output_dir``:
 and exports the figures as Prometheus metrics. When the policy fires and a submitter is configured,
 the reference plus the window's labelled rows become fresh training data (gated on the served
 model's test rows) and the training pipeline is submitted once for this window (see
-:mod:`~kfmlops.monitoring.trigger`). A window smaller than
-``policy.min_rows`` is reported as such, checked for nothing and triggers nothing.
+:mod:`~kfmlops.monitoring.trigger`).
+
+``summary.json``'s ``status`` says how far the run got, and ``kfmlops drift`` exits with the code
+beside it (:func:`exit_code`):
+
+- ``checked``, exit 0: every feature was checked; no drift, drift reported, a retrain submitted,
+  or a retrain held back by the policy (cool-down, daily cap, window already handled);
+- ``retrain`` failed to start (``retrain.status`` ``failed``), exit 1;
+- ``misconfigured``, exit 2: nothing was checked because the configuration points at nothing
+  (an unknown model in the registry, no such version or alias, a ``window.model`` with no
+  predictions in the log, unreadable data); ``error`` says what and what the log or registry has;
+- ``too_small`` or ``incomplete``, exit 3: a window below ``policy.min_rows`` (checked for nothing,
+  triggers nothing), or features missing from the window or not checkable (``problems`` names
+  them; the features that were checked still count for the policy).
+
+A failure of the check is never reported as health: the console line, ``report.html`` and the
+summary's ``problems`` say what was not checked.
 
 Plain typed Python: no KFP imports; a KFP component can call :func:`run`.
 """
@@ -41,13 +56,13 @@ import pyarrow.compute as pc
 from kfmlops import report
 from kfmlops.config import PipelineConfig
 from kfmlops.durable import write_text_atomically
-from kfmlops.ingest import fingerprint, label_to_int, normalise_column, normalise_name, read_batches
+from kfmlops.ingest import IngestError, fingerprint, label_to_int, normalise_column, normalise_name, read_batches
 from kfmlops.monitoring import prometheus
 from kfmlops.monitoring.config import DriftConfig
 from kfmlops.monitoring.lineage import ServedModel, ingest_config_for, load_reference, score_reference, served_model
 from kfmlops.monitoring.policy import Decision, Figures, Ledger, decide, window_id
 from kfmlops.monitoring.stats import NUMERICAL, ColumnDrift, classification, column_drift, column_quality, column_type
-from kfmlops.monitoring.store import INPUT_PREFIX, input_columns, read_window, window_bounds
+from kfmlops.monitoring.store import INPUT_PREFIX, input_columns, logged_models, read_window, window_bounds
 from kfmlops.monitoring.trigger import (
     Submitter,
     fresh_pipeline_config,
@@ -61,6 +76,9 @@ from kfmlops.tracking import kfmlops_home
 from kfmlops.typed import ConfigError
 
 log = logging.getLogger(__name__)
+
+CHECKED, INCOMPLETE, TOO_SMALL, MISCONFIGURED = "checked", "incomplete", "too_small", "misconfigured"
+EXIT_OK, EXIT_RETRAIN_FAILED, EXIT_MISCONFIGURED, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -219,26 +237,69 @@ def run(config: DriftConfig, now: datetime | None = None, submit: Submitter | No
     """One drift run (see the module docstring); returns the summary it wrote to ``summary.json``.
 
     ``submit`` starts the training pipeline when the policy fires (None: decide and report only).
+    A misconfiguration writes a ``misconfigured`` summary (with the ``error``) and raises ConfigError.
     """
-    started = time.monotonic()
     now = now or datetime.now(timezone.utc)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(config, now, submit, out)
+    except (ConfigError, IngestError) as exc:
+        summary = {"model": config.model_name, "status": MISCONFIGURED, "error": str(exc), "run_at": now.timestamp()}
+        write_text_atomically(out / "report.html", report.page(f"Drift: {config.model_name}", [
+            ("Misconfigured: nothing was checked", f"<p>{report.verdict(False)} {report.fmt(exc)}</p>")]))
+        write_text_atomically(out / "summary.json", json.dumps(summary, indent=1))
+        raise ConfigError(str(exc)) from None
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """``kfmlops drift``'s exit code for a summary (see the module docstring)."""
+    if summary["status"] == MISCONFIGURED:
+        return EXIT_MISCONFIGURED
+    if summary["retrain"].get("status") == "failed":
+        return EXIT_RETRAIN_FAILED
+    return EXIT_INCOMPLETE if summary["status"] in (TOO_SMALL, INCOMPLETE) else EXIT_OK
+
+
+def _logged_current(config: DriftConfig, start: datetime, end: datetime, label: str) -> pa.Table:
+    """The window from the log; ConfigError when the log has never held a prediction of the model."""
+    model = config.model_name
+    if model not in (models := logged_models(config.log_root)):
+        raise ConfigError(
+            f"no predictions of model {model!r} in the inference log {config.log_root} (window.model is the "
+            f"InferenceService name; the log has {', '.join(repr(m) for m in models) or 'no predictions at all'})"
+        )
+    needed = lambda name: name.startswith(INPUT_PREFIX) or name in ("prediction", "model_version")  # noqa: E731
+    return current_from_log(read_window(config.log_root, model, start, end, needed), label, config.drift.prediction_column)
+
+
+def problems_of(features: list[str], comparison: Comparison) -> list[str]:
+    """Why the check is incomplete: features not checked, or none to check; empty when complete."""
+    if not features:
+        return ["no features to check: the reference has none besides the label and the prediction"]
+    if not comparison.skipped:
+        return []
+    return [f"{len(comparison.skipped)} of {len(features)} features not checked: "
+            + "; ".join(f"{name} ({why})" for name, why in comparison.skipped.items())]
+
+
+def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path) -> dict[str, Any]:
+    started = time.monotonic()
     timings: dict[str, float] = {}
     training = PipelineConfig.from_yaml(config.training_config)
     label = normalise_name(training.data.label)
     model = config.model_name
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     prediction_column = config.drift.prediction_column
 
     ingest_cfg = training.settings.ingest
     if config.log_root is not None:
         start, end = window_bounds(now, config.window.hours, config.window.settle_minutes)
-        needed = lambda name: name.startswith(INPUT_PREFIX) or name in ("prediction", "model_version")  # noqa: E731
-        current = current_from_log(read_window(config.log_root, model, start, end, needed), label, prediction_column)
+        current = _logged_current(config, start, end, label)
         identity = {"model": model, "start": start.isoformat(), "end": end.isoformat()}
     else:
         ingest_cfg = ingest_config_for(config.current, ingest_cfg)
-        current = pa.Table.from_batches(list(read_batches(config.current, ingest_cfg)))
+        batches = list(read_batches(config.current, ingest_cfg))
+        current = pa.Table.from_batches(batches) if batches else pa.table({})  # a header and no rows
         identity = {"model": model, "current": config.current, "fingerprint": fingerprint([config.current])}
     current = normalise_current(current, label, training.data.positive_labels, ingest_cfg.na_values)
     labelled_rows = int(len(current) - current[label].null_count) if label in current.column_names else 0
@@ -248,12 +309,13 @@ def run(config: DriftConfig, now: datetime | None = None, submit: Submitter | No
         "model": model, "window": identity, "window_id": window_id(identity), "run_at": now.timestamp(),
         "rows": current.num_rows, "labelled_rows": labelled_rows, "served": None, "reference": None,
         "drift": None, "prediction_drift": None, "quality": None, "classification": None, "retrain": {}, "reports": {},
+        "problems": [],
     }
     trigger = config.trigger
     ledger = Ledger(trigger.ledger_dir or kfmlops_home() / "drift" / "ledger")
     if current.num_rows < config.policy.min_rows:
         decision = decide(Figures(rows=current.num_rows), config.policy, ledger, summary["window_id"], model, now.timestamp())
-        summary |= {"status": "too_small", "decision": decision.as_dict()}
+        summary |= {"status": TOO_SMALL, "decision": decision.as_dict(), "problems": decision.blocked}
         return _finish(summary, config, out, timings, started)
 
     t = time.monotonic()
@@ -281,8 +343,9 @@ def run(config: DriftConfig, now: datetime | None = None, submit: Submitter | No
     comparison = compare(current, reference, features, label, config, training.settings.evaluate.decision_threshold)
     drift_share = comparison.drift_share
     drifted = [c.column for c in comparison.columns if c.drifted]
+    problems = problems_of(features, comparison)
     summary |= {
-        "status": "checked",
+        "status": INCOMPLETE if problems else CHECKED, "problems": problems,
         "drift": {
             "share": drift_share, "checked": len(comparison.columns), "drifted": drifted,
             "dataset_drift": drift_share is not None and drift_share >= config.policy.drift_share,
@@ -367,8 +430,13 @@ def render(summary: dict[str, Any]) -> str:
     elif decision["signals"]:
         headline = "<p>" + report.verdict(False, warning=True) + " Signals on but no retrain: " + "; ".join(
             map(report.fmt, decision["reasons"] + decision["blocked"])) + "</p>"
+    elif summary["problems"]:
+        headline = ""
     else:
         headline = "<p>" + report.verdict(True) + " " + report.fmt("; ".join(decision["blocked"]) or "No retraining signal.") + "</p>"
+    if summary["problems"]:  # a check that did not happen is not health
+        headline = "<p>" + report.verdict(False, warning=True) + " Check incomplete: " + report.fmt(
+            "; ".join(summary["problems"])) + "</p>" + headline
     overview = [
         {"field": k, "value": json.dumps(summary[k], default=str) if isinstance(summary[k], dict) else summary[k]}
         for k in ("model", "window", "rows", "labelled_rows", "served", "reference", "retrain") if summary.get(k) is not None
@@ -402,7 +470,7 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kfmlops drift --config drift.yaml [--now ISO-TIME] [--dry-run]``; 0 unless a retrain failed to start."""
+    """``kfmlops drift --config drift.yaml [--now ISO-TIME] [--dry-run]``; exits with :func:`exit_code`."""
     parser = argparse.ArgumentParser(prog="kfmlops drift", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="drift YAML (DriftConfig)")
     parser.add_argument("--now", type=datetime.fromisoformat, help="evaluate as of this time (default: now)")
@@ -414,14 +482,17 @@ def main(argv: list[str] | None = None) -> int:
         now = args.now.replace(tzinfo=args.now.tzinfo or timezone.utc) if args.now else None
         summary = run(config, now, submit)
     except ConfigError as exc:
-        print(f"kfmlops drift: {exc}", file=sys.stderr)
-        return 2
+        print(f"kfmlops drift: misconfigured, nothing checked: {exc}", file=sys.stderr)
+        return EXIT_MISCONFIGURED
     decision, retrain_ = summary["decision"], summary["retrain"]
     drift = summary["drift"] or {}
+    share = "n/a" if drift.get("share") is None else f"{drift['share']:.0%}"
     print(
         f"drift {summary['model']}: {summary['rows']} rows, status {summary['status']}, "
-        f"drift share {drift.get('share')}, signals {decision['signals'] or 'none'}, "
+        f"drift share {share} of {drift.get('checked', 0)} features checked, signals {decision['signals'] or 'none'}, "
         f"retrain {retrain_.get('status', 'no')}{' run ' + str(retrain_['run_id']) if retrain_.get('run_id') else ''}; "
         f"{summary['reports']['html']}"
     )
-    return 1 if retrain_.get("status") == "failed" else 0
+    for problem in summary["problems"]:
+        print(f"  check incomplete: {problem}", file=sys.stderr)
+    return exit_code(summary)

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from kfmlops.config import IngestConfig, MlflowConfig, PipelineConfig
 from kfmlops.ingest import IngestError, detect_format, in_test_split, normalised_table, open_filesystem
 from kfmlops.register import TAG_PREFIX
+from kfmlops.typed import ConfigError
 
 TRAIN_DATA_TAG = TAG_PREFIX + "train_data"
 POSITIVE_LABELS_KEY = b"kfmlops.positive_labels"  # Parquet metadata: how the file's label is encoded
@@ -33,14 +34,35 @@ class ServedModel:
 
 
 def served_model(config: MlflowConfig, version: str | None, alias: str) -> ServedModel:
-    """The registered version ``version`` (or the one ``alias`` points at) of ``config.model_name``."""
+    """The registered version ``version`` (or the one ``alias`` points at) of ``config.model_name``.
+
+    Raises ConfigError naming what is missing (the model, the version or the alias) and what the
+    registry has instead.
+    """
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from kfmlops.tracking import tracking_uri
 
-    client = MlflowClient(tracking_uri(config))
+    uri = tracking_uri(config)
+    client = MlflowClient(uri)
     name = config.model_name
-    found = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models())
+        raise ConfigError(f"no model {name!r} in the MLflow registry at {uri} (known: {', '.join(known) or 'none'}); "
+                          "check mlflow.model_name in the training config") from None
+    try:
+        found = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        if version:
+            versions = sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)
+            raise ConfigError(f"model {name!r} has no version {version} (versions: {', '.join(map(str, versions)) or 'none'}); "
+                              "the served version is reference.model_version, else the window's most common model_version") from None
+        aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(registered.aliases.items())) or "none"
+        raise ConfigError(f"model {name!r} has no alias {alias!r} (aliases: {aliases}): promote a version first, "
+                          "or set reference.alias or reference.model_version") from None
     return ServedModel(name, str(found.version), found.tags.get(TRAIN_DATA_TAG), f"models:/{name}/{found.version}")
 
 

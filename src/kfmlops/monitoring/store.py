@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
@@ -95,8 +95,8 @@ class InferenceLog:
 
     ``append`` buffers; rows are committed when ``max_buffered_rows`` are buffered (in the appending
     thread, which is the back-pressure), every ``flush_interval_s`` by a background thread, and on
-    :meth:`flush` / :meth:`close`. Rows still buffered when the process dies are lost; committed
-    files are whole.
+    :meth:`flush` / :meth:`close`. Rows still buffered when the process dies are lost (the sink
+    keeps their events in its write-ahead log until they are committed); committed files are whole.
     """
 
     def __init__(self, config: InferenceLogConfig):
@@ -355,6 +355,13 @@ def window_bounds(now: datetime, hours: int, settle_minutes: float) -> tuple[dat
     """``[start, end)`` of the last ``hours`` whole hours that ended at least ``settle_minutes`` before ``now``."""
     end = (now.astimezone(timezone.utc) - timedelta(minutes=settle_minutes)).replace(minute=0, second=0, microsecond=0)
     return end - timedelta(hours=hours), end
+
+
+def logged_models(root: str | os.PathLike) -> list[str]:
+    """The model names the log has a partition for, sorted."""
+    directory = Path(root) / PREDICTIONS
+    names = [unquote(p.name.removeprefix("model=")) for p in directory.glob("model=*")] if directory.is_dir() else []
+    return sorted(names)
 
 
 def window_files(root: str | os.PathLike, model: str, start: datetime, end: datetime) -> list[Path]:
