@@ -331,7 +331,7 @@ class _Normaliser:
         columns = {n: normalise_column(batch.column(i), self.na_values) for i, n in enumerate(names) if n not in self.drop}
         wanted = required_columns(self.data)
         if self.schema is not None:
-            wanted = {**{n: "the first source" for n in self.schema.names}, **wanted}
+            wanted = {**{n: "the train source" for n in self.schema.names}, **wanted}
         check_columns(set(columns), wanted, uri)
         label = columns.pop(self.label)
         if pa.types.is_string(label.type):  # a blank label is a missing one, not a negative
