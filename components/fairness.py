@@ -25,7 +25,7 @@ def fairness(
 
     Returns:
         verdict: JSON: passed, reasons, per-feature figures by group.
-        metrics: Demographic parity difference/ratio and equalized odds difference per feature.
+        metrics: Demographic parity difference/ratio and equalized odds difference per feature (those computed).
         report: HTML tables by group with each check's verdict.
         Output: Whether the candidate passed the fairness gate.
     """
@@ -50,10 +50,7 @@ def fairness(
         Path(verdict.path).write_text(json.dumps(result.to_json(), indent=1))
         Path(report.path).write_text(result.to_html())
         verdict.metadata.update({"passed": result.passed, "reasons": result.reasons})
-        figures = {}
-        for feature in result.features:
-            for name in ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference"):
-                figures[f"{feature.feature}.{name}"] = getattr(feature, name)
+        figures = result.figures()
         for name, value in figures.items():
             metrics.log_metric(name, value)
         log_to_run(cfg.mlflow, run_id, metrics={f"fairness.{k}": v for k, v in figures.items()},

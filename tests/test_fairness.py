@@ -164,8 +164,13 @@ def test_a_threshold_that_fewer_than_two_gated_groups_leave_unchecked_fails_the_
         "lower fairness.min_group_size or test on more rows"
     ]
     assert json.loads(json.dumps(result.to_json(), allow_nan=False))["features"][0]["demographic_parity_ratio"] is None
-    # every group under min_group_size: the same
-    assert not assess(y, pred, sensitive, FairnessConfig(min_group_size=10, max_demographic_parity_difference=0.1)).passed
+    # every group under min_group_size: the same, and no NaN figure reaches the metric stores
+    unchecked = assess(y, pred, sensitive, FairnessConfig(min_group_size=10, max_demographic_parity_difference=0.1))
+    assert not unchecked.passed and unchecked.figures() == {}
+    # selection rates a 1/4, b 1/1; TPR a 1/2, b 1/1 (FPR of b undefined)
+    assert assess(y, pred, sensitive, FairnessConfig(min_group_size=1)).figures() == {
+        "g.demographic_parity_difference": 0.75, "g.demographic_parity_ratio": 0.25, "g.equalized_odds_difference": 0.5,
+    }
     # no threshold set: reported, not gated
     assert assess(y, pred, sensitive, FairnessConfig(min_group_size=10)).passed
 

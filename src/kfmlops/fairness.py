@@ -128,6 +128,16 @@ class FairnessResult:
             "features": [f.to_json() for f in self.features],
         }
 
+    def figures(self) -> dict[str, float]:
+        """Every disparity figure that could be computed, as ``{"feature.figure": value}`` (metric
+        stores refuse NaN: a figure that is NaN is left out; ``reasons`` say why)."""
+        return {
+            f"{f.feature}.{name}": float(getattr(f, name))
+            for f in self.features
+            for name, _, _ in _CHECKS
+            if not math.isnan(getattr(f, name))
+        }
+
     def to_html(self) -> str:
         reasons = "".join(f"<li>{html.escape(r)}</li>" for r in self.reasons)
         c = self.config
