@@ -39,7 +39,7 @@ def ingest(
     from kfmlops.config import DataSpec, Settings
     from kfmlops.ingest import ingest as run_ingest, normalise_name
     from kfmlops.residency import enforce
-    from kfmlops.tracking import log_to_run, start_run, tracking_uri
+    from kfmlops.tracking import failed_on_error, log_to_run, start_run, tracking_uri
 
     cfg = Settings.parse(settings)
     spec = DataSpec.parse(data)
@@ -49,10 +49,11 @@ def ingest(
     run_id = start_run(cfg.mlflow, run_name=f"train-{pipeline_run_id}", tags={
         **{str(k): str(v) for k, v in run_tags.items()},
         "kfmlops.pipeline_run_id": pipeline_run_id, "kfmlops.dataset_fingerprint": result.fingerprint})
-    log_to_run(cfg.mlflow, run_id, params={"source": spec.source, "test_source": spec.test_source, "label": result.label,
-                                           "config_hash": cfg.digest()},
-               metrics={"train_rows": result.train_rows, "test_rows": result.test_rows},
-               documents={"ingest.json": asdict(result), "settings.json": settings})
+    with failed_on_error(cfg.mlflow, run_id):
+        log_to_run(cfg.mlflow, run_id, params={"source": spec.source, "test_source": spec.test_source,
+                                               "label": result.label, "config_hash": cfg.digest()},
+                   metrics={"train_rows": result.train_rows, "test_rows": result.test_rows},
+                   documents={"ingest.json": asdict(result), "settings.json": settings})
     for artifact, rows in ((train_data, result.train_rows), (test_data, result.test_rows)):
         artifact.metadata.update({"rows": rows, "fingerprint": result.fingerprint, "format": "parquet"})
     return (spec.source, result.label, [normalise_name(c) for c in spec.sensitive_features], result.fingerprint, run_id)
