@@ -29,6 +29,7 @@ import uvicorn
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
 from kfmlops.monitoring.sink import REQUEST, RESPONSE, EventError, EventJoiner, create_app, parse_event
+from kfmlops.monitoring.wal import WriteAheadLog, read_segment, sync
 from kfmlops.monitoring.store import (
     InferenceLog,
     PredictionRecord,
@@ -379,7 +380,7 @@ def test_sink_refuses_bad_events_and_keeps_every_other(tmp_path):
             time.sleep(0.05)
         assert health["status"] == "degraded" and "committing predictions" in health["last_error"]
         partition.unlink()  # the disk is fixed: the retried commit goes through
-        while read_window(tmp_path, "adult", T0, T0 + timedelta(hours=6)).num_rows < 13:
+        while read_window(tmp_path, "adult", T0, T0 + timedelta(hours=6)).num_rows < 13 or _health(url)["status"] != "ok":
             assert time.monotonic() < deadline, _health(url)
             time.sleep(0.05)
     table = read_window(tmp_path, "adult", *ALL_TIME)
@@ -453,3 +454,23 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path):
     assert all(rows[(f"w{w}-{i}", 1)] == {"input.age": 31, "prediction": 0.9} for w in range(6) for i in range(50))
     assert all(rows[(f"open-{i}", 0)] == {"input.age": 40, "prediction": 0.7} for i in range(5))  # joined after replay
     assert not list((tmp_path / "log" / "wal").glob("*/seg-*.wal"))
+
+
+def test_write_ahead_log_adopts_only_dead_writers_and_stops_at_a_torn_tail(tmp_path):
+    live = WriteAheadLog(tmp_path)
+    segment, fd = live.write([(b"m1", b"body-1"), (b"m2", b"body-2")])
+    sync(fd)
+    other = WriteAheadLog(tmp_path)
+    assert list(other.replay()) == []  # a live writer's directory is not adopted
+    other.close(remove=True)
+    live.close()  # dies without releasing: the next writer adopts its segments
+    path = next(tmp_path.glob(f"{live.own.name}/seg-*.wal"))
+    with open(path, "ab") as torn:
+        torn.write(b"\x10\x00\x00\x00\x05")  # half a header: a crash in the middle of a write
+    assert list(read_segment(path)) == [(b"m1", b"body-1"), (b"m2", b"body-2")]
+    heir = WriteAheadLog(tmp_path)
+    assert [(meta, body) for _, meta, body in heir.replay()] == [(b"m1", b"body-1"), (b"m2", b"body-2")]
+    heir.release(heir.rotate())
+    assert not live.own.exists()  # released: the dead writer's directory is gone
+    heir.close(remove=True)
+    assert not any(tmp_path.iterdir())

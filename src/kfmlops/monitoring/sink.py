@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -278,6 +279,7 @@ class Sink:
         self.wal: WriteAheadLog | None = None
         self.errors = 0
         self.last_error: str | None = None
+        self.failing = False  # the last write or commit failed; cleared by the next commit that succeeds
         self.replayed = 0
         self.events = self.fsyncs = 0  # acknowledged events, and the group commits they took
         self._waiting: list[tuple[InferenceEvent, bytes, bytes, asyncio.Future]] = []
@@ -327,18 +329,20 @@ class Sink:
             log.exception("sink: committing at shutdown failed; the write-ahead log %s keeps the events for the "
                           "next start", self.config.wal_path)
             if self.wal is not None:
-                self.wal.close()
+                with contextlib.suppress(OSError):  # closed already
+                    self.wal.close()
         log.info("sink: %d events in %d write-ahead fsyncs; %d joined, %d unmatched, %d duplicates dropped, "
                  "%d replayed, %d rows committed", self.events, self.fsyncs, self.joiner.joined, self.joiner.unmatched,
                  self.joiner.duplicates, self.replayed, self.log.rows_committed)
 
     def health(self) -> dict[str, Any]:
-        return {"status": "degraded" if self.errors else "ok", "pending": self.joiner.pending,
+        return {"status": "degraded" if self.failing else "ok", "pending": self.joiner.pending,
                 "buffered_rows": self.log.buffered, "wal_segments": self.wal.segments if self.wal else 0,
                 "errors": self.errors, "last_error": self.last_error}
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.errors += 1
+        self.failing = True
         self.last_error = f"{what}: {type(exc).__name__}: {exc}"
         log.error("sink: %s failed (retried; the events stay in the write-ahead log)", what, exc_info=exc)
 
@@ -444,6 +448,8 @@ class Sink:
             await asyncio.to_thread(self.wal.release, upto)
         except Exception as exc:
             self._failed("committing predictions", exc)
+            return
+        self.failing = False
 
 
 def _answer(futures: list[asyncio.Future], error: Exception | None) -> None:
