@@ -41,12 +41,11 @@ COPY pyproject.toml README.m[d] ./
 COPY src ./src
 COPY components ./components
 COPY pipelines ./pipelines
-# The wheel is built and installed with the lock's setuptools, dependencies already in place.
-RUN pip wheel --no-deps --no-build-isolation --wheel-dir /build/dist . \
- && pip install --no-deps /build/dist/kfmlops-*.whl \
- && pip check
+# The project's wheel, built with the lock's setuptools; it is installed in the runtime stage, so
+# that a code change leaves the venv copied there (gigabytes) as it was.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /build/dist .
 
-# ---- runtime: same base, the venv, a non-root user; no compilers ------------------------------
+# ---- runtime: same base, the venv, the project, a non-root user; no compilers -----------------
 FROM ${BASE_IMAGE} AS runtime
 ARG KFMLOPS_VERSION=0.1.0
 LABEL org.opencontainers.image.title="kfmlops" \
@@ -60,6 +59,14 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
+RUN --mount=type=bind,from=builder,source=/build/dist,target=/dist \
+    pip install --no-cache-dir --disable-pip-version-check --no-deps /dist/kfmlops-*.whl \
+ && pip check
+# The commit the image was built from (`make image` passes it): kfmlops.register records it as
+# each model's code_commit, and the provenance record signs it. Late, as it changes every commit.
+ARG KFMLOPS_GIT_COMMIT=
+ENV KFMLOPS_GIT_COMMIT=${KFMLOPS_GIT_COMMIT}
+LABEL org.opencontainers.image.revision="${KFMLOPS_GIT_COMMIT}"
 WORKDIR /home/kfmlops
 USER 10001
 # checkov:skip=CKV_DOCKER_2:No HEALTHCHECK: the same image runs several commands (components, predictor, sink, drift job, MLflow); Kubernetes liveness/readiness probes in manifests/ check each one.

@@ -72,7 +72,8 @@ IMAGE_BUILD_FLAGS ?= $(if $(OFFLINE),$(OFFLINE_IMAGE_FLAGS))
 
 image:
 	@test -n "$(ENGINE)" || { echo "make image: no podman or docker here (make container-deps installs podman)"; exit 1; }
-	$(ENGINE) build $(IMAGE_BUILD_FLAGS) --build-arg KFMLOPS_VERSION=$(VERSION) -t $(IMAGE) .
+	$(ENGINE) build $(IMAGE_BUILD_FLAGS) --build-arg KFMLOPS_VERSION=$(VERSION) \
+	  --build-arg KFMLOPS_GIT_COMMIT=$(shell git rev-parse HEAD 2>/dev/null) -t $(IMAGE) .
 
 # podman on a fresh Debian VM: runc (crun fails on these cgroups-v1 hosts), rlimits the VM lets a
 # container set, and the Debian base (debootstrap; no Docker Hub here) that OFFLINE builds use.

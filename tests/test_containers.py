@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import docker
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -40,7 +41,8 @@ from kfmlops.local_run import run_pipeline
 from kfmlops.tracking import kfmlops_home
 
 config = PipelineConfig.from_yaml(sys.argv[1])
-run = run_pipeline(config.pipeline_arguments(), runner=docker_runner(kfmlops_home(), data_folders(config.data)))
+with docker_runner(kfmlops_home(), data_folders(config.data)) as runner:
+    run = run_pipeline(config.pipeline_arguments(), runner=runner)
 print("RESULT " + json.dumps({"version": run.version, "pipeline_root": str(run.pipeline_root), "seconds": run.seconds}))
 """
 
@@ -88,8 +90,9 @@ def image(docker_api) -> str:
 
 def test_the_pipeline_runs_in_the_image_read_only_as_uid_10001(image, docker_api, tmp_path, monkeypatch):
     home = tmp_path / "home"
-    home.mkdir(mode=0o777)
-    home.chmod(0o777)  # the image's user writes the store, the keys and the steps' outputs here
+    for folder in (home, home / "pipeline_root"):  # the image's user writes the store, keys and outputs here
+        folder.mkdir()
+        folder.chmod(0o777)
     monkeypatch.setenv("KFMLOPS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     env = {**os.environ, **docker_api, "KFMLOPS_IMAGE": image, "GX_ANALYTICS_ENABLED": "false"}
@@ -98,7 +101,7 @@ def test_the_pipeline_runs_in_the_image_read_only_as_uid_10001(image, docker_api
     assert out.returncode == 0, log[-6000:]
     result = json.loads(log.split("RESULT ", 1)[1].splitlines()[0])
     print(f"pipeline under DockerRunner: {result['seconds']:.0f} s")
-    assert f"Found image {image!r}" in log, "the steps did not run in the image just built"
+    assert f"running {image}" in log, "the steps did not run in the image just built"
 
     config = PipelineConfig.from_yaml(DEMO)
     cfg = config.settings.mlflow
@@ -112,6 +115,8 @@ def test_the_pipeline_runs_in_the_image_read_only_as_uid_10001(image, docker_api
     assert tags["kfmlops.config_hash"] == config.settings.digest()
     assert tags["kfmlops.train_data"].endswith("adult.data.gz")
     assert tags["kfmlops.pipeline_run_id"] not in ("", "none")
+    revision = docker.from_env(environment={**os.environ, **docker_api}).images.get(image).labels["org.opencontainers.image.revision"]
+    assert tags["kfmlops.code_commit"] == revision and len(revision) == 40, "the image names the commit it was built from"
     assert float(tags["kfmlops.metric.roc_auc"]) >= 0.89
     assert aliases(cfg) == {"challenger": result["version"], "champion": result["version"]}
     # The deploy step verified the model with the key the register step signed it with, started the
