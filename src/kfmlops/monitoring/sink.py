@@ -299,11 +299,12 @@ class Sink:
         """Return once ``event`` is in the write-ahead log, fsync'd; raises :class:`Unavailable`."""
         if self._stopping:
             raise Unavailable("the sink is shutting down")
-        if self.log.buffered >= 2 * self.config.log.max_buffered_rows:
-            if self._checkpoint is not None and not self._checkpoint.done():
-                await asyncio.shield(self._checkpoint)  # back-pressure: wait for the commit under way
-            if self.log.buffered >= 2 * self.config.log.max_buffered_rows:
+        while self.log.buffered >= 2 * self.config.log.max_buffered_rows:  # bounds the rows in memory
+            if self.failing:
                 raise Unavailable(f"the inference log is not committing ({self.last_error}); retry later")
+            if self._checkpoint is None or self._checkpoint.done():
+                break  # the committer starts a commit with the next batch
+            await asyncio.shield(self._checkpoint)  # back-pressure: wait for the commit under way
         kept = {k: v for k, v in headers.items() if k.startswith("ce-") or k == "content-type"}
         meta = json.dumps({"headers": kept, "received": received.isoformat()}).encode()
         future = asyncio.get_running_loop().create_future()
