@@ -390,12 +390,13 @@ def test_sink_refuses_bad_events_and_keeps_every_other(tmp_path):
     assert not any((tmp_path / "wal").iterdir())  # stopped cleanly: the write-ahead log is gone
 
 
-def _start_sink_process(config: Path) -> tuple[subprocess.Popen, str]:
+def _start_sink_process(config: Path, stderr: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "kfmlops.cli", "sink", "serve", "--config", str(config),
-                                "--host", "127.0.0.1", "--port", str(port)])
+    with open(stderr, "ab") as err:
+        process = subprocess.Popen([sys.executable, "-m", "kfmlops.cli", "sink", "serve", "--config", str(config),
+                                    "--host", "127.0.0.1", "--port", str(port)], stderr=err)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
     while True:
         try:
@@ -410,7 +411,7 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path):
     """A real sink process: every event answered 200 before a SIGKILL is in the log exactly once
     after a restart, whether it was committed, buffered, or waiting for its pair at the kill."""
     (tmp_path / "sink.yaml").write_text("log: {root: log, flush_interval_s: 0.5}\njoin_timeout_s: 5\n")
-    sink, url = _start_sink_process(tmp_path / "sink.yaml")
+    sink, url = _start_sink_process(tmp_path / "sink.yaml", tmp_path / "first.log")
     acknowledged: list[str] = []
 
     async def send(events: list[dict]) -> None:
@@ -438,12 +439,17 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path):
     assert window_files(tmp_path / "log", "adult", *ALL_TIME)  # checkpoints committed some before the kill,
     assert list((tmp_path / "log" / "wal").glob("*/seg-*.wal"))  # the rest is in the write-ahead log only
 
-    sink, url = _start_sink_process(tmp_path / "sink.yaml")
+    sink, url = _start_sink_process(tmp_path / "sink.yaml", tmp_path / "second.log")
     try:  # the responses of the requests that were waiting at the kill arrive after the restart
         asyncio.run(send([_event(RESPONSE, f"open-{i}", {"predictions": [0.7]}) for i in range(5)]))
+        bad = _event(REQUEST, "bad", {"instances": [{"age": 1}]})
+        bad["headers"]["ce-time"] = "0001-01-01T00:00:00+05:00"
+        assert httpx.post(url, **bad).status_code == 400
     finally:
         sink.send_signal(signal.SIGTERM)
         assert sink.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = (tmp_path / "second.log").read_text()
+    assert "replayed" in log and "shutdown failed" not in log and "Traceback" not in log
 
     table = read_window(tmp_path / "log", "adult", *ALL_TIME)
     keys = _keys(table)
