@@ -23,12 +23,14 @@ beside it (:func:`exit_code`):
 
 - ``checked``, exit 0: every feature was checked; no drift, drift reported, a retrain submitted,
   or a retrain held back by the policy (cool-down, daily cap, window already handled);
+- ``too_small``, exit 0 as well: a window below ``policy.min_rows`` (a quiet hour on a schedule,
+  not a fault: nothing is checked and nothing triggered, and the console, report and ``problems``
+  say so) — a CronJob is not marked failed, or retried, for traffic that did not come;
 - ``retrain`` failed to start (``retrain.status`` ``failed``), exit 1;
 - ``misconfigured``, exit 2: nothing was checked because the configuration points at nothing
   (an unknown model in the registry, no such version or alias, a ``window.model`` with no
   predictions in the log, unreadable data); ``error`` says what and what the log or registry has;
-- ``too_small`` or ``incomplete``, exit 3: a window below ``policy.min_rows`` (checked for nothing,
-  triggers nothing), or features missing from the window or not checkable (``problems`` names
+- ``incomplete``, exit 3: features missing from the window or not checkable (``problems`` names
   them; the features that were checked still count for the policy).
 
 A failure of the check is never reported as health: the console line, ``report.html`` and the
@@ -258,7 +260,7 @@ def exit_code(summary: dict[str, Any]) -> int:
         return EXIT_MISCONFIGURED
     if summary["retrain"].get("status") == "failed":
         return EXIT_RETRAIN_FAILED
-    return EXIT_INCOMPLETE if summary["status"] in (TOO_SMALL, INCOMPLETE) else EXIT_OK
+    return EXIT_INCOMPLETE if summary["status"] == INCOMPLETE else EXIT_OK
 
 
 def _logged_current(config: DriftConfig, start: datetime, end: datetime, label: str) -> pa.Table:
