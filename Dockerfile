@@ -59,8 +59,11 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN --mount=type=bind,from=builder,source=/build/dist,target=/dist \
-    pip install --no-cache-dir --disable-pip-version-check --no-deps /dist/kfmlops-*.whl \
+# COPY, not RUN --mount=from=builder: buildah (podman 4.3) reuses a cached RUN even when the
+# mounted wheel changed.
+COPY --from=builder /build/dist /tmp/dist
+RUN pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/dist/kfmlops-*.whl \
+ && rm -r /tmp/dist \
  && pip check
 # The commit the image was built from (`make image` passes it): kfmlops.register records it as
 # each model's code_commit, and the provenance record signs it. Late, as it changes every commit.
@@ -69,6 +72,7 @@ ENV KFMLOPS_GIT_COMMIT=${KFMLOPS_GIT_COMMIT}
 LABEL org.opencontainers.image.revision="${KFMLOPS_GIT_COMMIT}"
 WORKDIR /home/kfmlops
 USER 10001
+# checkov:skip=CKV_DOCKER_7:FROM ${BASE_IMAGE} names no tag to checkov; the argument's default pins python:3.11-slim-bookworm by tag and digest.
 # checkov:skip=CKV_DOCKER_2:No HEALTHCHECK: the same image runs several commands (components, predictor, sink, drift job, MLflow); Kubernetes liveness/readiness probes in manifests/ check each one.
 ENTRYPOINT []
 CMD ["kfmlops", "--help"]

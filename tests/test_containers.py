@@ -6,6 +6,7 @@ deploy step's predictor included; the registry and artifacts are checked as test
 checks them for the subprocess runner.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,11 +82,32 @@ def _wait_for_socket(path: Path, service: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def image(docker_api) -> str:
-    """The image, built by `make image` (podman or docker, whichever make finds) and tagged TEST_IMAGE."""
+    """The image, built by `make image` (podman or docker, whichever make finds) and tagged TEST_IMAGE,
+    checked to hold this tree's code (a layer cache that missed a change would not)."""
+    sources = _sources()
     started = time.monotonic()
     subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "image", f"IMAGE={TEST_IMAGE}"], check=True)
     print(f"\nmake image: {time.monotonic() - started:.0f} s")
+    client = docker.from_env(environment={**os.environ, **docker_api})
+    installed = json.loads(client.containers.run(TEST_IMAGE, ["python3", "-c", DIGESTS, json.dumps(sorted(sources))], remove=True))
+    assert installed == sources, f"the image's kfmlops differs from this tree in {sorted(k for k in sources if installed.get(k) != sources[k])}"
     return TEST_IMAGE
+
+
+# The SHA-256 of each named file of the installed kfmlops package (None when missing).
+DIGESTS = """
+import hashlib, json, pathlib, sys, kfmlops
+root = pathlib.Path(kfmlops.__file__).parent.parent
+print(json.dumps({r: hashlib.sha256((root / r).read_bytes()).hexdigest() if (root / r).is_file() else None
+                  for r in json.loads(sys.argv[1])}))
+"""
+
+
+def _sources() -> dict[str, str]:
+    """This tree's Python files as installed (pyproject's package-dir): ``kfmlops/...`` -> SHA-256."""
+    trees = {"kfmlops": ROOT / "src" / "kfmlops", "kfmlops/components": ROOT / "components", "kfmlops/pipelines": ROOT / "pipelines"}
+    files = {f"{prefix}/{path.relative_to(tree).as_posix()}": path for prefix, tree in trees.items() for path in tree.rglob("*.py")}
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items() if "__pycache__" not in name}
 
 
 def test_the_pipeline_runs_in_the_image_read_only_as_uid_10001(image, docker_api, tmp_path, monkeypatch):
