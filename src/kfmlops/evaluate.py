@@ -312,5 +312,5 @@ def champion_probabilities(model_name: str, frame: "pd.DataFrame") -> tuple[str,
     if CHAMPION_ALIAS not in aliases:
         return None
     version = str(aliases[CHAMPION_ALIAS])
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}", suppress_warnings=True)
     return version, _as_probabilities(model.predict(frame), len(frame))

@@ -110,5 +110,5 @@ def score_reference(model_uri: str, features: pa.Table, mlflow_config: MlflowCon
     from kfmlops.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(mlflow_config))
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
     return np.asarray(model.predict(features.to_pandas()), dtype=np.float64).reshape(len(features), -1)[:, -1]

@@ -131,7 +131,7 @@ def deploy(
                                  verify_key=verify_key(provenance)).launch()
     try:
         rows = max(config.validation.probe.rows, config.canary.probe.rows)
-        expected = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame.head(rows)), dtype=np.float64)
+        expected = np.asarray(mlflow.pyfunc.load_model(model_uri, suppress_warnings=True).predict(frame.head(rows)), dtype=np.float64)
         signature = [(c.name, c.type.name, c.required)
                      for c in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
     except BaseException:
