@@ -199,7 +199,7 @@ def test_missing_or_unchecked_features_fail_the_check(monitored, tmp_path, capsy
 def test_empty_current_file(monitored, tmp_path, capsys):
     (tmp_path / "header.csv").write_text("age,workclass,y\n")
     (tmp_path / "empty.csv").write_text("")
-    for name, code, message in [("header.csv", EXIT_INCOMPLETE, "window empty"), ("empty.csv", EXIT_MISCONFIGURED, "is empty (0 bytes)")]:
+    for name, code, message in [("header.csv", EXIT_OK, "window empty"), ("empty.csv", EXIT_MISCONFIGURED, "is empty (0 bytes)")]:
         (tmp_path / "drift.yaml").write_text(yaml.safe_dump({
             "training_config": str(monitored / "training.yaml"), "current": str(tmp_path / name), "output_dir": "out",
             "reference": {"uri": str(monitored / "reference.parquet")}, "trigger": {"ledger_dir": "ledger"},
