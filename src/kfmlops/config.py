@@ -22,6 +22,7 @@ from kfmlops.residency import ResidencyPolicy
 from kfmlops.serving.config import DeployConfig
 from kfmlops.typed import SettingsModel, load_yaml, parse, resolve_path
 
+TaskKind = Literal["binary", "multiclass", "regression"]
 
 
 class DataSpec(SettingsModel):
@@ -32,8 +33,15 @@ class DataSpec(SettingsModel):
         default=None, description="Held-out test data in the same layout; when unset the test split is cut from source."
     )
     label: str = Field(description="The label column (raw or normalised name).")
+    task: TaskKind | None = Field(
+        default=None,
+        description="binary, multiclass or regression; unset: inferred from the label's values (the run summary "
+        "says what was inferred and why).",
+    )
     positive_labels: list[str | int | bool] = Field(
-        default=[1, True, "1"], description="Label values that mean the positive class; every other value is negative."
+        default=[1, True, "1"],
+        description="Binary task: label values that mean the positive class; every other value is negative. When "
+        "no value of the label is in the list, the last of its two values in sorted order is positive.",
     )
     negative_labels: list[str | int | bool] | None = Field(
         default=None,
@@ -96,12 +104,42 @@ class ValidateConfig(SettingsModel):
     range_margin: float = Field(default=0.1, ge=0.0, description="Inferred numeric ranges widen by this share of the span.")
 
 
+class GbdtConfig(SettingsModel):
+    """The ``gbdt`` trainer: XGBoost's histogram trees, early-stopped on the validation split."""
+
+    max_rounds: int = Field(default=2000, ge=1, description="Most boosting rounds; early stopping usually ends sooner.")
+    learning_rate: float = Field(default=0.05, gt=0.0, le=1.0)
+    max_depth: int = Field(default=6, ge=0, description="0: no limit (with grow_policy lossguide).")
+    min_child_weight: float = Field(default=1.0, ge=0.0)
+    subsample: float = Field(default=0.8, gt=0.0, le=1.0)
+    colsample_bytree: float = Field(default=0.8, gt=0.0, le=1.0)
+    reg_lambda: float = Field(default=1.0, ge=0.0)
+    max_bin: int = Field(default=256, ge=2)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="CPU threads (None: XGBoost's default, every core).")
+
+
 class TrainConfig(SettingsModel):
+    trainer: str = Field(
+        default="tabular-net",
+        pattern=r"^(tabular-net|gbdt|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="tabular-net (PyTorch, DDP, GPU), gbdt (XGBoost), or a user function 'package.module:fit' "
+        "(see kfmlops.train.user).",
+    )
+    params: dict[str, Any] = Field(default={}, description="Hyperparameters passed to a user trainer's fit function.")
+    gbdt: GbdtConfig = GbdtConfig()
     hidden_units: list[int] = [128, 64]
     max_embedding_dim: int = Field(default=16, ge=1)
     min_category_count: int = Field(default=5, ge=1, description="Rarer categories map to the unknown bucket.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    epochs: int = Field(default=12, ge=1)
+    epochs: int = Field(default=200, ge=1, description="Most epochs; early stopping on the validation split usually ends sooner.")
+    patience: int = Field(
+        default=8, ge=1, description="Stop after this many epochs without a better validation loss (once min_steps are done)."
+    )
+    min_steps: int = Field(default=300, ge=0, description="Optimizer steps taken before early stopping may stop training.")
+    class_weight: Literal["balanced", "none"] = Field(
+        default="balanced", description="Classification: weight each class's loss by its inverse frequency, or not."
+    )
     batch_size: int = Field(default=512, ge=1, description="Global batch: every step, all ranks together see this many rows.")
     learning_rate: float = Field(default=2e-3, gt=0.0, description="Peak learning rate at lr_base_batch_size rows per batch.")
     lr_scaling: Literal["sqrt", "linear", "none"] = Field(
@@ -139,11 +177,28 @@ class TrainConfig(SettingsModel):
 
 
 class EvaluateConfig(SettingsModel):
-    decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
-    min_roc_auc: float = Field(default=0.85, ge=0.0, le=1.0)
-    min_pr_auc: float = Field(default=0.0, ge=0.0, le=1.0)
+    decision_threshold: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="Binary task: P(positive) at or above which the prediction is positive."
+    )
+    primary_metric: str | None = Field(
+        default=None,
+        description="The metric the blessing compares (None: roc_auc for binary, macro_f1 for multiclass, rmse for "
+        "regression); its direction comes from kfmlops.tasks.",
+    )
+    limits: dict[str, float] = Field(
+        default={},
+        description="Absolute bounds on test metrics, each in its metric's direction: {roc_auc: 0.85} needs at least "
+        "0.85, {rmse: 4.0} at most 4.0.",
+    )
+    min_baseline_improvement: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="The candidate must close at least this share of the gap between the trivial baseline (the prior "
+        "or the mean) and a perfect score on the primary metric.",
+    )
     max_regression: float = Field(
-        default=0.01, ge=0.0, description="Largest allowed drop in ROC AUC against the current champion."
+        default=0.01, ge=0.0, description="Largest allowed worsening of the primary metric against the current champion."
     )
 
 
@@ -153,6 +208,15 @@ class FairnessConfig(SettingsModel):
     max_demographic_parity_difference: float | None = Field(default=None, ge=0.0, le=1.0)
     min_demographic_parity_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     max_equalized_odds_difference: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_accuracy_difference: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Multiclass: largest gap in accuracy between groups."
+    )
+    max_mae_ratio: float | None = Field(
+        default=None, ge=1.0, description="Regression: largest ratio of the worst group's MAE to the best group's."
+    )
+    max_mean_prediction_difference: float | None = Field(
+        default=None, ge=0.0, description="Regression: largest gap in mean prediction between groups, in label units."
+    )
     min_group_size: int = Field(
         default=100, ge=1, description="Groups with fewer test rows are reported but do not decide the gate."
     )

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from kfmlops.pyfunc import TabularPyfunc
+from kfmlops.pyfunc import BundlePyfunc
 
-set_model(TabularPyfunc())
+set_model(BundlePyfunc())
