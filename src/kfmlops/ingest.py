@@ -7,10 +7,12 @@ bytes for lineage).
 
 Data is read and written one record batch at a time, so memory stays bounded by the block size
 whatever the file size. Column names are normalised to ``snake_case``, strings are trimmed and
-NA tokens become nulls, the label becomes ``0``/``1`` (``int8``) and rows whose label is missing
-(null, blank or an NA token) are dropped and counted. The test split is stratified: within each
-class, every run of about ``1 / test_fraction`` rows (in file order) gives one seeded pick to the
-test split, so both splits hold each class in proportion and the split does not depend on block sizes.
+NA tokens become nulls, the label is written in its task's canonical form (class names, or numbers
+for regression: see :mod:`kfmlops.labels`, which also infers the task) and rows whose label is
+missing (null, blank or an NA token) are dropped and counted. The test split is stratified: within
+each class, every run of about ``1 / test_fraction`` rows (in file order) gives one seeded pick to
+the test split, so both splits hold each class in proportion and the split does not depend on block
+sizes (a regression label is one "class": a plain seeded split).
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from kfmlops.config import DataSpec, IngestConfig
+from kfmlops.labels import LabelCoder, LabelError
 
 log = logging.getLogger(__name__)
 
-LABEL_TYPE = pa.int8()
 _FORMATS_BY_SUFFIX = {
     ".csv": "csv", ".tsv": "csv", ".txt": "csv",
     ".parquet": "parquet", ".pq": "parquet",
@@ -49,6 +51,8 @@ _FORMATS_BY_SUFFIX = {
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zst", ".lz4"}
 MIN_TRAIN_ROWS_PER_CLASS = 2
 """Training holds out a stratified validation slice: each class needs a row to fit and a row to validate."""
+MIN_REGRESSION_ROWS = 10
+"""A regression train split needs rows to fit, to validate and to stop early on."""
 HEADER_BLOCK_BYTES = 1 << 20
 """What :func:`header` reads of a CSV or JSON Lines file: enough for its first rows."""
 
@@ -59,9 +63,11 @@ class IngestError(ValueError):
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What :func:`ingest` wrote. ``label_counts``: rows of each class per split; ``dropped_unlabelled``:
-    rows dropped because their label was missing (null, blank or an NA token); ``label_mapping``: how
-    many rows of each raw label value became ``positive`` (1) and ``negative`` (0), over every source."""
+    """What :func:`ingest` wrote. ``task``: the label's :class:`~kfmlops.tasks.Task` as JSON (kind,
+    classes, why); ``label_counts``: rows of each class per split (regression: ``rows``, ``mean``,
+    ``min``, ``max``); ``dropped_unlabelled``: rows dropped because their label was missing (null, blank
+    or an NA token); ``label_mapping``: how many rows of each raw label value became each class, over
+    every source (empty for regression)."""
 
     train_path: str
     test_path: str
@@ -70,6 +76,7 @@ class IngestResult:
     fingerprint: str
     label: str
     columns: dict[str, str]
+    task: dict = field(default_factory=dict)
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     dropped_unlabelled: int = 0
     label_mapping: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -225,31 +232,6 @@ def normalise_column(array: pa.Array, na_values: pa.Array) -> pa.Array:
     return array
 
 
-def label_to_int(array: pa.Array, positive: list, label: str) -> pa.Array:
-    """1 where the value is one of ``positive``, 0 elsewhere (null for a column with no values at all)."""
-    if pa.types.is_null(array.type):
-        return pa.nulls(len(array), LABEL_TYPE)
-    if pa.types.is_string(array.type):
-        values = pa.array([str(v) for v in positive], pa.string())
-    elif pa.types.is_boolean(array.type):
-        values = pa.array([v for v in positive if isinstance(v, bool) or v in (0, 1)], pa.bool_())
-    elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
-        numeric = [v for v in positive if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        numeric += [float(v) for v in positive if isinstance(v, str) and _is_number(v)]
-        values = pa.array(numeric, pa.float64()).cast(array.type, safe=False)
-    else:
-        raise IngestError(f"label column {label!r} has type {array.type}; expected strings, numbers or booleans")
-    return pc.is_in(array, value_set=values).cast(LABEL_TYPE)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _uniform(keys: np.ndarray, seed: int) -> np.ndarray:
     """A seeded hash of each key (splitmix64) as a float in [0, 1)."""
     with np.errstate(over="ignore"):  # splitmix64 relies on wrap-around
@@ -261,7 +243,8 @@ def _uniform(keys: np.ndarray, seed: int) -> np.ndarray:
 
 
 class StratifiedSplit:
-    """The seeded, stratified test split, fed 0/1 labels in file order one batch at a time.
+    """The seeded, stratified test split, fed each row's class key (an int64, see
+    :meth:`kfmlops.labels.LabelCoder.split_keys`) in file order one batch at a time.
 
     The rows of each class are numbered in file order and cut into windows of about ``1 / fraction``
     rows (window ``j`` holds the ranks ``k`` with ``floor(k * fraction) == j``); one row of each
@@ -273,13 +256,14 @@ class StratifiedSplit:
     def __init__(self, seed: int, fraction: float):
         ratio = Fraction(fraction).limit_denominator(1_000_000)
         self.seed, self.num, self.den = seed, ratio.numerator, ratio.denominator
-        self.seen = {0: 0, 1: 0}
+        self.seen: Counter = Counter()
 
-    def __call__(self, labels: np.ndarray) -> np.ndarray:
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
         """Whether each row of the next batch is a test row."""
-        mask = np.zeros(len(labels), dtype=bool)
-        for cls in (0, 1):
-            rows = np.flatnonzero(labels == cls)
+        keys = np.asarray(keys, dtype=np.int64)
+        mask = np.zeros(len(keys), dtype=bool)
+        for cls in np.unique(keys).tolist():
+            rows = np.flatnonzero(keys == cls)
             ranks = self.seen[cls] + np.arange(len(rows), dtype=np.int64)
             self.seen[cls] += len(rows)
             window = ranks * self.num // self.den
@@ -290,9 +274,9 @@ class StratifiedSplit:
         return mask
 
 
-def in_test_split(labels: np.ndarray, seed: int, fraction: float) -> np.ndarray:
-    """Which rows of a whole table (its 0/1 labels, in file order) ingest's stratified split puts in the test split."""
-    return StratifiedSplit(seed, fraction)(np.asarray(labels))
+def in_test_split(keys: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """Which rows of a whole table (its class keys, in file order) ingest's stratified split puts in the test split."""
+    return StratifiedSplit(seed, fraction)(np.asarray(keys))
 
 
 def required_columns(data: DataSpec) -> dict[str, str]:
@@ -323,7 +307,7 @@ class _Normaliser:
         self.na_values = pa.array([v.strip() for v in config.na_values], pa.string())
         self.schema: pa.Schema | None = None
         self.dropped_unlabelled = 0
-        self.label_values = {"positive": Counter(), "negative": Counter()}
+        self.labels = LabelCoder(data)
         self.non_null: Counter = Counter()
 
     def __call__(self, batch: pa.RecordBatch, uri: str) -> pa.RecordBatch | None:
@@ -333,39 +317,31 @@ class _Normaliser:
         if self.schema is not None:
             wanted = {**{n: "the train source" for n in self.schema.names}, **wanted}
         check_columns(set(columns), wanted, uri)
+        position = list(columns).index(self.label)
         label = columns.pop(self.label)
-        if pa.types.is_string(label.type):  # a blank label is a missing one, not a negative
+        if pa.types.is_string(label.type):  # a blank label is a missing one
             label = pc.if_else(pc.equal(label, ""), pa.scalar(None, pa.string()), label)
-        columns[self.label] = label_to_int(label, self.data.positive_labels, self.label)
         table = pa.table(columns)
         if label.null_count:
             self.dropped_unlabelled += label.null_count
             keep = pc.is_valid(label)
             table, label = table.filter(keep), label.filter(keep)
-        self._count_labels(label, table.column(self.label), uri)
+        if len(label) == 0 or pa.types.is_null(label.type):
+            return None
+        try:
+            table = table.add_column(position, self.label, self.labels(label))
+        except LabelError as exc:
+            raise IngestError(f"{uri!r}: {exc}") from None
         if self.schema is None:
             self.schema = table.schema
         self.non_null.update({name: len(table) - table.column(name).null_count for name in table.column_names})
-        return self._conform(table, uri).combine_chunks().to_batches()[0] if table.num_rows else None
+        return self._conform(table, uri).combine_chunks().to_batches()[0]
 
-    def _count_labels(self, raw: pa.Array, encoded: pa.ChunkedArray, uri: str) -> None:
-        """Counts each raw label value under the class it became; with ``data.negative_labels`` set, a
-        value in neither list is an IngestError."""
-        positive = pa.array(encoded.to_numpy() == 1)
-        negatives = raw.filter(pc.invert(positive))
-        self.label_values["positive"].update(_value_counts(raw.filter(positive)))
-        self.label_values["negative"].update(_value_counts(negatives))
-        if self.data.negative_labels is None:
-            return
-        known = label_to_int(negatives, self.data.negative_labels, self.label).cast(pa.bool_())
-        unmapped = _value_counts(negatives.filter(pc.invert(known)))
-        if unmapped:
-            shown = ", ".join(f"{v!r} ({n} rows)" for v, n in unmapped.most_common(5))
-            raise IngestError(
-                f"{uri!r}: label {self.data.label!r} has values in neither positive_labels "
-                f"{list(self.data.positive_labels)} nor negative_labels {list(self.data.negative_labels)}: {shown}; "
-                "add each to one of the lists, or to ingest.na_values to drop its rows"
-            )
+    def task(self):
+        try:
+            return self.labels.task(self.label)
+        except LabelError as exc:
+            raise IngestError(str(exc)) from None
 
     def check_has_values(self, uri: str) -> None:
         """Raise an IngestError naming every column that held no value in any row read so far."""
@@ -375,10 +351,6 @@ class _Normaliser:
                 f"{uri!r}: columns {empty} have no values (every row is null or an NA token); drop them with "
                 "ingest.drop_columns or fill them in"
             )
-
-    def mapping(self) -> dict[str, dict[str, int]]:
-        """Rows of each raw label value by the class it became, most frequent first."""
-        return {cls: dict(counter.most_common()) for cls, counter in self.label_values.items()}
 
     def _conform(self, table: pa.Table, uri: str) -> pa.Table:
         table = table.select(self.schema.names)
@@ -417,7 +389,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
     split = StratifiedSplit(config.seed, config.test_fraction)
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {"train": 0, "test": 0}
-    positives = {"train": 0, "test": 0}
+    labels: dict[str, _LabelTally] = {"train": _LabelTally(), "test": _LabelTally()}
     paths = {"train": str(train_out), "test": str(test_out)}
 
     def write(split: str, batch: pa.RecordBatch) -> None:
@@ -428,7 +400,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
             writers[split] = pq.ParquetWriter(paths[split], normalise.schema, compression="zstd")
         writers[split].write_batch(batch)
         counts[split] += batch.num_rows
-        positives[split] += pc.sum(batch.column(normalise.label)).as_py() or 0
+        labels[split].add(batch.column(normalise.label))
 
     started = time.monotonic()
     try:
@@ -440,12 +412,12 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
             if data.test_source:
                 write("train", batch)
             else:
-                mask = pa.array(split(batch.column(normalise.label).to_numpy()))
+                mask = pa.array(split(normalise.labels.split_keys(batch.column(normalise.label))))
                 write("test", batch.filter(mask))
                 write("train", batch.filter(pc.invert(mask)))
             row += batch.num_rows
             log.info("ingest: %d rows read from %s (%.1f s)", row, data.source, time.monotonic() - started)
-        if normalise.schema is None:
+        if normalise.schema is None and not normalise.dropped_unlabelled:
             raise IngestError(f"{data.source!r} has a header but no data rows; name a file with data rows")
         _check_labelled(data, data.source, row, normalise)
         normalise.check_has_values(data.source)
@@ -458,7 +430,8 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
         for writer in writers.values():
             writer.close()
 
-    _check_splits(data, config, counts, positives, normalise)
+    task = normalise.task()
+    _check_splits(data, config, task, counts, labels, normalise)
     result = IngestResult(
         train_path=paths["train"],
         test_path=paths["test"],
@@ -467,18 +440,42 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
         fingerprint=fingerprint([u for u in (data.source, data.test_source) if u]),
         label=normalise.label,
         columns={f.name: str(f.type) for f in normalise.schema},
-        label_counts={
-            split: {"positive": positives[split], "negative": counts[split] - positives[split]} for split in counts
-        },
+        task=task.to_json(),
+        label_counts={split: labels[split].summary(task.is_classification) for split in counts},
         dropped_unlabelled=normalise.dropped_unlabelled,
-        label_mapping=normalise.mapping(),
+        label_mapping=normalise.labels.label_mapping(),
     )
     log.info(
-        "ingest: %d train / %d test rows, fingerprint %s, %.1f s; label %r: %s; %d rows without a label dropped",
-        result.train_rows, result.test_rows, result.fingerprint[:12], time.monotonic() - started, data.label,
-        result.label_mapping, result.dropped_unlabelled,
+        "ingest: %d train / %d test rows, fingerprint %s, %.1f s; label %r: %s task (%s), %s; %d rows without a label "
+        "dropped", result.train_rows, result.test_rows, result.fingerprint[:12], time.monotonic() - started,
+        data.label, task.kind, task.reason, result.label_mapping or result.label_counts["train"],
+        result.dropped_unlabelled,
     )
     return result
+
+
+class _LabelTally:
+    """Rows per class (classification) or the running sum, min and max (regression) of one split's labels."""
+
+    def __init__(self) -> None:
+        self.classes: Counter = Counter()
+        self.n, self.total, self.low, self.high = 0, 0.0, math.inf, -math.inf
+
+    def add(self, labels: pa.Array) -> None:
+        if pa.types.is_floating(labels.type):
+            values = labels.to_numpy(zero_copy_only=False)
+            self.n += len(values)
+            self.total += float(values.sum())
+            self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
+        else:
+            self.classes.update(_value_counts(labels))
+
+    def summary(self, classification: bool) -> dict[str, float | int]:
+        if classification:
+            return dict(sorted(self.classes.items()))
+        if not self.n:
+            return {"rows": 0}
+        return {"rows": self.n, "mean": self.total / self.n, "min": self.low, "max": self.high}
 
 
 def _check_labelled(data: DataSpec, uri: str, rows: int, normalise: _Normaliser) -> None:
@@ -489,37 +486,43 @@ def _check_labelled(data: DataSpec, uri: str, rows: int, normalise: _Normaliser)
         )
 
 
-def _check_splits(
-    data: DataSpec, config: IngestConfig, counts: dict[str, int], positives: dict[str, int], normalise: _Normaliser
-) -> None:
-    """Both classes must be present, the train split needs MIN_TRAIN_ROWS_PER_CLASS rows of each and the test split one."""
+def _check_splits(data: DataSpec, config: IngestConfig, task, counts: dict[str, int],
+                  labels: dict[str, _LabelTally], normalise: _Normaliser) -> None:
+    """Classification: the train split needs MIN_TRAIN_ROWS_PER_CLASS rows of each class and (binary)
+    the test split one; regression: MIN_REGRESSION_ROWS train rows, a label that varies, a test row."""
     if data.test_source and counts["test"] == 0:
         _check_labelled(data, data.test_source, 0, normalise)
-    values = normalise.mapping()
-    for cls, other in (("positive", "negative"), ("negative", "positive")):
-        if not values[cls]:
-            shown = ", ".join(f"{v!r} ({n} rows)" for v, n in list(values[other].items())[:5])
+    if not task.is_classification:
+        train = labels["train"]
+        if train.n < MIN_REGRESSION_ROWS:
             raise IngestError(
-                f"label {data.label!r} has one class: every row is {other} (its values: {shown}); "
-                f"check positive_labels={list(data.positive_labels)} against them"
+                f"label {data.label!r}: the train split has {train.n} rows; a regression task needs at least "
+                f"{MIN_REGRESSION_ROWS}"
             )
-    for split, n in counts.items():
-        need = MIN_TRAIN_ROWS_PER_CLASS if split == "train" else 1
-        for cls, k in (("positive", positives[split]), ("negative", n - positives[split])):
+        if train.low == train.high:
+            raise IngestError(f"label {data.label!r} is {train.low} in every train row: there is nothing to learn")
+        if counts["test"] == 0:
+            raise IngestError(f"label {data.label!r}: the test split is empty; lower ingest.test_fraction's rows or "
+                              "give data.test_source")
+        return
+    for split in counts:
+        need = MIN_TRAIN_ROWS_PER_CLASS if split == "train" else (1 if task.kind == "binary" else 0)
+        for cls in task.classes:
+            k = labels[split].classes[cls]
             if k >= need:
                 continue
             if data.test_source:
                 where = data.test_source if split == "test" else data.source
                 raise IngestError(
-                    f"label {data.label!r}: the {split} split ({where!r}) has {k} {cls} rows and needs at least "
-                    f"{need} of each class; add {cls} rows to it"
+                    f"label {data.label!r}: the {split} split ({where!r}) has {k} {cls!r} rows and needs at least "
+                    f"{need} of each class; add {cls!r} rows to it"
                 )
-            total = sum(values[cls].values())
+            total = labels["train"].classes[cls] + labels["test"].classes[cls]
             raise IngestError(
-                f"label {data.label!r}: class {cls} is too rare to split: {total} rows in {data.source!r}, {k} of "
+                f"label {data.label!r}: class {cls!r} is too rare to split: {total} rows in {data.source!r}, {k} of "
                 f"them in the {split} split, which needs at least {need} (ingest.test_fraction {config.test_fraction} "
-                f"puts about one row of each class in {1 / config.test_fraction:.3g} in the test split): add {cls} rows "
-                "or give data.test_source"
+                f"puts about one row of each class in {1 / config.test_fraction:.3g} in the test split): add {cls!r} "
+                "rows, drop them (ingest.na_values), or give data.test_source"
             )
 
 
