@@ -39,7 +39,8 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from kfmlops.config import DataSpec, IngestConfig
-from kfmlops.labels import LabelCoder, LabelError
+from kfmlops.labels import LabelCoder, LabelError, split_keys
+from kfmlops.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,13 @@ def in_test_split(keys: np.ndarray, seed: int, fraction: float) -> np.ndarray:
     return StratifiedSplit(seed, fraction)(np.asarray(keys))
 
 
+def held_out_rows(labels: pa.Array | pa.ChunkedArray, task: Task, seed: int, fraction: float) -> np.ndarray:
+    """Which rows of a whole normalised table (its canonical labels, in file order) ingest's split
+    puts in the test split (:func:`normalised_table` gives such a table)."""
+    labels = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
+    return in_test_split(split_keys(labels, task.kind, task.positive), seed, fraction)
+
+
 def required_columns(data: DataSpec) -> dict[str, str]:
     """The normalised columns every source must have, each with the setting that names it."""
     return {normalise_name(data.label): "data.label",
@@ -372,15 +380,15 @@ class _Normaliser:
             raise IngestError(f"{uri!r}: column types differ from the first rows: {' '.join(str(exc).split())}") from None
 
 
-def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa.Table, str]:
+def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa.Table, Task]:
     """Every labelled row of ``uri`` normalised as :func:`ingest` normalises it, in file order, and
-    the label's column name; no split, no files, no fingerprint (:func:`in_test_split` over the
-    labels gives ingest's seeded test split). Holds the whole table in memory."""
+    the label's task; no split, no files, no fingerprint (:func:`held_out_rows` over the labels gives
+    ingest's seeded test split). Holds the whole table in memory."""
     normalise = _Normaliser(data, config)
     batches = [batch for raw in read_batches(uri, config) if (batch := normalise(raw, uri)) is not None]
     if not batches:
         raise IngestError(f"{uri!r} has no labelled data rows")
-    return pa.Table.from_batches(batches, schema=normalise.schema), normalise.label
+    return pa.Table.from_batches(batches, schema=normalise.schema), normalise.task()
 
 
 def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, test_out: str | os.PathLike) -> IngestResult:

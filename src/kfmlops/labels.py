@@ -99,15 +99,8 @@ class LabelCoder:
         return self._binary(raw)
 
     def split_keys(self, canonical: pa.Array) -> np.ndarray:
-        """An int64 key per row that the stratified split groups by: the binary class code (0/1), a
-        hash of the multiclass class name, or 0 for every regression row (a plain seeded split)."""
-        if self.kind == "regression":
-            return np.zeros(len(canonical), dtype=np.int64)
-        names = canonical.to_pylist()
-        if self.kind == "binary":
-            positive = self.names.get(POSITIVE)
-            return np.fromiter((POSITIVE if n == positive else NEGATIVE for n in names), np.int64, len(names))
-        return np.fromiter((zlib.crc32(n.encode()) for n in names), np.int64, len(names))
+        """:func:`split_keys` of this batch."""
+        return split_keys(canonical, self.kind, self.names.get(POSITIVE))
 
     def task(self, label: str) -> Task:
         """The label's task over every batch coded so far."""
@@ -199,6 +192,18 @@ class LabelCoder:
         shown = ", ".join(f"{v!r} ({n} rows)" for v, n in self.values.most_common(5))
         hint = f"; check positive_labels={list(self.data.positive_labels)} against them" if self.kind == "binary" else ""
         return f"label {self.data.label!r} has one class: every row is {shown}{hint}"
+
+
+def split_keys(canonical: pa.Array, kind: TaskKind, positive: str | None) -> np.ndarray:
+    """An int64 key per canonical label that the stratified split groups by: the binary class code
+    (1 for ``positive``, else 0), a hash of the multiclass class name, or 0 for every regression row
+    (a plain seeded split)."""
+    if kind == "regression":
+        return np.zeros(len(canonical), dtype=np.int64)
+    names = canonical.to_pylist()
+    if kind == "binary":
+        return np.fromiter((POSITIVE if n == positive else NEGATIVE for n in names), np.int64, len(names))
+    return np.fromiter((zlib.crc32(n.encode()) for n in names), np.int64, len(names))
 
 
 def _is_in(array: pa.Array, wanted: list, label: str) -> pa.Array:
