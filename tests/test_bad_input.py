@@ -114,8 +114,7 @@ def test_a_label_with_one_class_names_its_values(tmp_path):
     with pytest.raises(IngestError) as err:
         run_ingest(tmp_path, source, positive_labels=[">50k"])
     assert one_line(err) == (
-        "label 'y' has one class: every row is negative (its values: '<=50K' (50 rows)); "
-        "check positive_labels=['>50k'] against them"
+        "label 'y' has one class: every row is '<=50K' (50 rows); check positive_labels=['>50k'] against them"
     )
 
 
@@ -133,7 +132,7 @@ def test_small_imbalanced_data_is_split_stratified_and_trains(tmp_path):
     source = small_adult(tmp_path, 8)
     data = DataSpec(source=source, label="income", positive_labels=[">50K"])
     result = ingest(data, IngestConfig(na_values=["?"]), tmp_path / "tr.parquet", tmp_path / "te.parquet")
-    assert result.label_counts == {"train": {"positive": 6, "negative": 154}, "test": {"positive": 2, "negative": 38}}
+    assert result.label_counts == {"train": {">50K": 6, "<=50K": 154}, "test": {">50K": 2, "<=50K": 38}}
     trained = train(result.train_path, "income", TrainConfig(epochs=1), tmp_path / "model")
     assert trained.val_rows == 16 and 0.0 <= trained.val_roc_auc <= 1.0
 
@@ -144,9 +143,9 @@ def test_a_class_too_rare_to_split_or_train_on_is_named_with_its_count(tmp_path)
     with pytest.raises(IngestError) as err:
         ingest(data, IngestConfig(na_values=["?"]), tmp_path / "tr.parquet", tmp_path / "te.parquet")
     assert one_line(err) == (
-        f"label 'income': class positive is too rare to split: 2 rows in {source!r}, 0 of them in the test split, "
+        f"label 'income': class '>50K' is too rare to split: 2 rows in {source!r}, 0 of them in the test split, "
         "which needs at least 1 (ingest.test_fraction 0.2 puts about one row of each class in 5 in the test split): "
-        "add positive rows or give data.test_source"
+        "add '>50K' rows, drop them (ingest.na_values), or give data.test_source"
     )
     frame = pd.DataFrame({"a": np.arange(40.0), "y": np.r_[np.zeros(39), 1].astype("int8")})
     frame.to_parquet(tmp_path / "one.parquet")
@@ -163,7 +162,7 @@ def test_blank_labels_are_missing_and_the_label_mapping_is_recorded(tmp_path):
     source = write(tmp_path, "\n".join(rows) + "\n")
     result = run_ingest(tmp_path, source, positive_labels=[">50K"])
     assert result.dropped_unlabelled == 3  # blank, blank after trimming, and the NA token
-    assert result.label_mapping == {"positive": {">50K": 20}, "negative": {"<=50K": 60, "maybe": 1}}
+    assert result.label_mapping == {">50K": {">50K": 20}, "<=50K": {"<=50K": 60, "maybe": 1}}
     assert result.train_rows + result.test_rows == 81
     with pytest.raises(IngestError) as err:
         run_ingest(tmp_path, source, positive_labels=[">50K"], negative_labels=["<=50K"])
