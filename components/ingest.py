@@ -13,23 +13,25 @@ def ingest(
     train_data: Output[Dataset],
     test_data: Output[Dataset],
     run_tags: dict = {},
-) -> NamedTuple("IngestOutputs", [("source", str), ("label_column", str), ("sensitive_columns", list),
+) -> NamedTuple("IngestOutputs", [("source", str), ("task", dict), ("sensitive_columns", list),
                                   ("fingerprint", str), ("run_id", str)]):
     """Reads raw data and writes normalised train/test Parquet splits; opens the run's MLflow record.
 
     Args:
         data: kfmlops.config.DataSpec as JSON: `source` (CSV, Parquet, JSON Lines; local, s3://, gs://,
-            any fsspec URI), `label` (raw or normalised name), and optionally `test_source`,
-            `positive_labels`, `sensitive_features`.
+            any fsspec URI), `label` (raw or normalised name), and optionally `task` (binary,
+            multiclass, regression; inferred when absent), `test_source`, `positive_labels`,
+            `sensitive_features`.
         settings: kfmlops.config.Settings as JSON (the `ingest` and `mlflow` sections are read).
         pipeline_run_id: The KFP run id, recorded for lineage.
         run_tags: Extra tags for the MLflow run (e.g. why it was started).
 
     Returns:
         source: The training data URI, recorded in lineage.
-        train_data: Train split, Parquet, normalised column names, label as 0/1.
+        train_data: Train split, Parquet, normalised column names, canonical labels (class names, or
+            numbers for regression).
         test_data: Test split, same schema.
-        label_column: The label's normalised name.
+        task: kfmlops.tasks.Task as JSON: kind, the label's normalised name, classes, and why.
         sensitive_columns: The sensitive features' normalised names.
         fingerprint: SHA-256 of the source bytes.
         run_id: The MLflow run every later step records into.
@@ -51,9 +53,11 @@ def ingest(
         "kfmlops.pipeline_run_id": pipeline_run_id, "kfmlops.dataset_fingerprint": result.fingerprint})
     with failed_on_error(cfg.mlflow, run_id):
         log_to_run(cfg.mlflow, run_id, params={"source": spec.source, "test_source": spec.test_source,
-                                               "label": result.label, "config_hash": cfg.digest()},
+                                               "label": result.label, "task": result.task["kind"],
+                                               "config_hash": cfg.digest()},
                    metrics={"train_rows": result.train_rows, "test_rows": result.test_rows},
                    documents={"ingest.json": asdict(result), "settings.json": settings})
     for artifact, rows in ((train_data, result.train_rows), (test_data, result.test_rows)):
-        artifact.metadata.update({"rows": rows, "fingerprint": result.fingerprint, "format": "parquet"})
-    return (spec.source, result.label, [normalise_name(c) for c in spec.sensitive_features], result.fingerprint, run_id)
+        artifact.metadata.update({"rows": rows, "fingerprint": result.fingerprint, "format": "parquet",
+                                  "task": result.task["kind"], "classes": result.task["classes"]})
+    return (spec.source, result.task, [normalise_name(c) for c in spec.sensitive_features], result.fingerprint, run_id)

@@ -7,7 +7,7 @@ from kfmlops.components._base import component
 def validate(
     train_data: Input[Dataset],
     test_data: Input[Dataset],
-    label: str,
+    task: dict,
     settings: dict,
     run_id: str,
     results: Output[Artifact],
@@ -18,7 +18,7 @@ def validate(
     Args:
         train_data: Train split from ingest (also the reference the inferred suite is built from).
         test_data: Test split from ingest.
-        label: The label's normalised name.
+        task: kfmlops.tasks.Task as JSON, from ingest (the label is checked against its classes or type).
         settings: kfmlops.config.Settings as JSON (the `validate` and `mlflow` sections are read).
         run_id: The MLflow run to record the outcome in.
 
@@ -34,6 +34,7 @@ def validate(
     from kfmlops.config import Settings
     from kfmlops.register import gate_tags
     from kfmlops.residency import enforce
+    from kfmlops.tasks import Task
     from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
     from kfmlops.validate import validate as run_validate
 
@@ -42,7 +43,7 @@ def validate(
         enforce({"read": [train_data.uri, test_data.uri], "write": [results.uri, report.uri],
                  "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
         outcome = run_validate({"train": pd.read_parquet(train_data.path), "test": pd.read_parquet(test_data.path)},
-                               cfg.validate_, label)
+                               cfg.validate_, Task.from_json(task))
         Path(results.path).write_text(json.dumps(outcome.to_json(), indent=1))
         Path(report.path).write_text(outcome.to_html())
         results.metadata.update({"passed": outcome.passed, "errors": len(outcome.errors), "warnings": len(outcome.warnings)})

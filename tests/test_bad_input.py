@@ -17,10 +17,12 @@ from kfmlops.config import DataSpec, Expectation, IngestConfig, PipelineConfig, 
 from kfmlops.ingest import IngestError, ingest
 from kfmlops.preflight import check
 from kfmlops.residency import ResidencyError
+from kfmlops.tasks import Task
 from kfmlops.train import TrainDataError, train
 from kfmlops.typed import ConfigError
 from kfmlops.validate import validate
 
+BINARY_Y = Task("binary", "y", ("0", "1"))
 ROWS = "".join(f"{i},{'x' if i % 3 else 'z'},{i % 2}\n" for i in range(60))
 
 
@@ -232,7 +234,7 @@ def test_expectations_and_excluded_features_naming_missing_columns_fail_before_t
     # the validate stage says the same before Great Expectations runs
     frame = pd.DataFrame({"age": [1, 2], "y": [0, 1]})
     with pytest.raises(ConfigError, match="names column 'agee', which the reference \\(train\\) split does not have"):
-        validate({"train": frame}, ValidateConfig(expectations=[Expectation(**expectations[0])]), "y")
+        validate({"train": frame}, ValidateConfig(expectations=[Expectation(**expectations[0])]), BINARY_Y)
 
 
 def test_a_test_source_lacking_train_columns_fails_before_the_run(tmp_path):
@@ -255,7 +257,7 @@ def test_a_stage_that_raises_marks_the_mlflow_run_failed_with_the_error(tmp_path
     frame.to_parquet(tmp_path / "one.parquet")
     bad = ValidateConfig(expectations=[Expectation(type="expect_column_to_exist", kwargs={"column": "agee"})])
     crashes = {
-        "ConfigError": lambda: validate({"train": frame}, bad, "y"),
+        "ConfigError": lambda: validate({"train": frame}, bad, BINARY_Y),
         "TrainDataError": lambda: train(tmp_path / "one.parquet", "y", TrainConfig(epochs=1), tmp_path / "model"),
     }
     client = MlflowClient(mlflow_store.tracking_uri)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from kfmlops.config import Expectation, ValidateConfig
+from kfmlops.tasks import Task
 from kfmlops.typed import ConfigError
 from kfmlops.validate import (
     MAX_INFERRED_CATEGORIES,
@@ -20,6 +21,7 @@ from kfmlops.validate import (
 )
 
 LABEL = "y"
+TASK = Task("binary", LABEL, ("<=50K", ">50K"))
 STRICT = ValidateConfig(inferred_severity="error")
 
 
@@ -50,7 +52,7 @@ def test_importing_the_module_does_not_import_great_expectations():
 def test_build_suite_infers_types_ranges_categories_and_null_rates(case):
     train = case["train"]
     declared = Expectation(type="expect_column_to_exist", kwargs={"column": "age"})
-    suite = build_suite(ValidateConfig(expectations=[declared]), train, LABEL)
+    suite = build_suite(ValidateConfig(expectations=[declared]), train, TASK)
     assert suite[0] == declared
     inferred = by_key(suite[1:])
     assert {e.severity for e in suite[1:]} == {"warning"}
@@ -72,7 +74,7 @@ def test_build_suite_infers_types_ranges_categories_and_null_rates(case):
         ("expect_column_values_to_not_be_null", LABEL),
         ("expect_column_values_to_be_in_set", LABEL),
     }
-    assert inferred["expect_column_values_to_be_in_set", LABEL].kwargs["value_set"] == [0, 1]
+    assert inferred["expect_column_values_to_be_in_set", LABEL].kwargs["value_set"] == ["<=50K", ">50K"]
     assert inferred["expect_column_values_to_not_be_null", LABEL].kwargs == {"column": LABEL}
 
 
@@ -80,27 +82,27 @@ def test_build_suite_edge_cases():
     frame = pd.DataFrame({
         "mostly_null": [None] * 97 + ["a", "b", "c"],
         "flag": [True, False] * 50,
-        LABEL: [0, 1] * 50,
+        LABEL: ["<=50K", ">50K"] * 50,
     })
     wide = pd.DataFrame({"ids": [f"id-{i}" for i in range(MAX_INFERRED_CATEGORIES + 1)], LABEL: 0})
-    suite = by_key(build_suite(ValidateConfig(), frame, LABEL))
+    suite = by_key(build_suite(ValidateConfig(), frame, TASK))
     assert ("expect_column_values_to_not_be_null", "mostly_null") not in suite  # mostly would be <= 0
     assert ("expect_column_values_to_be_in_set", "mostly_null") in suite
     assert suite["expect_column_values_to_be_in_type_list", "flag"].kwargs["type_list"] == ["bool", "BooleanDtype"]
     assert ("expect_column_values_to_be_between", "flag") not in suite
-    assert ("expect_column_values_to_be_in_set", "ids") not in by_key(build_suite(ValidateConfig(), wide, LABEL))
+    assert ("expect_column_values_to_be_in_set", "ids") not in by_key(build_suite(ValidateConfig(), wide, TASK))
 
     declared = [Expectation(type="expect_column_to_exist", kwargs={"column": "x"})]
-    assert build_suite(ValidateConfig(expectations=declared, infer_from_train=False), None, LABEL) == declared
+    assert build_suite(ValidateConfig(expectations=declared, infer_from_train=False), None, TASK) == declared
     with pytest.raises(ConfigError, match="reference"):
-        build_suite(ValidateConfig(), None, LABEL)
+        build_suite(ValidateConfig(), None, TASK)
     with pytest.raises(ConfigError, match="label column 'target'"):
-        build_suite(ValidateConfig(), frame, "target")
+        build_suite(ValidateConfig(), frame, Task("binary", "target", ("0", "1")))
 
 
 def test_adult_train_and_test_pass_the_inferred_suite_at_error_severity(case):
-    result = validate(case, STRICT, LABEL)
-    suite = build_suite(STRICT, case["train"], LABEL)
+    result = validate(case, STRICT, TASK)
+    suite = build_suite(STRICT, case["train"], TASK)
     assert len(result.outcomes) == 2 * len(suite)
     assert {o.split for o in result.outcomes} == {"train", "test"}
     assert result.passed, [o.describe() for o in result.errors]
@@ -115,7 +117,7 @@ def test_a_declared_expectation_the_data_breaks_fails_and_names_it(case):
     age_cap = Expectation(
         type="expect_column_values_to_be_between", kwargs={"column": "age", "min_value": 0, "max_value": 60}
     )
-    result = validate(case, ValidateConfig(expectations=[age_cap], infer_from_train=False), LABEL)
+    result = validate(case, ValidateConfig(expectations=[age_cap], infer_from_train=False), TASK)
     assert not result.passed
     assert [(o.split, o.column) for o in result.errors] == [("train", "age"), ("test", "age")]
     for outcome in result.errors:
@@ -130,7 +132,7 @@ def test_a_declared_expectation_the_data_breaks_fails_and_names_it(case):
 
 
 def test_a_corrupted_split_is_caught_with_each_problem_named(case, corrupted):
-    result = validate({"train": case["train"], "test": corrupted}, STRICT, LABEL)
+    result = validate({"train": case["train"], "test": corrupted}, STRICT, TASK)
     assert {o.split for o in result.errors} == {"test"}
     failed = {(o.type, o.column): o for o in result.errors}
     assert failed["expect_column_values_to_be_between", "age"].observed == [-5]
@@ -163,7 +165,7 @@ def test_a_corrupted_split_is_caught_with_each_problem_named(case, corrupted):
 
 
 def test_warning_level_failures_do_not_fail(case, corrupted):
-    result = validate({"test": corrupted}, ValidateConfig(), LABEL, reference=case["train"])
+    result = validate({"test": corrupted}, ValidateConfig(), TASK, reference=case["train"])
     assert result.passed
     assert len(result.warnings) == 7 and result.errors == []
     result.raise_for_errors()
@@ -176,10 +178,10 @@ def test_an_unknown_expectation_or_bad_arguments_are_config_errors(case):
     typo = Expectation(type="expect_column_value_to_be_between", kwargs={"column": "age", "min_value": 0})
     with pytest.raises(ConfigError, match=r"expectations\[0\].*'expect_column_value_to_be_between'.*did you mean "
                                           r"expect_column_values_to_be_between"):
-        validate(small, ValidateConfig(expectations=[typo]), LABEL)
+        validate(small, ValidateConfig(expectations=[typo]), TASK)
     bad_kwargs = Expectation(type="expect_column_values_to_be_between", kwargs={"column": "age", "minimum": 0})
     with pytest.raises(ConfigError, match=r"expectations\[0\] expect_column_values_to_be_between: invalid arguments"):
-        validate(small, ValidateConfig(expectations=[bad_kwargs]), LABEL)
+        validate(small, ValidateConfig(expectations=[bad_kwargs]), TASK)
 
 
 def test_every_dtype_family_passes_its_own_inferred_suite_and_catches_a_type_change():
@@ -190,16 +192,30 @@ def test_every_dtype_family_passes_its_own_inferred_suite_and_catches_a_type_cha
         "when": pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01"]),
         "name": pd.array(["a", None, "b", "a"], dtype="string"),
         "city": ["x", "y", None, "x"],
-        LABEL: [0, 1, 0, 1],
+        LABEL: ["<=50K", ">50K", "<=50K", ">50K"],
     })
     config = ValidateConfig(inferred_severity="error", null_rate_tolerance=0.3)
-    suite = build_suite(config, frame, LABEL)
+    suite = build_suite(config, frame, TASK)
     typed = {e.kwargs["column"] for e in suite if e.type == "expect_column_values_to_be_in_type_list"}
     assert typed == set(frame.columns) - {LABEL}
 
     changed = frame.assign(score=["0.5", "1", "2", "3"], flag=[1.0, 0.0, 1.0, 0.0])
-    result = validate({"train": frame, "changed": changed}, config, LABEL)
+    result = validate({"train": frame, "changed": changed}, config, TASK)
     assert [o for o in result.outcomes if o.split == "train" and not o.success] == []
     type_errors = {o.column: o.observed for o in result.errors if o.type == "expect_column_values_to_be_in_type_list"}
     assert set(type_errors) == {"score", "flag"}
     assert sorted(type_errors["score"]) == ["0.5", "1", "2", "3"] and type_errors["flag"] == "float64"
+
+
+def test_the_label_is_checked_against_its_task():
+    frame = pd.DataFrame({"x": np.arange(60.0), "species": ["a", "b", "c"] * 20, "wage": np.linspace(1, 9, 60)})
+    multiclass = Task("multiclass", "species", ("a", "b", "c"))
+    assert by_key(build_suite(ValidateConfig(), frame, multiclass))[
+        "expect_column_values_to_be_in_set", "species"].kwargs["value_set"] == ["a", "b", "c"]
+    unseen = frame.assign(species=["a", "b", "d"] * 20)
+    result = validate({"train": frame, "test": unseen}, STRICT, multiclass)
+    assert [(r.split, r.column) for r in result.errors if r.column == "species"] == [("test", "species")]
+    regression = Task("regression", "wage")
+    suite = by_key(build_suite(ValidateConfig(), frame.drop(columns="species"), regression))
+    assert "float" in suite["expect_column_values_to_be_in_type_list", "wage"].kwargs["type_list"]
+    assert ("expect_column_values_to_be_in_set", "wage") not in suite

@@ -1,7 +1,7 @@
 """Validate: check data splits against an expectation suite before anything trains on them.
 
 Consumes data splits as pandas DataFrames (``{"train": df, "test": df}`` from the ingest stage's
-Parquet files), the label column's name and a :class:`~kfmlops.config.ValidateConfig`; produces a
+Parquet files), the label's :class:`~kfmlops.tasks.Task` and a :class:`~kfmlops.config.ValidateConfig`; produces a
 :class:`ValidationResult` (one :class:`ExpectationOutcome` per expectation and split, a JSON summary
 and an HTML report) and, through :meth:`ValidationResult.raise_for_errors`, a
 :class:`DataValidationError` naming every failed error-level expectation.
@@ -31,6 +31,7 @@ import pandas as pd
 
 from kfmlops import report
 from kfmlops.config import Expectation, ValidateConfig
+from kfmlops.tasks import Task
 from kfmlops.typed import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ RANGE_MOSTLY = 0.999
 """Share of a column's values that must lie in its inferred range (tolerates a few outliers)."""
 MAX_INFERRED_CATEGORIES = 1000
 """String columns with more distinct values than this (identifiers, free text) get no inferred set."""
-LABEL_VALUES = [0, 1]
 COLUMN_ARGUMENTS = ("column", "column_A", "column_B")
 
 # Type names GX's expect_column_values_to_be_in_type_list accepts for pandas, per dtype family.
@@ -183,7 +183,7 @@ def check_expectation_columns(expectations: list[Expectation], columns: list[str
         )
 
 
-def build_suite(config: ValidateConfig, reference: pd.DataFrame | None, label: str) -> list[Expectation]:
+def build_suite(config: ValidateConfig, reference: pd.DataFrame | None, task: Task) -> list[Expectation]:
     """The expectation suite: the config's declarative expectations, then those inferred from ``reference``.
 
     Inferred (at ``config.inferred_severity``) when ``config.infer_from_train``: the reference's
@@ -191,7 +191,8 @@ def build_suite(config: ValidateConfig, reference: pd.DataFrame | None, label: s
     string, datetime), numeric values within the observed range widened by ``range_margin`` of the
     span (``mostly`` :data:`RANGE_MOSTLY`), strings within the observed category set (``mostly``
     ``category_mostly``; skipped above :data:`MAX_INFERRED_CATEGORIES` values) and a null rate at
-    most the observed rate plus ``null_rate_tolerance``; the label must be non-null and 0/1.
+    most the observed rate plus ``null_rate_tolerance``; the label must be non-null and, for
+    classification, one of the task's classes (regression: numeric).
     ``reference`` may be ``None`` only when nothing is inferred.
     """
     suite = list(config.expectations)
@@ -201,6 +202,7 @@ def build_suite(config: ValidateConfig, reference: pd.DataFrame | None, label: s
         raise ConfigError(
             "validate.infer_from_train needs a reference split to infer from: pass a 'train' split or a reference"
         )
+    label = task.label
     if label not in reference.columns:
         raise ConfigError(f"label column {label!r} is not in the reference data; it has {list(reference.columns)}")
 
@@ -209,7 +211,10 @@ def build_suite(config: ValidateConfig, reference: pd.DataFrame | None, label: s
 
     add("expect_table_columns_to_match_set", column_set=[str(c) for c in reference.columns], exact_match=False)
     add("expect_column_values_to_not_be_null", column=label)
-    add("expect_column_values_to_be_in_set", column=label, value_set=LABEL_VALUES)
+    if task.is_classification:
+        add("expect_column_values_to_be_in_set", column=label, value_set=list(task.classes))
+    else:
+        add("expect_column_values_to_be_in_type_list", column=label, type_list=_TYPE_LISTS["numeric"])
     for column in reference.columns:
         if column == label:
             continue
@@ -236,7 +241,7 @@ def build_suite(config: ValidateConfig, reference: pd.DataFrame | None, label: s
 def validate(
     splits: dict[str, pd.DataFrame],
     config: ValidateConfig,
-    label: str,
+    task: Task,
     reference: pd.DataFrame | None = None,
 ) -> ValidationResult:
     """Run the suite (built once, from ``reference`` or else ``splits["train"]``) against every split.
@@ -249,7 +254,7 @@ def validate(
     reference = reference if reference is not None else splits.get("train")
     if reference is not None:
         check_expectation_columns(config.expectations, list(reference.columns), "the reference (train) split")
-    suite = build_suite(config, reference, label)
+    suite = build_suite(config, reference, task)
     classes = [_expectation_class(e.type, f"validate.expectations[{i}]") for i, e in enumerate(suite)]
     gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
