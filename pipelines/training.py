@@ -1,8 +1,11 @@
-"""The training pipeline: ingest -> validate -> train -> evaluate -> fairness -> register -> (gates) -> promote -> deploy.
+"""The pipelines: training (ingest -> validate -> train -> release) and bring-your-own-model
+(ingest -> validate -> import_model -> release), where release is predict -> evaluate, fairness ->
+register -> (gates) -> promote -> deploy.
 
 Validation failures stop the run. Training runs in the step's own pod or, for large data and
-GPUs, as a Kubeflow Trainer job across nodes (`training_backend`); either way the model goes
-through :func:`release`. Every candidate is registered (alias `challenger`) with its lineage and
+GPUs, as a Kubeflow Trainer job across nodes (`training_backend`); a model trained elsewhere comes
+in through `import_model` instead. Either way the model (an MLflow model directory of any
+framework) goes through :func:`release`. Every candidate is registered (alias `challenger`) with its lineage and
 gate verdicts; the `champion` alias moves only inside the two gate branches, when evaluate
 blessed the candidate and fairness passed it, and only such a champion is deployed (validated
 before push, canary, then promoted or rolled back).
@@ -11,18 +14,21 @@ before push, canary, then promoted or rolled back).
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
-from kfmlops.components import deploy, evaluate, fairness, ingest, promote, register, train, train_job, validate
+from kfmlops.components import (
+    deploy, evaluate, fairness, import_model, ingest, predict, promote, register, train, train_job, validate,
+)
 
 SIGNING_SECRET, SIGNING_MOUNT = "kfmlops-signing-key", "/etc/kfmlops/signing"  # signing.pem
 VERIFY_SECRET, VERIFY_MOUNT = "kfmlops-verify-key", "/etc/kfmlops/keys"  # verify.pem
 SHARED_MOUNT = "/mnt/kfmlops"  # the shared PVC, on the train_job step and on every rank it starts
 
 
-@dsl.pipeline(name="kfmlops-release", description="Evaluate, fairness-gate, register, promote and deploy a model.")
+@dsl.pipeline(name="kfmlops-release", description="Score, evaluate, fairness-gate, register, promote and deploy a model.")
 def release(
     model: Input[Model],
+    train_data: Input[Dataset],
     test_data: Input[Dataset],
-    label: str,
+    task: dict,
     sensitive_columns: list,
     source: str,
     fingerprint: str,
@@ -30,25 +36,28 @@ def release(
     run_id: str,
     pipeline_run_id: str,
 ) -> str:
-    """The gates and everything after them, for a trained model bundle; returns its registered version."""
-    scored = evaluate(test_data=test_data, model=model, label=label, settings=settings, run_id=run_id)
+    """The gates and everything after them, for any model (an MLflow model directory); returns its
+    registered version."""
+    scored = predict(model=model, data=test_data, task=task, settings=settings, run_id=run_id)
+    judged = evaluate(predictions=scored.outputs["predictions"], train_data=train_data, test_data=test_data,
+                      task=task, settings=settings, run_id=run_id)
     fair = fairness(test_data=test_data, predictions=scored.outputs["predictions"],
                     sensitive_features=sensitive_columns, settings=settings, run_id=run_id)
-    version = register(model=model, test_data=test_data, blessing=scored.outputs["blessing"],
-                       fairness_verdict=fair.outputs["verdict"], label=label, source=source,
+    version = register(model=model, test_data=test_data, blessing=judged.outputs["blessing"],
+                       fairness_verdict=fair.outputs["verdict"], task=task, source=source,
                        fingerprint=fingerprint, settings=settings, run_id=run_id, pipeline_run_id=pipeline_run_id)
     # On a cluster the keys come from Secrets (optional: locally, and where settings.provenance names
     # another source, they are absent); point settings.provenance.*_key_file at these paths.
     kubernetes.use_secret_as_volume(version, SIGNING_SECRET, mount_path=SIGNING_MOUNT, optional=True)
-    with dsl.If(scored.outputs["Output"] == True, name="evaluation-gate"):  # noqa: E712 (a KFP condition, not a bool test)
+    with dsl.If(judged.outputs["Output"] == True, name="evaluation-gate"):  # noqa: E712 (a KFP condition, not a bool test)
         with dsl.If(fair.outputs["Output"] == True, name="fairness-gate"):  # noqa: E712
             promoted = promote(model_name=version.outputs["model_name"], version=version.outputs["version"],
                                settings=settings)
-            rollout = deploy(test_data=test_data, label=label, version=version.outputs["version"],
+            rollout = deploy(test_data=test_data, task=task, version=version.outputs["version"],
                              settings=settings).after(promoted)
             kubernetes.use_secret_as_volume(rollout, VERIFY_SECRET, mount_path=VERIFY_MOUNT, optional=True)
-    for task in (scored, fair, version, promoted, rollout):
-        task.set_caching_options(False)  # each step records into MLflow: never replay it from cache
+    for step in (scored, judged, fair, version, promoted, rollout):
+        step.set_caching_options(False)  # each step records into MLflow: never replay it from cache
     return version.outputs["version"]
 
 
@@ -80,23 +89,53 @@ def training(
     """
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     splits = ingest(data=data, settings=settings, pipeline_run_id=kfp_run_id, run_tags=run_tags)
-    label_column, mlflow_run = splits.outputs["label_column"], splits.outputs["run_id"]
+    task, mlflow_run = splits.outputs["task"], splits.outputs["run_id"]
     checked = validate(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
-                       label=label_column, settings=settings, run_id=mlflow_run)
-    downstream = dict(test_data=splits.outputs["test_data"], label=label_column,
-                      sensitive_columns=splits.outputs["sensitive_columns"], source=splits.outputs["source"],
-                      fingerprint=splits.outputs["fingerprint"], settings=settings, run_id=mlflow_run,
-                      pipeline_run_id=kfp_run_id)
+                       task=task, settings=settings, run_id=mlflow_run)
+    downstream = _release_inputs(splits, settings, kfp_run_id)
     with dsl.If(training_backend == "in-pod", name="train-in-pod"):
-        in_pod = train(train_data=splits.outputs["train_data"], label=label_column, settings=settings,
+        in_pod = train(train_data=splits.outputs["train_data"], task=task, settings=settings,
                        run_id=mlflow_run).after(checked)
         in_pod_release = release(model=in_pod.outputs["model"], **downstream)
     with dsl.Else(name="train-on-cluster"):
-        job = train_job(train_data=splits.outputs["train_data"], label=label_column, settings=settings,
+        job = train_job(train_data=splits.outputs["train_data"], task=task, settings=settings,
                         cluster=cluster_training, shared_pvc=shared_pvc, run_id=mlflow_run,
                         backend=training_backend).after(checked)
         kubernetes.mount_pvc(job, pvc_name=shared_pvc, mount_path=SHARED_MOUNT)
         cluster_release = release(model=job.outputs["model"], **downstream)
-    for task in (splits, checked, job, in_pod):
-        task.set_caching_options(False)
+    for step in (splits, checked, job, in_pod):
+        step.set_caching_options(False)
     return dsl.OneOf(in_pod_release.output, cluster_release.output)
+
+
+@dsl.pipeline(
+    name="kfmlops-bring-your-own-model",
+    description="Ingest and validate data, import a model trained elsewhere, then evaluate, gate, register and deploy it.",
+)
+def bring_your_own_model(data: dict, model_uri: str, settings: dict = {}, run_tags: dict = {}) -> str:
+    """Releases a model trained outside kfmlops through the same gates; returns its registered version.
+
+    Args:
+        data: kfmlops.config.DataSpec as JSON, as for the training pipeline (the test split judges the model).
+        model_uri: The model: an MLflow model directory's path or URI (s3://, gs://, ...), or a
+            `models:/NAME/VERSION` / `runs:/RUN/PATH` URI. Any MLflow flavor.
+        settings: kfmlops.config.Settings as JSON.
+        run_tags: Extra MLflow tags for this run.
+    """
+    kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    splits = ingest(data=data, settings=settings, pipeline_run_id=kfp_run_id, run_tags=run_tags)
+    checked = validate(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
+                       task=splits.outputs["task"], settings=settings, run_id=splits.outputs["run_id"])
+    imported = import_model(model_uri=model_uri, test_data=splits.outputs["test_data"], task=splits.outputs["task"],
+                            settings=settings, run_id=splits.outputs["run_id"]).after(checked)
+    for step in (splits, checked, imported):
+        step.set_caching_options(False)
+    return release(model=imported.outputs["model"], **_release_inputs(splits, settings, kfp_run_id)).output
+
+
+def _release_inputs(splits, settings: dict, kfp_run_id: str) -> dict:
+    """What release takes from ingest, besides the model."""
+    return dict(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
+                task=splits.outputs["task"], sensitive_columns=splits.outputs["sensitive_columns"],
+                source=splits.outputs["source"], fingerprint=splits.outputs["fingerprint"], settings=settings,
+                run_id=splits.outputs["run_id"], pipeline_run_id=kfp_run_id)

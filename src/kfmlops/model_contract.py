@@ -162,7 +162,7 @@ def load(model: str | Path, task: Task | None = None) -> LoadedModel:
     ``task`` is the data's task; it is required when the model has no kfmlops metadata and must
     agree with the metadata when it has some (same kind and classes).
     """
-    model_dir = Path(_local_dir(str(model)))
+    model_dir = Path(local_dir(str(model)))
     info = read_info(model_dir)
     if info is None and task is None:
         raise ModelContractError(
@@ -339,7 +339,8 @@ def _signature_columns(model_dir: Path) -> list[str]:
     return list(signature.inputs.input_names())
 
 
-def _local_dir(model: str) -> str:
+def local_dir(model: str) -> str:
+    """A local directory holding ``model``: the path itself, or a download of an artifact or registry URI."""
     if "://" not in model or model.startswith("file://"):
         return model.removeprefix("file://")
     import tempfile
@@ -351,6 +352,6 @@ def _local_dir(model: str) -> str:
 
 __all__ = [
     "BUNDLE_ARTIFACT", "LoadedModel", "METADATA_KEY", "ModelContractError", "ModelInfo", "PROBA_PREFIX", "TaskError",
-    "bundle_path", "is_model_dir", "load", "predictions", "read_info", "save_bundle_model", "save_estimator",
+    "bundle_path", "is_model_dir", "load", "local_dir", "predictions", "read_info", "save_bundle_model", "save_estimator",
     "scores_of", "with_info",
 ]
