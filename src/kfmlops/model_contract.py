@@ -341,7 +341,9 @@ def _signature_columns(model_dir: Path) -> list[str]:
 
 def local_dir(model: str) -> str:
     """A local directory holding ``model``: the path itself, or a download of an artifact or registry URI."""
-    if "://" not in model or model.startswith("file://"):
+    from urllib.parse import urlparse
+
+    if urlparse(model).scheme in ("", "file"):  # models:/ and runs:/ have a scheme but no //
         return model.removeprefix("file://")
     import tempfile
 
