@@ -26,17 +26,10 @@ def import_model(
         model: The MLflow model directory, with kfmlops metadata (task, features, trainer "imported"
             unless the model says otherwise).
     """
-    from kfmlops.config import Settings
     from kfmlops.import_model import import_model as run_import
-    from kfmlops.residency import enforce
+    from kfmlops.step import step
     from kfmlops.tasks import Task
-    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri, use
 
-    cfg = Settings.parse(settings)
-    with failed_on_error(cfg.mlflow, run_id):
-        enforce({"read": [model_uri, test_data.uri], "write": model.uri, "mlflow": tracking_uri(cfg.mlflow)},
-                cfg.residency)
-        use(cfg.mlflow)
+    with step(settings, run_id, read=[model_uri, test_data.uri], write=model.uri):
         info = run_import(model_uri, test_data.path, Task.from_json(task), model.path)
         model.metadata.update({"trainer": info.trainer, "task": info.task.kind, "source": model_uri})
-        log_to_run(cfg.mlflow, run_id, params={"model_uri": model_uri, "trainer": info.trainer})

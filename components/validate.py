@@ -26,27 +26,17 @@ def validate(
         results: JSON outcome of every expectation on every split.
         report: HTML report of the same.
     """
-    import json
-    from pathlib import Path
-
     import pandas as pd
 
-    from kfmlops.config import Settings
-    from kfmlops.register import gate_tags
-    from kfmlops.residency import enforce
+    from kfmlops.step import step
     from kfmlops.tasks import Task
-    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
     from kfmlops.validate import validate as run_validate
 
-    cfg = Settings.parse(settings)
-    with failed_on_error(cfg.mlflow, run_id):
-        enforce({"read": [train_data.uri, test_data.uri], "write": [results.uri, report.uri],
-                 "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-        outcome = run_validate({"train": pd.read_parquet(train_data.path), "test": pd.read_parquet(test_data.path)},
-                               cfg.validate_, Task.from_json(task))
-        Path(results.path).write_text(json.dumps(outcome.to_json(), indent=1))
-        Path(report.path).write_text(outcome.to_html())
-        results.metadata.update({"passed": outcome.passed, "errors": len(outcome.errors), "warnings": len(outcome.warnings)})
-        log_to_run(cfg.mlflow, run_id, tags=gate_tags("validate", outcome.passed),
-                   documents={"validation.json": outcome.to_json()})
+    with step(settings, run_id, read=[train_data.uri, test_data.uri], write=[results.uri, report.uri]) as s:
+        splits = {"train": pd.read_parquet(train_data.path), "test": pd.read_parquet(test_data.path)}
+        outcome = run_validate(splits, s.settings.validate_, Task.from_json(task))
+        s.write_json(results, outcome.to_json(), passed=outcome.passed, errors=len(outcome.errors),
+                     warnings=len(outcome.warnings))
+        s.write_html(report, outcome.to_html())
+        s.log(documents={"validation.json": outcome.to_json()}, gate=("validate", outcome.passed))
         outcome.raise_for_errors()
