@@ -1,4 +1,5 @@
-"""``kfmlops run``: the training pipeline on this machine through ``kfp.local``, then a summary.
+"""``kfmlops run``: the training pipeline (or, with ``--model-uri``, the bring-your-own-model
+pipeline) on this machine through ``kfp.local``, then a summary.
 
 The same compiled components run here (``SubprocessRunner(use_venv=False)``: each task is a
 subprocess of this interpreter, so the installed kfmlops is what runs) and in a cluster pod.
@@ -29,7 +30,6 @@ from kfmlops.tracking import kfmlops_home, tracking_uri
 from kfmlops.typed import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "adult.yaml"
-PIPELINE = "kfmlops-training"
 
 
 class PipelineFailed(RuntimeError):
@@ -59,7 +59,8 @@ def run_pipeline(
     progress: TextIO | None = None,
     verbose: bool = True,
 ) -> LocalRun:
-    """Run the training pipeline locally with these pipeline arguments; returns the registered version.
+    """Run the training pipeline locally with these pipeline arguments (the bring-your-own-model
+    pipeline when they hold a ``model_uri``); returns the registered version.
 
     ``runner`` is a ``kfp.local`` runner; the default runs each task as a subprocess of this
     interpreter (``SubprocessRunner(use_venv=False)``), a ``DockerRunner`` runs it in the image.
@@ -68,8 +69,9 @@ def run_pipeline(
     """
     from kfp import local
 
-    from kfmlops.pipelines import training
+    from kfmlops.pipelines import bring_your_own_model, training
 
+    pipeline = bring_your_own_model if "model_uri" in arguments else training
     settings = Settings.parse(arguments.get("settings"))  # fail on a bad setting before any step starts
     # Every task is its own process: give them all the same, absolute store.
     pinned = settings.mlflow.model_copy(update={"tracking_uri": tracking_uri(settings.mlflow)})
@@ -77,18 +79,18 @@ def run_pipeline(
     root = Path(pipeline_root) if pipeline_root else kfmlops_home() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    before = set(root.glob(f"{PIPELINE}-*"))
+    before = set(root.glob(f"{pipeline.name}-*"))
     staging = root / f".logs-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
     logs = TaskLogs(staging, progress=progress, echo=sys.__stdout__ if verbose else None)
     started = time.monotonic()
     error: RuntimeError | None = None
     try:
         with logs.capture():
-            task = training(**arguments)
+            task = pipeline(**arguments)
     except RuntimeError as exc:
         error = exc
     seconds = time.monotonic() - started
-    created = sorted(set(root.glob(f"{PIPELINE}-*")) - before)
+    created = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
     run_dir = created[-1] if created else staging
     log_dir = _move_logs(logs, staging, run_dir)
     if error is None:
@@ -113,14 +115,15 @@ def _move_logs(logs: TaskLogs, staging: Path, run_dir: Path) -> Path:
 
 
 def run_and_summarise(config: PipelineConfig, *, progress: TextIO | None, verbose: bool,
-                      pipeline_root: str | None = None) -> dict[str, Any]:
-    """Run the pipeline for ``config`` and return its summary (see :mod:`kfmlops.run_summary`),
-    also written to ``summary.json`` in the run directory; a failed run gets one too."""
+                      pipeline_root: str | None = None, model_uri: str | None = None) -> dict[str, Any]:
+    """Run the pipeline for ``config`` (releasing ``model_uri`` instead of training, when given) and
+    return its summary (see :mod:`kfmlops.run_summary`), also written to ``summary.json`` in the run
+    directory; a failed run gets one too."""
     from kfmlops import run_summary
 
+    arguments = config.pipeline_arguments() | ({"model_uri": model_uri} if model_uri else {})
     try:
-        run = run_pipeline(config.pipeline_arguments(), pipeline_root=pipeline_root, progress=progress,
-                           verbose=verbose)
+        run = run_pipeline(arguments, pipeline_root=pipeline_root, progress=progress, verbose=verbose)
     except PipelineFailed as exc:
         summary = run_summary.failed(step=exc.step, reason=exc.reason, log=exc.log, seconds=exc.seconds,
                                      steps=[s.to_json() for s in exc.steps], run_dir=exc.run_dir, logs=exc.logs)
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-root", help="where task outputs go (default: $KFMLOPS_HOME/pipeline_root)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (progress on stderr)")
     parser.add_argument("--verbose", action="store_true", help="also print every step's full log")
+    parser.add_argument("--model-uri", help="release this MLflow model (a path, an artifact URI, models:/NAME/VERSION) "
+                                            "through the gates instead of training one")
     args = parser.parse_args(argv)
     out = sys.stderr if args.json else sys.stdout
     try:
@@ -149,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, IngestError, ResidencyError) as exc:
         summary = run_summary.refused(exc)
     else:
-        summary = run_and_summarise(config, progress=out, verbose=args.verbose, pipeline_root=args.pipeline_root)
+        summary = run_and_summarise(config, progress=out, verbose=args.verbose, pipeline_root=args.pipeline_root,
+                                    model_uri=args.model_uri)
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
         if summary["status"] != "succeeded":
