@@ -272,15 +272,31 @@ def test_sink_writes_unmatched_after_timeout(tmp_path):
 def test_ground_truth_joins_latest_label(tmp_path):
     with InferenceLog(InferenceLogConfig(root=str(tmp_path))) as log:
         log.append([_record(i) for i in range(10)])
-    (tmp_path / "truth.csv").write_text("Request ID,Y\nw-1,>50K\nw-2,<=50K\nw-3,>50K.\nunknown,>50K\n")
-    assert import_ground_truth(tmp_path, str(tmp_path / "truth.csv"), label="Y", request_id="Request ID",
-                               positive_labels=[">50K", ">50K."]) == 4
-    (tmp_path / "late.csv").write_text("request_id,label\nw-2,1\n")  # a corrected label arrives later
+    (tmp_path / "truth.csv").write_text("Request ID,Y\nw-1,>50K\nw-2,<=50K\nw-3, >50K \nunknown,>50K\nw-5,\n")
+    assert import_ground_truth(tmp_path, str(tmp_path / "truth.csv"), label="Y", request_id="Request ID") == 4
+    (tmp_path / "late.csv").write_text("request_id,label\nw-2,>50K\n")  # a corrected label arrives later
     import_ground_truth(tmp_path, str(tmp_path / "late.csv"))
+    (tmp_path / "number.jsonl").write_text('{"request_id": "w-6", "label": 12.25}\n')
+    (tmp_path / "boolean.jsonl").write_text('{"request_id": "w-7", "label": true}\n')
+    for name in ("number.jsonl", "boolean.jsonl"):
+        import_ground_truth(tmp_path, str(tmp_path / name))
     table = read_window(tmp_path, "adult", *ALL_TIME)
     labels = dict(zip(table["request_id"].to_pylist(), table["label"].to_pylist()))
-    assert {k: labels[k] for k in ("w-1", "w-2", "w-3", "w-4")} == {"w-1": 1, "w-2": 1, "w-3": 1, "w-4": None}
-    assert pc.sum(pc.is_valid(table["label"])).as_py() == 3
+    assert {k: labels[k] for k in ("w-1", "w-2", "w-3", "w-4", "w-5", "w-6", "w-7")} == {
+        "w-1": ">50K", "w-2": ">50K", "w-3": ">50K", "w-4": None, "w-5": None, "w-6": "12.25", "w-7": "True"}
+    assert table["label"].type == "string" and pc.sum(pc.is_valid(table["label"])).as_py() == 5
+
+
+def test_outputs_kept_per_task(tmp_path):
+    """A number (P(positive), a value), a {class: probability} mapping, anything else: as served."""
+    outputs = [0.25, {"Adelie": 0.7, "Chinstrap": 0.2, "Gentoo": 0.1}, {"Gentoo": 1}, [3.5], "Adelie", {"a": "b"}, None]
+    with InferenceLog(InferenceLogConfig(root=str(tmp_path))) as log:
+        log.append([replace(_record(i), output=o) for i, o in enumerate(outputs)])
+    table = read_window(tmp_path, "adult", *ALL_TIME).sort_by("request_id")
+    assert table["prediction"].to_pylist() == [0.25, None, None, 3.5, None, None, None]
+    assert table["output.Adelie"].to_pylist() == [None, 0.7, None, None, None, None, None]
+    assert table["output.Gentoo"].to_pylist() == [None, 0.1, 1.0, None, None, None, None]
+    assert table["output_json"].to_pylist() == [None, None, None, None, '"Adelie"', '{"a": "b"}', None]
 
 
 def test_sink_config_from_yaml(tmp_path):

@@ -538,18 +538,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", help="the inference log directory")
     run.add_argument("--host")
     run.add_argument("--port", type=int)
-    labels = commands.add_parser("import-labels", help="commit a file of request id -> label under the log")
+    labels = commands.add_parser(
+        "import-labels", help="commit a file of request id -> label (the model's class names, or numbers) under the log"
+    )
     labels.add_argument("--root", required=True)
     labels.add_argument("file")
     labels.add_argument("--label-column", default="label")
     labels.add_argument("--request-id-column", default="request_id")
-    labels.add_argument("--positive-label", action="append", help="a label value meaning positive (repeatable)")
     args = parser.parse_args(argv)
 
     if args.command == "import-labels":
-        positives = args.positive_label or [1, True, "1"]
-        n = import_ground_truth(args.root, args.file, label=args.label_column,
-                                request_id=args.request_id_column, positive_labels=positives)
+        n = import_ground_truth(args.root, args.file, label=args.label_column, request_id=args.request_id_column)
         print(f"imported {n} labels into {args.root}")
         return 0
     if args.config:

@@ -6,8 +6,16 @@ Layout under the log's root::
     labels/part-<ns>-<uuid>.parquet                                             imported ground truth
 
 A predictions row holds ``request_id``, ``row_index`` (position in a batched request),
-``timestamp`` (UTC), ``model_version``, ``endpoint``, ``prediction`` (the output when it is a
-number) or ``output_json`` (any other output, as JSON), and one ``input.<name>`` column per input.
+``timestamp`` (UTC), ``model_version``, ``endpoint``, one ``input.<name>`` column per input and the
+served output as it came, whatever the model's task:
+
+- a number (a binary model's P(positive), a regression model's value): ``prediction`` (float64);
+- a mapping of names to numbers (a multiclass model's ``{class: probability}``): one
+  ``output.<name>`` column (float64) per name;
+- anything else: ``output_json`` (the output as JSON).
+
+What an output means (which class is positive, the predicted class) is the drift job's business: it
+reads the output with the served model's task (:mod:`kfmlops.monitoring.drift`).
 
 Writers (:class:`InferenceLog`) buffer rows in memory up to ``max_buffered_rows`` and commit each
 partition's rows as a new file: written under a dot-prefixed temporary name, fsync'd, renamed into
@@ -16,7 +24,8 @@ crash leaves either a whole committed file or an ignored temporary, never a half
 Files are never appended to or rewritten, so any number of writer processes can share a root.
 
 Ground truth arrives later as a file of request id -> label; :func:`import_ground_truth` commits
-it under ``labels/`` and :func:`read_window` left-joins it onto the predictions it reads.
+it under ``labels/`` as given (canonical labels: class names, or numbers for regression; stored as
+text) and :func:`read_window` left-joins it onto the predictions it reads.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import pyarrow.parquet as pq
 
 from kfmlops.config import IngestConfig
 from kfmlops.durable import atomic_path, fsync_path
-from kfmlops.ingest import label_to_int, normalise_name, read_batches
+from kfmlops.ingest import normalise_name, read_batches
 from kfmlops.monitoring.config import InferenceLogConfig
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions"
 LABELS = "labels"
 INPUT_PREFIX = "input."
+OUTPUT_PREFIX = "output."
 KEYS = ["request_id", "row_index"]
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _META_SCHEMA = pa.schema([
@@ -62,7 +72,7 @@ _META_SCHEMA = pa.schema([
     ("output_json", pa.string()),
 ])
 LABEL_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("row_index", pa.int32()), ("label", pa.int8()), ("labelled_at", TIMESTAMP)
+    ("request_id", pa.string()), ("row_index", pa.int32()), ("label", pa.string()), ("labelled_at", TIMESTAMP)
 ])
 _STALE_TEMPORARY_S = 3600.0
 
@@ -215,6 +225,7 @@ class InferenceLog:
 def _to_table(records: list[PredictionRecord]) -> pa.Table:
     outputs = [r.output for r in records]
     numeric = [_number(v) for v in outputs]
+    named = [_named_numbers(v) if x is None else None for v, x in zip(outputs, numeric)]
     columns = {
         "request_id": [r.request_id for r in records],
         "row_index": [r.row_index for r in records],
@@ -222,13 +233,17 @@ def _to_table(records: list[PredictionRecord]) -> pa.Table:
         "model_version": [r.model_version for r in records],
         "endpoint": [r.endpoint for r in records],
         "prediction": numeric,
-        "output_json": [None if v is None or x is not None else json.dumps(v, default=str) for v, x in zip(outputs, numeric)],
+        "output_json": [None if v is None or x is not None or m is not None else json.dumps(v, default=str)
+                        for v, x, m in zip(outputs, numeric, named)],
     }
     arrays = [pa.array(columns[f.name], f.type) for f in _META_SCHEMA]
     names = list(_META_SCHEMA.names)
     for name in dict.fromkeys(k for r in records for k in r.inputs):
         arrays.append(_input_array([r.inputs.get(name) for r in records]))
         names.append(INPUT_PREFIX + str(name))
+    for name in dict.fromkeys(k for m in named if m for k in m):
+        arrays.append(pa.array([m.get(name) if m else None for m in named], pa.float64()))
+        names.append(OUTPUT_PREFIX + name)
     return pa.Table.from_arrays(arrays, names=names)
 
 
@@ -238,6 +253,15 @@ def _number(value: Any) -> float | None:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (bool, int, float)):
         return float(value[0])
     return None
+
+
+def _named_numbers(value: Any) -> dict[str, float] | None:
+    """A ``{name: number}`` output (a multiclass model's class probabilities) as floats; None for any other."""
+    if not isinstance(value, dict) or not value:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+        return None
+    return {str(k): float(v) for k, v in value.items()}
 
 
 def _input_array(values: list[Any]) -> pa.Array:
@@ -313,19 +337,15 @@ def _remove_stale_temporaries(root: Path) -> None:
 
 
 def import_ground_truth(
-    root: str | os.PathLike,
-    uri: str,
-    *,
-    label: str = "label",
-    request_id: str = "request_id",
-    row_index: str = "row_index",
-    positive_labels: list[str | int | bool] = (1, True, "1"),
+    root: str | os.PathLike, uri: str, *, label: str = "label", request_id: str = "request_id", row_index: str = "row_index"
 ) -> int:
     """Commit a CSV / Parquet / JSON Lines file of request id -> label under ``labels/``; returns its rows.
 
-    Labels become 0/1 (``int8``) as in ingest: a value in ``positive_labels`` is 1, anything else 0.
-    A missing ``row_index`` column means 0 (one prediction per request). Rows without a request id
-    or a label are skipped. Importing a file again is harmless: the latest label per key wins.
+    Labels are kept as given, as text (numbers in their shortest exact form, booleans ``True`` /
+    ``False``): canonical labels are the model's class names, or numbers for regression, and the
+    drift job checks them against the served model's task. A missing ``row_index`` column means 0
+    (one prediction per request). Rows without a request id or a label are skipped. Importing a
+    file again is harmless: the latest label per key wins.
     """
     names = {normalise_name(n): n for n in (label, request_id, row_index)}
     directory = Path(root) / LABELS
@@ -336,19 +356,30 @@ def import_ground_truth(
         missing = [names[n] for n in (normalise_name(label), normalise_name(request_id)) if n not in columns]
         if missing:
             raise ValueError(f"{uri!r}: ground truth needs columns {missing}; it has {sorted(columns)}")
-        ids, raw = columns[normalise_name(request_id)], columns[normalise_name(label)]
+        ids, raw = columns[normalise_name(request_id)], label_text(columns[normalise_name(label)])
         keep = pc.and_(pc.is_valid(ids), pc.is_valid(raw))
         rows = columns.get(normalise_name(row_index))
         table = pa.table({
             "request_id": pc.filter(ids.cast(pa.string()), keep),
             "row_index": pc.filter(rows.cast(pa.int32()) if rows is not None else pa.array([0] * len(ids), pa.int32()), keep),
-            "label": pc.filter(label_to_int(raw, list(positive_labels), label), keep),
+            "label": pc.filter(raw, keep),
         })
         table = table.append_column("labelled_at", pa.array([now] * table.num_rows, TIMESTAMP))
         if table.num_rows:
             commit_table(table.cast(LABEL_SCHEMA), directory)
             total += table.num_rows
     return total
+
+
+def label_text(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Label values as text: strings trimmed (blank means no label), numbers in their shortest exact
+    form (``1``, ``2.5``), booleans ``True`` / ``False`` as ingest names them; nulls kept."""
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if pa.types.is_boolean(values.type):
+        return pc.if_else(values, pa.scalar("True"), pa.scalar("False"))
+    text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
 def window_bounds(now: datetime, hours: int, settle_minutes: float) -> tuple[datetime, datetime]:
@@ -382,8 +413,9 @@ def read_window(
 ) -> pa.Table:
     """Predictions of ``model`` with ``start <= timestamp < end``, left-joined with imported labels.
 
-    ``columns`` picks the columns read by name (the key and timestamp columns are always read). Files whose column types differ (int vs float inputs) are unified
-    to the wider type. The result has a nullable ``label`` (``int8``) column when labels exist.
+    ``columns`` picks the columns read by name (the key and timestamp columns are always read).
+    Files whose column types differ (int vs float inputs) are unified to the wider type. The result
+    has a nullable ``label`` (text, as imported) column when labels exist.
     """
     files = window_files(root, model, start, end)
     if not files:
@@ -403,10 +435,9 @@ def _labels_for(table: pa.Table, labels: pa.Table) -> pa.Array:
     """Each row's label (null when there is none), joining on the key columns only, in row order."""
     keys = table.select(KEYS).append_column("_row", pa.array(np.arange(table.num_rows)))
     matched = keys.join(labels, keys=KEYS, join_type="inner")
-    values, missing = np.zeros(table.num_rows, np.int8), np.ones(table.num_rows, bool)
-    rows = matched["_row"].to_numpy()
-    values[rows], missing[rows] = matched["label"].to_numpy(), False
-    return pa.array(values, mask=missing)
+    positions = np.full(table.num_rows, -1, np.int64)
+    positions[matched["_row"].to_numpy()] = np.arange(matched.num_rows)
+    return pc.take(matched["label"], pa.array(positions, mask=positions < 0)).combine_chunks()
 
 
 def read_labels(root: str | os.PathLike) -> pa.Table | None:
