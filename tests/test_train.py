@@ -11,9 +11,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from kfmlops import model_contract
 from kfmlops.config import TrainConfig
-from kfmlops.train import ModelBundle, train
-from kfmlops.train.loop import CHECKPOINT_FILE, peak_learning_rate
+from kfmlops.tasks import Task
+from kfmlops.train import load_bundle, train
+from kfmlops.train.loop import CHECKPOINT_FILE, batch_rows, peak_learning_rate
 from kfmlops.train.preprocess import SchemaMismatch
 
 # One intra-op thread: the fastest for these batches on a 2-core machine shared with other jobs.
@@ -21,15 +23,20 @@ DEFAULT = TrainConfig(cpu_threads=1)
 FAST = DEFAULT.model_copy(update={"epochs": 3})
 
 
+@pytest.fixture(scope="module")
+def task(adult) -> Task:
+    return Task.from_json(adult.task)
+
+
 def _test_auc(model_dir, frame) -> float:
-    bundle = ModelBundle.load(model_dir)
-    proba = bundle.predict_proba({c: frame[c].to_numpy() for c in frame.columns if c != "y"})
-    assert proba.shape == (len(frame),) and ((proba >= 0) & (proba <= 1)).all()
-    return roc_auc_score(frame["y"], proba)
+    model = model_contract.load(model_dir)
+    proba = model.scores(frame.drop(columns="y"))
+    assert proba.shape == (len(frame), 2) and np.allclose(proba.sum(axis=1), 1.0)
+    return roc_auc_score(model.task.encode(frame["y"]), proba[:, 1])
 
 
 def _weights(model_dir) -> dict:
-    return torch.load(f"{model_dir}/weights.pt", weights_only=True)
+    return torch.load(model_contract.bundle_path(model_dir) / "weights.pt", weights_only=True)
 
 
 def _same_weights(a, b) -> bool:
@@ -44,8 +51,10 @@ def _position(checkpoint) -> tuple[int, int]:
 
 def _train_in_subprocess(adult, config: TrainConfig, model_dir) -> subprocess.Popen:
     script = (
-        "import sys; from kfmlops.config import TrainConfig; from kfmlops.train import train; "
-        f"train({adult.train_path!r}, 'y', TrainConfig.model_validate_json(sys.argv[1]), {str(model_dir)!r})"
+        "import sys; from kfmlops.config import TrainConfig; from kfmlops.tasks import Task; "
+        "from kfmlops.train import train; "
+        f"train({adult.train_path!r}, Task.from_json({adult.task!r}), TrainConfig.model_validate_json(sys.argv[1]), "
+        f"{str(model_dir)!r})"
     )
     return subprocess.Popen([sys.executable, "-c", script, config.model_dump_json()], stderr=subprocess.PIPE, text=True)
 
@@ -61,43 +70,54 @@ def _wait_for_checkpoint(checkpoint, proc, after: tuple[int, int], timeout_s: fl
         time.sleep(0.02)
 
 
-def test_default_model_reaches_target_auc_on_adult_test(tmp_path, adult, adult_test):
-    result = train(adult.train_path, "y", DEFAULT, tmp_path / "model")
-    assert result.val_roc_auc > 0.89
+def test_default_model_reaches_target_auc_on_adult_test_and_stops_early(tmp_path, adult, adult_test, task):
+    result = train(adult.train_path, task, DEFAULT, tmp_path / "model")
+    assert (result.trainer, result.task, result.metric) == ("tabular-net", "binary", "roc_auc")
+    assert result.val_score > 0.89
     assert _test_auc(tmp_path / "model", adult_test) >= 0.90
-    assert len(result.history) == DEFAULT.epochs
+    # Early stopping: patience epochs past the best validation loss, well before the maximum; the best is kept.
+    losses = [h["val_loss"] for h in result.history]
+    assert result.iterations == len(losses) < DEFAULT.epochs
+    assert result.best_iteration == int(np.argmin(losses)) == result.iterations - 1 - DEFAULT.patience
+    assert result.val_loss == min(losses) and result.val_score == result.history[result.best_iteration]["val_roc_auc"]
     assert result.samples_per_second > 0 and result.resumed_from_epoch is None
+    info = model_contract.read_info(tmp_path / "model")
+    assert info.task == task and info.trainer == "tabular-net" and "y" not in info.features
 
 
-def test_same_seed_same_model_other_seed_other_model(tmp_path, adult):
-    train(adult.train_path, "y", FAST, tmp_path / "a")
-    train(adult.train_path, "y", FAST, tmp_path / "b")
-    train(adult.train_path, "y", FAST.model_copy(update={"seed": 1}), tmp_path / "c")
+def test_same_seed_same_model_other_seed_other_model(tmp_path, adult, task):
+    train(adult.train_path, task, FAST, tmp_path / "a")
+    train(adult.train_path, task, FAST, tmp_path / "b")
+    train(adult.train_path, task, FAST.model_copy(update={"seed": 1}), tmp_path / "c")
     a, b, c = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_preprocessing_is_fitted_on_train_and_saved(tmp_path, adult, adult_test):
-    train(adult.train_path, "y", FAST, tmp_path / "m")
-    pre = json.loads((tmp_path / "m" / "preprocess.json").read_text())
+def test_preprocessing_is_fitted_on_train_and_saved(tmp_path, adult, adult_test, task):
+    train(adult.train_path, task, FAST, tmp_path / "m")
+    bundle_dir = model_contract.bundle_path(tmp_path / "m")
+    pre = json.loads((bundle_dir / "preprocess.json").read_text())
     cats = {f["name"]: f["vocabulary"] for f in pre["categorical"]}
     nums = {f["name"]: f for f in pre["numeric"]}
     assert "Female" in cats["sex"] and "y" not in cats and "y" not in nums
     assert nums["capital_gain"]["log"] and not nums["age"]["log"]
-    bundle = ModelBundle.load(tmp_path / "m")
+    bundle = load_bundle(bundle_dir)
+    assert (bundle.kind, bundle.task, bundle.features) == ("tabular-net", task, [c for c in adult_test.columns if c != "y"])
     row = {c: adult_test[c].to_numpy()[:3] for c in adult_test.columns if c != "y"}
     row["occupation"] = np.array(["Astronaut", None, "Sales"], dtype=object)  # unseen and missing -> bucket 0
-    assert bundle.predict_proba(row).shape == (3,)
+    assert bundle.scores(row).shape == (3, 2)
     with pytest.raises(SchemaMismatch, match="age"):
-        bundle.predict_proba({k: v for k, v in row.items() if k != "age"})
+        bundle.scores({k: v for k, v in row.items() if k != "age"})
 
 
-def test_bad_settings_are_named(tmp_path, adult):
+def test_bad_settings_are_named(tmp_path, adult, task):
     with pytest.raises(ValueError, match="exclude_features.*nope"):
-        train(adult.train_path, "y", FAST.model_copy(update={"exclude_features": ["nope"]}), tmp_path / "m")
+        train(adult.train_path, task, FAST.model_copy(update={"exclude_features": ["nope"]}), tmp_path / "m")
     with pytest.raises(ValueError, match="label column 'label'"):
-        train(adult.train_path, "label", FAST, tmp_path / "m")
+        train(adult.train_path, Task("binary", "label", task.classes), FAST, tmp_path / "m")
+    with pytest.raises(ValueError, match=r"label 'y' has values \['<=50K', '>50K'\] outside the task's classes"):
+        train(adult.train_path, Task("binary", "y", ("no", "yes")), FAST, tmp_path / "m")
 
 
 def test_learning_rate_follows_the_batch_size():
@@ -106,13 +126,22 @@ def test_learning_rate_follows_the_batch_size():
     assert peak_learning_rate(base.model_copy(update={"lr_scaling": "linear"})) == pytest.approx(4e-3)
     assert peak_learning_rate(base.model_copy(update={"lr_scaling": "none"})) == pytest.approx(1e-3)
     assert peak_learning_rate(TrainConfig()) == TrainConfig().learning_rate
+    assert peak_learning_rate(base, 128) == pytest.approx(0.5e-3)
 
 
-def test_killed_run_resumes_mid_epoch_to_the_same_model(tmp_path, adult):
+def test_the_batch_shrinks_to_give_small_data_enough_steps():
+    config = TrainConfig(batch_size=512)
+    assert batch_rows(config, 100_000) == 512  # as configured
+    assert batch_rows(config, 1_800) == 225  # an eighth of the rows
+    assert batch_rows(config, 200) == 32  # never below 32 rows...
+    assert batch_rows(config, 20) == 20  # ...nor above the rows there are
+
+
+def test_killed_run_resumes_mid_epoch_to_the_same_model(tmp_path, adult, task):
     """SIGKILL after a mid-epoch checkpoint; the rerun resumes at that step and ends where an
     uninterrupted run ends (weights, best epoch and history)."""
     config = FAST.model_copy(update={"epochs": 4, "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every_steps": 20})
-    reference = train(adult.train_path, "y", config.model_copy(update={"checkpoint_dir": str(tmp_path / "ref-ckpt")}),
+    reference = train(adult.train_path, task, config.model_copy(update={"checkpoint_dir": str(tmp_path / "ref-ckpt")}),
                       tmp_path / "ref")
 
     proc = _train_in_subprocess(adult, config, tmp_path / "victim")
@@ -123,61 +152,66 @@ def test_killed_run_resumes_mid_epoch_to_the_same_model(tmp_path, adult):
     killed_at = _position(checkpoint)
     assert killed_at < (config.epochs, 0), "the run finished before it could be killed"
 
-    resumed = train(adult.train_path, "y", config, tmp_path / "resumed")
+    resumed = train(adult.train_path, task, config, tmp_path / "resumed")
     assert (resumed.resumed_from_epoch, resumed.resumed_from_step) == killed_at
     assert _same_weights(tmp_path / "ref", tmp_path / "resumed")
-    assert resumed.best_epoch == reference.best_epoch
-    curve = [(h["epoch"], h["train_loss"], h["val_roc_auc"]) for h in resumed.history]
-    assert np.allclose(curve, [(h["epoch"], h["train_loss"], h["val_roc_auc"]) for h in reference.history])
+    assert resumed.best_iteration == reference.best_iteration
+    curve = [(h["epoch"], h["train_loss"], h["val_loss"], h["val_roc_auc"]) for h in resumed.history]
+    assert np.allclose(curve, [(h["epoch"], h["train_loss"], h["val_loss"], h["val_roc_auc"]) for h in reference.history])
 
 
-def test_a_checkpoint_of_another_run_is_refused(tmp_path, adult, adult_train):
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, adult, adult_train, task):
     config = FAST.model_copy(update={"epochs": 1, "checkpoint_dir": str(tmp_path / "ckpt")})
-    first = train(adult.train_path, "y", config, tmp_path / "a")
+    first = train(adult.train_path, task, config, tmp_path / "a")
     with pytest.raises(ValueError, match=r"different run \(differs in \['learning_rate'\]\)"):
-        train(adult.train_path, "y", config.model_copy(update={"learning_rate": 1e-2}), tmp_path / "b")
+        train(adult.train_path, task, config.model_copy(update={"learning_rate": 1e-2}), tmp_path / "b")
     adult_train.iloc[:-10].to_parquet(tmp_path / "fewer.parquet")
     with pytest.raises(ValueError, match=r"different run \(differs in \['data'\]\)"):
-        train(tmp_path / "fewer.parquet", "y", config, tmp_path / "b")
+        train(tmp_path / "fewer.parquet", task, config, tmp_path / "b")
     # Settings that do not change the optimisation path still resume (here: a finished run, nothing left to do).
-    again = train(adult.train_path, "y", config.model_copy(update={"cpu_threads": 2, "checkpoint_every_steps": 5}),
+    again = train(adult.train_path, task, config.model_copy(update={"cpu_threads": 2, "checkpoint_every_steps": 5}),
                   tmp_path / "c")
-    assert (again.resumed_from_epoch, again.resumed_from_step) == (1, 0) and again.val_roc_auc == first.val_roc_auc
+    assert (again.resumed_from_epoch, again.resumed_from_step) == (1, 0) and again.val_score == first.val_score
     assert _same_weights(tmp_path / "a", tmp_path / "c")
 
 
 def test_the_rank_entry_takes_the_spec_inline_or_from_a_file(tmp_path, adult):
     from kfmlops.train.distributed import WorkerSpec, read_spec
 
-    spec = WorkerSpec(adult.train_path, "y", FAST, str(tmp_path / "m"), result_path=str(tmp_path / "result.json"))
+    spec = WorkerSpec(adult.train_path, adult.task, FAST, str(tmp_path / "m"), result_path=str(tmp_path / "result.json"))
     (tmp_path / "spec.json").write_text(json.dumps(spec.to_json()))
     assert read_spec(json.dumps(spec.to_json())) == spec == read_spec(str(tmp_path / "spec.json"))
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process(tmp_path, adult, adult_test):
-    one = train(adult.train_path, "y", FAST, tmp_path / "one")
-    two = train(adult.train_path, "y", FAST.model_copy(update={"processes": 2}), tmp_path / "two")
+def test_two_gloo_ranks_match_one_process(tmp_path, adult, adult_test, task):
+    one = train(adult.train_path, task, FAST, tmp_path / "one")
+    two = train(adult.train_path, task, FAST.model_copy(update={"processes": 2}), tmp_path / "two")
     assert two.world_size == 2
     assert abs(_test_auc(tmp_path / "one", adult_test) - _test_auc(tmp_path / "two", adult_test)) < 0.005
-    assert abs(one.val_roc_auc - two.val_roc_auc) < 0.005
+    assert abs(one.val_score - two.val_score) < 0.005
 
 
 @pytest.mark.slow
-def test_a_failing_rank_is_reported(tmp_path, adult):
+def test_a_failing_rank_is_reported(tmp_path, adult, task):
     config = FAST.model_copy(update={"processes": 2, "exclude_features": ["nope"]})
     with pytest.raises(RuntimeError, match=r"(?s)rank \d of 2 failed.*exclude_features"):
-        train(adult.train_path, "y", config, tmp_path / "m")
+        train(adult.train_path, task, config, tmp_path / "m")
+
+
+def test_trainers_ranks_cannot_run_are_refused_before_any_start(tmp_path, adult, task):
+    with pytest.raises(ValueError, match="'gbdt' trains on one rank"):
+        train(adult.train_path, task, FAST.model_copy(update={"trainer": "gbdt", "processes": 2}), tmp_path / "m")
 
 
 @pytest.mark.slow
-def test_two_ranks_one_killed_then_rerun_resumes_to_the_same_model(tmp_path, adult):
+def test_two_ranks_one_killed_then_rerun_resumes_to_the_same_model(tmp_path, adult, task):
     """Rank 1 of a 2-rank gloo job is SIGKILLed mid-run: the launcher stops rank 0 and fails naming
     rank 1; a rerun resumes both ranks from rank 0's checkpoint and ends with the uninterrupted
     2-rank run's model."""
     config = FAST.model_copy(update={"epochs": 4, "processes": 2, "checkpoint_dir": str(tmp_path / "ckpt"),
                                      "checkpoint_every_steps": 20})
-    train(adult.train_path, "y", config.model_copy(update={"checkpoint_dir": str(tmp_path / "ref-ckpt")}), tmp_path / "ref")
+    train(adult.train_path, task, config.model_copy(update={"checkpoint_dir": str(tmp_path / "ref-ckpt")}), tmp_path / "ref")
 
     launcher = _train_in_subprocess(adult, config, tmp_path / "victim")
     checkpoint = tmp_path / "ckpt" / CHECKPOINT_FILE
@@ -189,17 +223,17 @@ def test_two_ranks_one_killed_then_rerun_resumes_to_the_same_model(tmp_path, adu
     killed_at = _position(checkpoint)
     assert killed_at < (config.epochs, 0), "the run finished before it could be killed"
 
-    resumed = train(adult.train_path, "y", config, tmp_path / "resumed")
+    resumed = train(adult.train_path, task, config, tmp_path / "resumed")
     assert resumed.world_size == 2 and (resumed.resumed_from_epoch, resumed.resumed_from_step) == killed_at
     assert _same_weights(tmp_path / "ref", tmp_path / "resumed")
 
 
 @pytest.mark.slow
-def test_compiled_network_trains_like_the_eager_one(tmp_path, adult, adult_test):
+def test_compiled_network_trains_like_the_eager_one(tmp_path, adult, adult_test, task):
     config = FAST.model_copy(update={"epochs": 2})
-    train(adult.train_path, "y", config, tmp_path / "eager")
-    compiled = train(adult.train_path, "y", config.model_copy(update={"compile": True}), tmp_path / "compiled")
-    assert compiled.val_roc_auc > 0.88
+    train(adult.train_path, task, config, tmp_path / "eager")
+    compiled = train(adult.train_path, task, config.model_copy(update={"compile": True}), tmp_path / "compiled")
+    assert compiled.val_score > 0.88
     assert abs(_test_auc(tmp_path / "eager", adult_test) - _test_auc(tmp_path / "compiled", adult_test)) < 0.01
 
 

@@ -2,11 +2,12 @@
 that runs :mod:`kfmlops.train`'s ranks under ``torchrun`` on ``num_nodes`` pods. No KFP here: a
 component wraps :func:`train_on_cluster`.
 
-Consumes the train split (a path on the shared storage, or a URI every pod can read), the label,
-a :class:`~kfmlops.config.TrainConfig` and a :class:`ClusterTrainConfig`; submits the job through
+Consumes the train split (a path on the shared storage, or a URI every pod can read), its
+:class:`~kfmlops.tasks.Task`, a :class:`~kfmlops.config.TrainConfig` (``trainer``: ``tabular-net``
+on any number of ranks, ``gbdt`` on one) and a :class:`ClusterTrainConfig`; submits the job through
 the Kubernetes ``CustomObjectsApi``, follows its status until it succeeds, fails or times out, and
 produces a :class:`ClusterTrainResult`: where rank 0 wrote the model bundle, and its
-:class:`~kfmlops.train.loop.TrainResult`.
+:class:`~kfmlops.train.common.TrainResult`.
 
 **Shared storage.** Every pod, and the process calling :func:`train_on_cluster`, mounts the same
 PersistentVolumeClaim (``ReadWriteMany`` when there is more than one node) at
@@ -14,7 +15,8 @@ PersistentVolumeClaim (``ReadWriteMany`` when there is more than one node) at
 the train split is either under it too or a URI (``s3://``, ``gs://``, ...) that pandas reads
 through fsspec in the pods. In a KFP pipeline: mount the claim into the submitting component at
 the same path (``kfp.kubernetes.mount_pvc``), copy the train split there, call
-:func:`train_on_cluster`, then copy the bundle from ``result.model_dir`` to the component's output.
+:func:`train_on_cluster`, then wrap the bundle at ``result.model_dir`` as the component's MLflow
+model directory (:func:`kfmlops.train.save_model_dir`).
 Each job keeps its result file (and, unless ``train.checkpoint_dir`` is set, its checkpoints)
 under ``<mount_path>/jobs/<job name>/``.
 
@@ -48,8 +50,9 @@ from kfmlops import IMAGE
 from kfmlops.config import MlflowConfig, TrainConfig
 from kfmlops.kube import custom_objects_api
 from kfmlops.serving.config import DNS_LABEL, Toleration
-from kfmlops.train.distributed import WorkerSpec
-from kfmlops.train.loop import TrainResult
+from kfmlops.tasks import Task
+from kfmlops.train.common import TrainResult
+from kfmlops.train.distributed import WorkerSpec, check_bundle_trainer
 from kfmlops.typed import SettingsModel
 
 log = logging.getLogger(__name__)
@@ -153,7 +156,7 @@ class ClusterTrainResult:
 
 def train_on_cluster(
     train_path: str,
-    label: str,
+    task: Task,
     config: TrainConfig,
     model_dir: str,
     cluster: ClusterTrainConfig,
@@ -173,7 +176,7 @@ def train_on_cluster(
     job is deleted), ``ValueError`` for paths the pods would not see or a device the pods lack.
     """
     name = f"{cluster.name_prefix}-{secrets.token_hex(4)}"
-    spec = worker_spec(train_path, label, config, model_dir, cluster, name, mlflow=mlflow, run_id=run_id)
+    spec = worker_spec(train_path, task, config, model_dir, cluster, name, mlflow=mlflow, run_id=run_id)
     manifest = job_manifest(spec, cluster, name, run_id=run_id)
     kind = cluster.kind
     api = api if api is not None else custom_objects_api()
@@ -193,7 +196,7 @@ def train_on_cluster(
 
 def worker_spec(
     train_path: str,
-    label: str,
+    task: Task,
     config: TrainConfig,
     model_dir: str,
     cluster: ClusterTrainConfig,
@@ -204,6 +207,7 @@ def worker_spec(
 ) -> WorkerSpec:
     """The :class:`WorkerSpec` of job ``name``, its paths checked against the shared storage; the
     checkpoints go to ``<mount>/jobs/<name>/checkpoints`` unless ``config.checkpoint_dir`` is set."""
+    check_bundle_trainer(config, cluster.num_nodes * cluster.procs_per_node)
     if cluster.gpus_per_node == 0 and config.device == "cuda":
         raise ValueError("train.device is 'cuda' but the job requests no GPUs (gpus_per_node: 0)")
     job_dir = PurePosixPath(cluster.storage.mount_path) / "jobs" / name
@@ -214,7 +218,7 @@ def worker_spec(
     _check_on_storage("train.checkpoint_dir", checkpoint_dir, cluster.storage)
     return WorkerSpec(
         train_path=train_path,
-        label=label,
+        task=task.to_json(),
         config=config.model_copy(update={"checkpoint_dir": checkpoint_dir}),
         model_dir=model_dir,
         mlflow=mlflow,

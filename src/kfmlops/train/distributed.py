@@ -6,6 +6,10 @@ JSON file's path or as the JSON itself (so a pod needs no ConfigMap). It is star
 ``torchrun [--nnodes ... --rdzv-backend c10d --max-restarts R] -m kfmlops.train SPEC`` in cluster
 pods (``env://`` rendezvous through torchrun's store; NCCL on GPUs, gloo on CPUs), whose restarts
 resume from the checkpoint. Only rank 0 logs to MLflow, writes the model and the result file.
+
+A rank runs the bundle trainers: ``tabular-net`` on any number of ranks, ``gbdt`` on one (XGBoost
+uses the node's cores, or its GPU, by itself). A user trainer (``package.module:fit``) runs in the
+calling process only (:func:`kfmlops.train.train`).
 """
 
 from __future__ import annotations
@@ -24,16 +28,21 @@ from pathlib import Path
 import pandas as pd
 
 from kfmlops.config import MlflowConfig, TrainConfig
-from kfmlops.train.loop import Dist, TrainResult, fit
+from kfmlops.tasks import Task
+from kfmlops.train.common import TrainResult
+from kfmlops.train.loop import Dist
+
+BUNDLE_TRAINERS = ("tabular-net", "gbdt")
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a rank needs; travels as JSON. ``train_path`` is read with pandas (a local path or
-    an fsspec URI); ``result_path``, when set, receives rank 0's :class:`TrainResult` as JSON."""
+    an fsspec URI); ``task`` is :meth:`Task.to_json`; ``model_dir`` receives the bundle;
+    ``result_path``, when set, receives rank 0's :class:`TrainResult` as JSON."""
 
     train_path: str
-    label: str
+    task: dict
     config: TrainConfig
     model_dir: str
     mlflow: MlflowConfig | None = None
@@ -54,15 +63,37 @@ class WorkerSpec:
         return cls(**raw)
 
 
+def check_bundle_trainer(config: TrainConfig, world_size: int) -> None:
+    """Refuse a trainer ranks cannot run: a user trainer, or gbdt on more than one rank."""
+    if config.trainer not in BUNDLE_TRAINERS:
+        raise ValueError(
+            f"train.trainer {config.trainer!r} is a user trainer: it runs in the calling process "
+            "(kfmlops.train.train), not as training ranks or a cluster job"
+        )
+    if config.trainer == "gbdt" and world_size > 1:
+        raise ValueError(
+            f"train.trainer 'gbdt' trains on one rank ({world_size} asked): XGBoost uses every core (train.gbdt.threads) "
+            "or the GPU of its one process; set train.processes (or the job's nodes x procs_per_node) to 1"
+        )
+
+
 def run(spec: WorkerSpec, dist: Dist) -> TrainResult:
-    """Train this rank's share of the job; rank 0 logs per-epoch metrics when a run is given."""
+    """Train this rank's share of the job; rank 0 logs per-epoch (per-round) metrics when a run is given."""
+    check_bundle_trainer(spec.config, dist.world_size)
     on_epoch = None
     if dist.is_main and spec.run_id and spec.mlflow:
         from kfmlops.tracking import epoch_logger
 
         on_epoch = epoch_logger(spec.mlflow, spec.run_id)
     frame = pd.read_parquet(spec.train_path)
-    return fit(frame, spec.label, spec.config, spec.model_dir, on_epoch=on_epoch, dist=dist)
+    task = Task.from_json(spec.task)
+    if spec.config.trainer == "gbdt":
+        from kfmlops.train import gbdt
+
+        return gbdt.fit(frame, task, spec.config, spec.model_dir, on_round=on_epoch)
+    from kfmlops.train.loop import fit
+
+    return fit(frame, task, spec.config, spec.model_dir, on_epoch=on_epoch, dist=dist)
 
 
 def launch(spec: WorkerSpec, processes: int) -> TrainResult:
@@ -71,6 +102,7 @@ def launch(spec: WorkerSpec, processes: int) -> TrainResult:
     If any rank fails, the others are stopped and the error names the rank that failed first and
     ends with its stderr; the checkpoint directory keeps the last checkpoint, so a rerun resumes.
     """
+    check_bundle_trainer(spec.config, processes)
     with tempfile.TemporaryDirectory(prefix="kfmlops-ddp-") as tmp, contextlib.ExitStack() as files:
         result_path = Path(tmp) / "result.json"
         spec_path = Path(tmp) / "spec.json"

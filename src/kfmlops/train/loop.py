@@ -1,27 +1,42 @@
-"""The training loop: one code path for a single process and for N DDP ranks.
+"""The ``tabular-net`` training loop: one code path for a single process and for N DDP ranks.
 
-Consumes the train split (a DataFrame with the label as ``0``/``1``) and a
-:class:`~kfmlops.config.TrainConfig`; produces a :class:`~kfmlops.train.model.ModelBundle`
-directory (written by rank 0) and a :class:`TrainResult`.
+Consumes the train split (a DataFrame with canonical labels), its :class:`~kfmlops.tasks.Task`
+and a :class:`~kfmlops.config.TrainConfig`; produces a :class:`~kfmlops.train.model.ModelBundle`
+directory (written by rank 0) and a :class:`~kfmlops.train.common.TrainResult`.
 
-- **Batches.** Every epoch, every rank draws the same seeded permutation of the train rows, cuts it
-  into global batches of ``batch_size`` rows and takes its slice of each (``batch[rank::world]``):
-  a distributed sampler without a DataLoader. DDP averages the gradients and the loss is scaled so
-  that the average is the global batch's mean, so N ranks follow one process's optimisation path.
+- **Objective per task.** Multiclass: K logits and cross-entropy; binary: one logit and binary
+  cross-entropy; regression: the target standardised on the fit rows (mean and std kept in the
+  bundle) and squared error. With ``class_weight: balanced`` each row's loss is weighted by its
+  class's inverse frequency (:func:`~kfmlops.train.common.sample_weights`), so a rare class is not
+  traded for a constant prediction.
+- **Validation and early stopping.** A seeded validation slice (stratified for classification)
+  is held out. After every epoch the validation loss (the same weighted objective) is measured;
+  training stops once ``patience`` epochs have passed without a better one and at least
+  ``min_steps`` optimizer steps are done, or after ``epochs`` epochs, and the best epoch's
+  weights are kept.
+- **Sizes that fit the data.** The batch is ``batch_size`` rows, but at most an eighth of the
+  fit rows (so an epoch has at least 8 steps) and never fewer than 32 (nor more than the fit rows).
+  The peak learning rate follows that batch (``lr_scaling``); it is reached by a linear warm-up
+  over the first :func:`warmup_steps` steps, then held, and halved after every
+  :func:`plateau_epochs` epochs in a row without a better validation loss.
+- **Batches.** Every epoch, every rank draws the same seeded permutation of the fit rows, cuts it
+  into global batches and takes its slice of each (``batch[rank::world]``): a distributed sampler
+  without a DataLoader. DDP averages the gradients and the loss is scaled so that the average is
+  the global batch's mean, so N ranks follow one process's optimisation path.
 - **Data on the device.** The encoded columns live in tensors on the training device when they fit
   (on a GPU: half its free memory), so a step is an index gather, never a host-to-device copy;
   otherwise they stay on the host and each batch is copied over.
 - **GPU speed.** bf16 autocast (bf16 has float32's exponent range, so no loss scaler is needed),
-  fused AdamW, optional ``torch.compile``; the peak learning rate follows the batch size
-  (``lr_scaling``) under a one-cycle schedule with warm-up.
+  fused AdamW, optional ``torch.compile``.
 - **Fault tolerance.** Rank 0 writes a checkpoint (atomic rename) after every epoch and every
-  ``checkpoint_every_steps`` steps: model, optimizer and schedule state, the position (epoch, step:
+  ``checkpoint_every_steps`` steps: model and optimizer state, the position (epoch, step:
   an epoch's permutation is a function of seed and epoch), the epoch's loss so far, the best weights
   and the history. Dropout is reseeded every step from (seed, epoch, step, rank), so no random state
   needs saving. A restarted run (a rerun, or ``torchrun --max-restarts``) resumes there and ends
-  with the model an uninterrupted run ends with; a checkpoint of a run with other settings or
-  other data is refused.
-- Rank 0 reports per-epoch metrics through ``on_epoch``; the train loss is summed over all ranks.
+  with the model an uninterrupted run ends with (the stopping rule is a function of the history);
+  a checkpoint of a run with other settings or other data is refused.
+- Rank 0 reports per-epoch metrics through ``on_epoch`` and decides when to stop (broadcast to
+  the other ranks); the train loss is summed over all ranks.
 """
 
 from __future__ import annotations
@@ -40,11 +55,21 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as torch_dist
-from sklearn.metrics import log_loss, roc_auc_score
+import torch.nn.functional as F
 
 from kfmlops.config import TrainConfig
 from kfmlops.durable import atomic_path
-from kfmlops.train.model import ModelBundle, NetSpec, TabularNet
+from kfmlops.tasks import Task
+from kfmlops.train.common import (
+    METRIC,
+    TrainResult,
+    encoded_labels,
+    feature_columns,
+    sample_weights,
+    validation_metric,
+    validation_split,
+)
+from kfmlops.train.model import KIND, ModelBundle, NetSpec, TabularNet, TargetScale, outputs_for, scores_from_outputs
 from kfmlops.train.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -54,10 +79,8 @@ CHECKPOINT_FILE = "last.pt"
 # these still resumes (a job restarted on fewer ranks, or on another device, carries on).
 RESUMABLE_ACROSS = {"processes", "device", "checkpoint_dir", "checkpoint_every_steps", "compile", "cpu_threads"}
 PREDICT_CHUNK = 65_536
-
-
-class TrainDataError(ValueError):
-    """The train split cannot be trained on; the message names the column or class at fault."""
+MIN_BATCH = 32
+MIN_STEPS_PER_EPOCH = 8
 
 
 @dataclass(frozen=True)
@@ -77,27 +100,6 @@ class Dist:
         return self.rank == 0
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """What one call of :func:`fit` did. ``samples_per_second`` counts the rows all ranks trained on
-    per second of the step loop (set-up and validation excluded); ``seconds`` is the whole call.
-    ``resumed_from_epoch``/``resumed_from_step``: where a resumed run picked up (None: a fresh start)."""
-
-    model_dir: str
-    best_epoch: int
-    epochs: int
-    val_roc_auc: float
-    train_rows: int
-    val_rows: int
-    world_size: int
-    device: str
-    seconds: float
-    samples_per_second: float
-    resumed_from_epoch: int | None = None
-    resumed_from_step: int | None = None
-    history: list[dict] = field(default_factory=list)
-
-
 def pick_device(choice: str, dist: Dist) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -106,48 +108,37 @@ def pick_device(choice: str, dist: Dist) -> torch.device:
     return torch.device("cpu")
 
 
-def peak_learning_rate(config: TrainConfig) -> float:
-    """``learning_rate`` scaled from ``lr_base_batch_size`` to ``batch_size`` by ``lr_scaling``."""
-    ratio = config.batch_size / config.lr_base_batch_size
+def batch_rows(config: TrainConfig, fit_rows: int) -> int:
+    """The global batch: ``batch_size``, at most ``fit_rows / 8`` but at least 32, at most ``fit_rows``."""
+    return max(1, min(config.batch_size, max(MIN_BATCH, fit_rows // MIN_STEPS_PER_EPOCH), fit_rows))
+
+
+def peak_learning_rate(config: TrainConfig, batch_size: int | None = None) -> float:
+    """``learning_rate`` scaled from ``lr_base_batch_size`` to ``batch_size`` (default: the configured
+    one) by ``lr_scaling``."""
+    ratio = (batch_size or config.batch_size) / config.lr_base_batch_size
     return config.learning_rate * {"sqrt": ratio**0.5, "linear": ratio, "none": 1.0}[config.lr_scaling]
 
 
-def feature_columns(frame: pd.DataFrame, label: str, exclude: list[str]) -> list[str]:
-    unknown = [c for c in exclude if c not in frame.columns]
-    if unknown:
-        raise TrainDataError(
-            f"train.exclude_features names columns that are not in the data: {unknown}; it has {list(frame.columns)}"
-        )
-    if label not in frame.columns:
-        raise TrainDataError(f"label column {label!r} is not in the train split; columns: {list(frame.columns)}")
-    features = [c for c in frame.columns if c != label and c not in exclude]
-    if not features:
-        raise TrainDataError("no feature columns left to train on: train.exclude_features excludes them all")
-    return features
+def warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """Steps of the linear learning-rate warm-up: a third of ``min_steps``, but at most a third of
+    ``epochs`` epochs and 1,000 steps, and at least 1."""
+    return max(1, min(config.min_steps // 3, steps_per_epoch * config.epochs // 3, 1000))
 
 
-def validation_split(labels: np.ndarray, fraction: float, seed: int, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified (validation rows, training rows) of a 0/1 label column: each class gives
-    ``round(n * fraction)`` rows, at least 1 and at most ``n - 1``, to the validation slice. A class
-    with fewer than 2 rows is a TrainDataError naming it."""
-    rng = np.random.default_rng(seed)
-    val, fit_rows = [], []
-    for cls, name in ((1, "positive"), (0, "negative")):
-        rows = rng.permutation(np.flatnonzero(labels == cls))
-        if len(rows) < 2:
-            raise TrainDataError(
-                f"label {label!r}: class {name} ({cls}) has {len(rows)} row(s) in the train split of {len(labels)}; "
-                "training needs at least 2 of each class (one to fit, one to validate): add rows of that class"
-            )
-        n = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
-        val.append(rows[:n])
-        fit_rows.append(rows[n:])
-    return rng.permutation(np.concatenate(val)), rng.permutation(np.concatenate(fit_rows))
+def plateau_epochs(config: TrainConfig) -> int:
+    """Epochs without a better validation loss after which the learning rate halves: half the patience."""
+    return max(1, config.patience // 2)
+
+
+def learning_rate_at(peak: float, warmup: int, step: int, decays: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based, counted over the whole run)."""
+    return peak * min(1.0, (step + 1) / warmup) * 0.5**decays
 
 
 def fit(
     frame: pd.DataFrame,
-    label: str,
+    task: Task,
     config: TrainConfig,
     model_dir: str | Path,
     *,
@@ -158,42 +149,44 @@ def fit(
     there is more than one rank, is already initialised); rank 0 writes the bundle to ``model_dir``."""
     device = pick_device(config.device, dist)
     with _cpu_threads(config.cpu_threads if device.type == "cpu" else None):
-        return _fit(frame, label, config, Path(model_dir), device, on_epoch, dist)
+        return _fit(frame, task, config, Path(model_dir), device, on_epoch, dist)
 
 
-def _fit(frame, label, config, model_dir, device, on_epoch, dist) -> TrainResult:
+def _fit(frame, task: Task, config: TrainConfig, model_dir: Path, device, on_epoch, dist: Dist) -> TrainResult:
     started = time.monotonic()
-    features = feature_columns(frame, label, config.exclude_features)
-    val_idx, train_idx = validation_split(frame[label].to_numpy(), config.validation_fraction, config.seed, label)
+    features = feature_columns(frame, task.label, config.exclude_features)
+    y = encoded_labels(frame, task)
+    val_idx, train_idx = validation_split(y, task, config.validation_fraction, config.seed)
     n_train, n_val = len(train_idx), len(val_idx)
 
     pre = Preprocessor.fit(frame.iloc[train_idx], features, config.min_category_count)
-    spec = NetSpec.for_data(pre, config.hidden_units, config.max_embedding_dim, config.dropout)
+    scale = TargetScale.fit(y[train_idx]) if task.kind == "regression" else TargetScale()
+    spec = NetSpec.for_data(pre, config.hidden_units, config.max_embedding_dim, config.dropout, outputs_for(task))
     codes, numbers = (torch.from_numpy(a) for a in pre.transform({c: frame[c] for c in features}))
-    target = torch.from_numpy(frame[label].to_numpy(dtype=np.float32))
+    target = torch.from_numpy(_target(task, y, scale))
+    weight = torch.from_numpy(sample_weights(y, task, train_idx, config.class_weight))
     # What the data looks like to the model (fitted preprocessing, labels in order): a checkpoint
     # of a run on other data is refused.
     data_digest = hashlib.sha256(json.dumps(pre.to_json()).encode() + target.numpy().tobytes()).hexdigest()
-    home = _data_home(device, codes, numbers, target)
-    codes, numbers, target = codes.to(home), numbers.to(home), target.to(home)
+    home = _data_home(device, codes, numbers, target, weight)
+    codes, numbers, target, weight = codes.to(home), numbers.to(home), target.to(home), weight.to(home)
     train_rows, val_rows = torch.from_numpy(train_idx).to(home), torch.from_numpy(val_idx).to(home)
-    y_val = frame[label].to_numpy()[val_idx]
 
     torch.manual_seed(config.seed)
     net = TabularNet(spec).to(device)
-    lr = peak_learning_rate(config)
+    batch_size = batch_rows(config, n_train)
+    steps_per_epoch = n_train // batch_size
+    lr = peak_learning_rate(config, batch_size)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
     )
-    batch_size = min(config.batch_size, n_train)
-    steps_per_epoch = n_train // batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps_per_epoch * config.epochs)
+    warmup = warmup_steps(config, steps_per_epoch)
 
     progress = _Progress()
     checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_FILE if config.checkpoint_dir else None
-    fingerprint = {**config.model_dump(mode="json", exclude=RESUMABLE_ACROSS), "data": data_digest}
+    fingerprint = {**config.model_dump(mode="json", exclude=RESUMABLE_ACROSS), "data": data_digest, "task": task.to_json()}
     if checkpoint and checkpoint.is_file():
-        progress = _Progress.restore(checkpoint, fingerprint, net, optimizer, schedule)
+        progress = _Progress.restore(checkpoint, fingerprint, net, optimizer)
         log.info("train: resuming at epoch %d step %d from %s", progress.epoch, progress.step, checkpoint)
     _check_same_position(progress, dist, device)
     resumed = (progress.epoch, progress.step) if (progress.epoch, progress.step) != (0, 0) else (None, None)
@@ -203,44 +196,51 @@ def _fit(frame, label, config, model_dir, device, on_epoch, dist) -> TrainResult
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         model = torch.compile(model)
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
+    row_loss = _row_loss(task)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     every = config.checkpoint_every_steps if checkpoint else None
     dropout_rng = torch.cuda.default_generators[device.index] if device.type == "cuda" else torch.default_generator
     trained, step_seconds = 0, 0.0
+    metric = METRIC[task.kind]
 
-    for epoch in range(progress.epoch, config.epochs):
+    while progress.epoch < config.epochs and not _stopped(progress, config, steps_per_epoch, dist, device):
+        epoch = progress.epoch
         epoch_started = time.monotonic()
         first_step = progress.step
         model.train()
         shuffle = torch.randperm(n_train, generator=torch.Generator(home).manual_seed(config.seed + epoch), device=home)
         loss_sum = torch.zeros((), device=device)  # this rank's, since the last all-reduce
+        decays = progress.lr_decays(plateau_epochs(config))
         for step in range(first_step, steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(lr, warmup, epoch * steps_per_epoch + step, decays)
             dropout_rng.manual_seed(_dropout_seed(config.seed, epoch, step, dist.rank))
             rows = train_rows[shuffle[step * batch_size : (step + 1) * batch_size]][dist.rank :: dist.world_size]
             with autocast:
-                logits = model(codes[rows].to(device), numbers[rows].to(device))
-            loss = loss_fn(logits.float(), target[rows].to(device))
+                outputs = model(codes[rows].to(device), numbers[rows].to(device))
+            loss = (row_loss(outputs.float(), target[rows].to(device)) * weight[rows].to(device)).sum()
             optimizer.zero_grad(set_to_none=True)
             (loss * (dist.world_size / batch_size)).backward()
             optimizer.step()
-            schedule.step()
             loss_sum += loss.detach()
             if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
                 progress.add_steps(step + 1, _sum_over_ranks(loss_sum, dist))
                 loss_sum.zero_()
                 if dist.is_main:
-                    progress.save(checkpoint, fingerprint, net, optimizer, schedule)
+                    progress.save(checkpoint, fingerprint, net, optimizer)
         progress.add_steps(steps_per_epoch, _sum_over_ranks(loss_sum, dist))  # the all-reduce waits for the GPU
         seconds = time.monotonic() - epoch_started
         trained += (steps_per_epoch - first_step) * batch_size
         step_seconds += seconds
 
-        proba = _predict(net, codes, numbers, val_rows, device)
+        outputs = _predict(net, codes, numbers, val_rows, device)
+        val_weight = weight[val_rows].to(device)
+        val_loss = float((row_loss(outputs, target[val_rows].to(device)) * val_weight).sum() / val_weight.sum())
+        scores = scores_from_outputs(task, outputs.cpu().numpy(), scale)
         metrics = {
             "train_loss": progress.epoch_loss / (steps_per_epoch * batch_size),
-            "val_roc_auc": float(roc_auc_score(y_val, proba)),
-            "val_log_loss": float(log_loss(y_val, proba, labels=[0, 1])),
+            "val_loss": val_loss,
+            f"val_{metric}": validation_metric(task, y[val_idx], scores),
             "epoch_seconds": time.monotonic() - epoch_started,
             "samples_per_second": (steps_per_epoch - first_step) * batch_size / seconds,
         }
@@ -248,30 +248,67 @@ def _fit(frame, label, config, model_dir, device, on_epoch, dist) -> TrainResult
         log.info("train: epoch %d/%d %s", epoch + 1, config.epochs, {k: round(v, 4) for k, v in metrics.items()})
         if dist.is_main:
             if checkpoint:
-                progress.save(checkpoint, fingerprint, net, optimizer, schedule)
+                progress.save(checkpoint, fingerprint, net, optimizer)
             if on_epoch:
                 on_epoch(epoch, metrics)
 
     net.load_state_dict(progress.best_weights)
     if dist.is_main:
-        ModelBundle(pre, spec, net.cpu(), label).save(model_dir)
+        ModelBundle(task, features, pre, spec, net.cpu(), scale).save(model_dir)
     if dist.world_size > 1:
         torch_dist.barrier()
+    best = progress.history[progress.best_epoch]
     return TrainResult(
-        model_dir=str(model_dir),
-        best_epoch=progress.best_epoch,
-        epochs=config.epochs,
-        val_roc_auc=progress.best_auc,
+        trainer=KIND,
+        framework="pytorch",
+        task=task.kind,
+        metric=metric,
+        val_score=best[f"val_{metric}"],
+        val_loss=best["val_loss"],
+        best_iteration=progress.best_epoch,
+        iterations=progress.epoch,
         train_rows=n_train,
         val_rows=n_val,
-        world_size=dist.world_size,
+        features=features,
+        model_dir=str(model_dir),
         device=str(device),
+        world_size=dist.world_size,
         seconds=time.monotonic() - started,
         samples_per_second=trained / step_seconds if step_seconds else 0.0,
         resumed_from_epoch=resumed[0],
         resumed_from_step=resumed[1],
         history=progress.history,
     )
+
+
+def _target(task: Task, y: np.ndarray, scale: TargetScale) -> np.ndarray:
+    """What the network is trained towards: class codes (multiclass), 0/1 (binary), standardised values."""
+    if task.kind == "multiclass":
+        return y.astype(np.int64)
+    if task.kind == "binary":
+        return y.astype(np.float32)
+    return ((y - scale.mean) / scale.std).astype(np.float32)
+
+
+def _row_loss(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Each row's loss, ``(outputs [n, outputs], target [n]) -> [n]``."""
+    if task.kind == "multiclass":
+        return lambda outputs, target: F.cross_entropy(outputs, target, reduction="none")
+    if task.kind == "binary":
+        return lambda outputs, target: F.binary_cross_entropy_with_logits(outputs[:, 0], target, reduction="none")
+    return lambda outputs, target: (outputs[:, 0] - target) ** 2
+
+
+def _stopped(progress: "_Progress", config: TrainConfig, steps_per_epoch: int, dist: Dist, device) -> bool:
+    """Early stopping: ``patience`` epochs without a better validation loss, once ``min_steps`` are
+    done. Rank 0 decides (its validation figures are the ones reported) and tells the others."""
+    stop = progress.epoch - 1 - progress.best_epoch >= config.patience and \
+        progress.epoch * steps_per_epoch >= config.min_steps and progress.step == 0
+    if dist.world_size > 1:
+        flag = torch.tensor([int(stop)], device=device)
+        torch_dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop
 
 
 @contextmanager
@@ -324,22 +361,22 @@ def _check_same_position(progress: "_Progress", dist: Dist, device: torch.device
 
 
 @torch.inference_mode()
-def _predict(net: TabularNet, codes: torch.Tensor, numbers: torch.Tensor, rows: torch.Tensor, device) -> np.ndarray:
+def _predict(net: TabularNet, codes: torch.Tensor, numbers: torch.Tensor, rows: torch.Tensor, device) -> torch.Tensor:
+    """The network's outputs ``[len(rows), outputs]`` (float32, on ``device``), in eval mode."""
     net.eval()
-    parts = [torch.sigmoid(net(codes[r].to(device), numbers[r].to(device)).float()) for r in rows.split(PREDICT_CHUNK)]
-    return torch.cat(parts).cpu().numpy().astype(np.float64)
+    return torch.cat([net(codes[r].to(device), numbers[r].to(device)).float() for r in rows.split(PREDICT_CHUNK)])
 
 
 @dataclass
 class _Progress:
     """Where the run is and what it has found so far: everything a checkpoint holds besides the
-    model, optimizer and schedule state."""
+    model and optimizer state."""
 
     epoch: int = 0  # the epoch under way
     step: int = 0  # its steps done
     epoch_loss: float = 0.0  # summed over those steps and every rank
     best_epoch: int = -1
-    best_auc: float = float("-inf")
+    best_loss: float = float("inf")
     best_weights: dict | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -348,12 +385,25 @@ class _Progress:
 
     def end_epoch(self, metrics: dict[str, float], net: TabularNet) -> None:
         self.history.append({"epoch": self.epoch, **metrics})
-        if metrics["val_roc_auc"] > self.best_auc:
-            self.best_epoch, self.best_auc = self.epoch, metrics["val_roc_auc"]
+        if metrics["val_loss"] < self.best_loss or self.best_weights is None:
+            self.best_epoch, self.best_loss = self.epoch, metrics["val_loss"]
             self.best_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         self.epoch, self.step, self.epoch_loss = self.epoch + 1, 0, 0.0
 
-    def save(self, path: Path, fingerprint: dict, net: TabularNet, optimizer, schedule) -> None:
+    def lr_decays(self, wait: int) -> int:
+        """How many times the learning rate has been halved: once every ``wait`` epochs in a row
+        without a better validation loss (a function of the history, so a resumed run agrees)."""
+        decays, best, since = 0, float("inf"), 0
+        for epoch in self.history:
+            if epoch["val_loss"] < best:
+                best, since = epoch["val_loss"], 0
+                continue
+            since += 1
+            if since >= wait:
+                decays, since = decays + 1, 0
+        return decays
+
+    def save(self, path: Path, fingerprint: dict, net: TabularNet, optimizer) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "fingerprint": fingerprint,
@@ -361,18 +411,17 @@ class _Progress:
             "step": self.step,
             "epoch_loss": self.epoch_loss,
             "best_epoch": self.best_epoch,
-            "best_auc": self.best_auc,
+            "best_loss": self.best_loss,
             "best_weights": self.best_weights,
             "history": self.history,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
         }
         with atomic_path(path) as temporary:
             torch.save(payload, temporary)
 
     @classmethod
-    def restore(cls, path: Path, fingerprint: dict, net: TabularNet, optimizer, schedule) -> "_Progress":
+    def restore(cls, path: Path, fingerprint: dict, net: TabularNet, optimizer) -> "_Progress":
         payload = torch.load(path, weights_only=True, map_location="cpu")
         written_by = payload.get("fingerprint") or {}
         if written_by != fingerprint:
@@ -383,8 +432,7 @@ class _Progress:
             )
         net.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
-        schedule.load_state_dict(payload["schedule"])
         return cls(
-            payload["epoch"], payload["step"], payload["epoch_loss"], payload["best_epoch"], payload["best_auc"],
+            payload["epoch"], payload["step"], payload["epoch_loss"], payload["best_epoch"], payload["best_loss"],
             payload["best_weights"], payload["history"],
         )

@@ -1,27 +1,28 @@
-"""The tabular network and the model bundle (preprocessing + weights) it is saved and loaded as.
+"""The tabular network and its bundle (``kind: tabular-net``, see :mod:`kfmlops.train.bundles`).
 
-A bundle is a directory of three files, loaded without pickle:
-
-- ``preprocess.json``: the fitted :class:`~kfmlops.train.preprocess.Preprocessor`;
-- ``model.json``: the architecture (:class:`NetSpec`) and the label name;
-- ``weights.pt``: the ``state_dict``, read back with ``torch.load(weights_only=True)``.
+The network maps categorical codes and standardised numbers to ``outputs`` values per row: K
+logits for a multiclass task, one logit for a binary task (P(positive) is its sigmoid), one
+standardised value for a regression task (the bundle's ``target`` mean and std turn it back into
+label units). Its ``model.json`` holds the architecture (:class:`NetSpec`) and that scale;
+``weights.pt`` the ``state_dict``, read back with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from kfmlops.tasks import Task
+from kfmlops.train.bundles import binary_scores, read_preprocessor, read_spec, require_files, write_spec
 from kfmlops.train.preprocess import Preprocessor
 
-PREPROCESS_FILE = "preprocess.json"
-SPEC_FILE = "model.json"
+KIND = "tabular-net"
 WEIGHTS_FILE = "weights.pt"
 
 
@@ -32,17 +33,24 @@ class NetSpec:
     n_numeric: int
     hidden_units: list[int]
     dropout: float
+    outputs: int = 1
 
     @classmethod
-    def for_data(cls, pre: Preprocessor, hidden_units: list[int], max_embedding_dim: int, dropout: float) -> "NetSpec":
+    def for_data(cls, pre: Preprocessor, hidden_units: list[int], max_embedding_dim: int, dropout: float,
+                 outputs: int = 1) -> "NetSpec":
         cards = [f.cardinality for f in pre.categorical]
         # fastai's rule of thumb for embedding widths, capped.
         dims = [min(max_embedding_dim, max(2, round(1.6 * c**0.56))) for c in cards]
-        return cls(cards, dims, len(pre.numeric), list(hidden_units), dropout)
+        return cls(cards, dims, len(pre.numeric), list(hidden_units), dropout, outputs)
+
+
+def outputs_for(task: Task) -> int:
+    """The network's output width for ``task``: K logits (multiclass), else one."""
+    return len(task.classes) if task.kind == "multiclass" else 1
 
 
 class TabularNet(nn.Module):
-    """Embeddings for categorical codes, concatenated with numeric values, into an MLP -> one logit."""
+    """Embeddings for categorical codes, concatenated with numeric values, into an MLP -> ``[n, outputs]``."""
 
     def __init__(self, spec: NetSpec):
         super().__init__()
@@ -52,48 +60,72 @@ class TabularNet(nn.Module):
         for units in spec.hidden_units:
             layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(spec.dropout)]
             width = units
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, spec.outputs))
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         parts = [emb(codes[:, i]) for i, emb in enumerate(self.embeddings)]
-        return self.mlp(torch.cat([*parts, numbers], dim=1)).squeeze(1)
+        return self.mlp(torch.cat([*parts, numbers], dim=1))
+
+
+@dataclass(frozen=True)
+class TargetScale:
+    """A regression target's standardisation: the network learns ``(y - mean) / std``."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "TargetScale":
+        std = float(np.std(values))
+        return cls(float(np.mean(values)), std if std > 0 else 1.0)
+
+
+def scores_from_outputs(task: Task, outputs: np.ndarray, scale: TargetScale) -> np.ndarray:
+    """Network outputs ``[n, outputs]`` -> probabilities ``[n, K]`` (classification) or values ``[n]``."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if task.kind == "binary":
+        return binary_scores(1.0 / (1.0 + np.exp(-outputs[:, 0])))
+    if task.kind == "multiclass":
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return outputs[:, 0] * scale.std + scale.mean
 
 
 @dataclass
 class ModelBundle:
-    """A trained model ready to score raw rows: ``predict_proba(columns) -> P(label = 1)``."""
+    """A trained network ready to score raw rows; see :mod:`kfmlops.train.bundles` for ``scores``."""
 
+    task: Task
+    features: list[str]
     preprocessor: Preprocessor
     spec: NetSpec
     net: TabularNet
-    label: str
+    target: TargetScale = TargetScale()
+
+    kind = KIND
 
     @torch.inference_mode()
-    def predict_proba(self, columns: Mapping[str, object]) -> np.ndarray:
+    def scores(self, columns: Mapping[str, Any]) -> np.ndarray:
         codes, numbers = self.preprocessor.transform(columns)
-        logits = self.net(torch.from_numpy(codes), torch.from_numpy(numbers))
-        return torch.sigmoid(logits).numpy().astype(np.float64)
+        self.net.eval()
+        outputs = self.net(torch.from_numpy(codes), torch.from_numpy(numbers)).float().numpy()
+        return scores_from_outputs(self.task, outputs, self.target)
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / PREPROCESS_FILE).write_text(json.dumps(self.preprocessor.to_json(), indent=1))
-        (directory / SPEC_FILE).write_text(json.dumps({"label": self.label, "net": asdict(self.spec)}, indent=1))
+        directory = write_spec(directory, KIND, self.task, self.features, self.preprocessor,
+                               net=asdict(self.spec), target=asdict(self.target))
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         torch.save(state, directory / WEIGHTS_FILE)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelBundle":
-        directory = Path(directory)
-        missing = [f for f in (PREPROCESS_FILE, SPEC_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{directory} is not a kfmlops model bundle: missing {missing}")
-        meta = json.loads((directory / SPEC_FILE).read_text())
+        require_files(directory, WEIGHTS_FILE)
+        meta = read_spec(directory)
         spec = NetSpec(**meta["net"])
         net = TabularNet(spec)
-        net.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
+        net.load_state_dict(torch.load(Path(directory) / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
         net.eval()
-        pre = Preprocessor.from_json(json.loads((directory / PREPROCESS_FILE).read_text()))
-        return cls(pre, spec, net, meta["label"])
+        return cls(Task.from_json(meta["task"]), list(meta["features"]), read_preprocessor(directory), spec, net,
+                   TargetScale(**meta.get("target", {})))
