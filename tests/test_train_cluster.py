@@ -23,7 +23,8 @@ from schemas import CRDValidationError, validate_crd
 
 from kfmlops.config import TrainConfig
 from kfmlops.serving.config import Toleration
-from kfmlops.train import ModelBundle, train
+from kfmlops.tasks import Task
+from kfmlops.train import load_bundle, train
 from kfmlops.train.cluster import (
     ClusterTrainConfig,
     SharedStorage,
@@ -36,6 +37,7 @@ from kfmlops.train.distributed import WorkerSpec
 from kfmlops.train.loop import CHECKPOINT_FILE
 
 STORAGE = SharedStorage(claim_name="kfmlops-shared", mount_path="/mnt/kfmlops")
+ADULT_TASK = Task("binary", "y", ("<=50K", ">50K"))
 CONFIG = TrainConfig(epochs=2, cpu_threads=1)
 GPU_CLUSTER = ClusterTrainConfig(
     namespace="ml",
@@ -54,7 +56,7 @@ GPU_CLUSTER = ClusterTrainConfig(
 
 
 def _manifest(cluster: ClusterTrainConfig, config: TrainConfig = CONFIG, name: str = "kfmlops-train-0a1b2c3d") -> dict:
-    spec = worker_spec("/mnt/kfmlops/data/train.parquet", "y", config, "/mnt/kfmlops/models/run-1", cluster, name)
+    spec = worker_spec("/mnt/kfmlops/data/train.parquet", ADULT_TASK, config, "/mnt/kfmlops/models/run-1", cluster, name)
     return job_manifest(spec, cluster, name, run_id="0123456789abcdef0123456789abcdef")
 
 
@@ -127,6 +129,7 @@ def test_the_pod_command_carries_the_spec_inline():
     spec = _spec_from_command(_container(_manifest(GPU_CLUSTER, config))["command"])
     assert spec.train_path == "/mnt/kfmlops/data/train.parquet" and spec.model_dir == "/mnt/kfmlops/models/run-1"
     assert spec.config.exclude_features == ["fnlwgt"] and spec.config.epochs == 2
+    assert Task.from_json(spec.task) == ADULT_TASK
     assert spec.config.checkpoint_dir == "/mnt/kfmlops/jobs/kfmlops-train-0a1b2c3d/checkpoints"
     assert spec.result_path == "/mnt/kfmlops/jobs/kfmlops-train-0a1b2c3d/result.json"
     # Kubernetes would expand $(...) in the command: the spec's dollars are escaped as $$.
@@ -137,7 +140,7 @@ def test_the_pod_command_carries_the_spec_inline():
 
 def test_paths_the_pods_cannot_see_are_refused():
     cluster = ClusterTrainConfig(storage=STORAGE)
-    ok = worker_spec("s3://bucket/adult/train.parquet", "y", CONFIG, "/mnt/kfmlops/models/1", cluster, "j")
+    ok = worker_spec("s3://bucket/adult/train.parquet", ADULT_TASK, CONFIG, "/mnt/kfmlops/models/1", cluster, "j")
     assert ok.train_path == "s3://bucket/adult/train.parquet"
     for train_path, model_dir, config, problem in [
         ("/tmp/train.parquet", "/mnt/kfmlops/m", CONFIG, "the train split"),
@@ -147,9 +150,22 @@ def test_paths_the_pods_cannot_see_are_refused():
          "train.checkpoint_dir"),
     ]:
         with pytest.raises(ValueError, match=f"{problem}.*not under the shared storage mount /mnt/kfmlops"):
-            worker_spec(train_path, "y", config, model_dir, cluster, "j")
+            worker_spec(train_path, ADULT_TASK, config, model_dir, cluster, "j")
     with pytest.raises(ValueError, match="no GPUs"):
-        worker_spec("/mnt/kfmlops/t.parquet", "y", CONFIG.model_copy(update={"device": "cuda"}), "/mnt/kfmlops/m", cluster, "j")
+        worker_spec("/mnt/kfmlops/t.parquet", ADULT_TASK, CONFIG.model_copy(update={"device": "cuda"}), "/mnt/kfmlops/m",
+                    cluster, "j")
+
+
+def test_trainers_a_job_cannot_run_are_refused():
+    one_rank = ClusterTrainConfig(storage=STORAGE)
+    gbdt = CONFIG.model_copy(update={"trainer": "gbdt"})
+    assert worker_spec("/mnt/kfmlops/t.parquet", ADULT_TASK, gbdt, "/mnt/kfmlops/m", one_rank, "j").config.trainer == "gbdt"
+    with pytest.raises(ValueError, match=r"'gbdt' trains on one rank \(4 asked\)"):
+        worker_spec("/mnt/kfmlops/t.parquet", ADULT_TASK, gbdt, "/mnt/kfmlops/m",
+                    one_rank.model_copy(update={"num_nodes": 2, "procs_per_node": 2}), "j")
+    with pytest.raises(ValueError, match="'mine.models:fit' is a user trainer: it runs in the calling process"):
+        worker_spec("/mnt/kfmlops/t.parquet", ADULT_TASK, CONFIG.model_copy(update={"trainer": "mine.models:fit"}),
+                    "/mnt/kfmlops/m", one_rank, "j")
 
 
 def test_invalid_cluster_settings_name_the_field():
@@ -240,13 +256,14 @@ def test_a_job_runs_to_completion_and_returns_the_model(tmp_path, adult, api):
     storage, train_path = _shared(tmp_path, adult)
     cluster = ClusterTrainConfig(api=api, storage=storage, poll_interval_s=0.01)
     fake, seen = FakeTrainingCluster(), []
-    out = train_on_cluster(train_path, "y", CONFIG.model_copy(update={"epochs": 1}), f"{storage.mount_path}/models/1",
-                           cluster, api=fake, on_status=seen.append)
+    out = train_on_cluster(train_path, ADULT_TASK, CONFIG.model_copy(update={"epochs": 1}),
+                           f"{storage.mount_path}/models/1", cluster, api=fake, on_status=seen.append)
     assert fake.calls == [f"create {cluster.kind.plural}"]
     assert out.job.startswith(f"{cluster.kind.kind} kubeflow/kfmlops-train-")
-    assert out.result is not None and out.result.val_roc_auc > 0.85 and out.result.model_dir == out.model_dir
+    assert out.result is not None and out.result.val_score > 0.85 and out.result.model_dir == out.model_dir
     rows = pd.read_parquet(train_path).drop(columns="y").head(2)
-    assert ModelBundle.load(out.model_dir).predict_proba({c: rows[c].to_numpy() for c in rows.columns}).shape == (2,)
+    bundle = load_bundle(out.model_dir)
+    assert bundle.task == ADULT_TASK and bundle.scores({c: rows[c].to_numpy() for c in rows.columns}).shape == (2, 2)
     assert seen == out.status and seen[-1].startswith("Created; Complete" if api == "trainjob" else "Created; Succeeded")
     assert seen[0] == ("Created (JobSetCreated); node: active 1, ready 1" if api == "trainjob"
                        else "Created (PyTorchJobCreated); Running (PyTorchJobRunning); Master: active 1")
@@ -255,7 +272,7 @@ def test_a_job_runs_to_completion_and_returns_the_model(tmp_path, adult, api):
 def test_a_failed_job_is_raised_with_its_reason(tmp_path):
     cluster = ClusterTrainConfig(api="pytorchjob", storage=STORAGE, poll_interval_s=0.01)
     with pytest.raises(TrainingJobFailed, match=r"PyTorchJob kubeflow/kfmlops-train-\w+ failed: BackoffLimitExceeded: pod exited with 1"):
-        train_on_cluster("/mnt/kfmlops/t.parquet", "y", CONFIG, "/mnt/kfmlops/m", cluster,
+        train_on_cluster("/mnt/kfmlops/t.parquet", ADULT_TASK, CONFIG, "/mnt/kfmlops/m", cluster,
                          api=FakeTrainingCluster(outcome="fail"))
 
 
@@ -263,17 +280,17 @@ def test_a_job_that_never_finishes_times_out_and_is_deleted():
     fake = FakeTrainingCluster(outcome="stuck")
     cluster = ClusterTrainConfig(storage=STORAGE, timeout_s=0.05, poll_interval_s=0.01)
     with pytest.raises(TrainingJobFailed, match=r"did not finish in 0 s \(deleted\); last status: Created"):
-        train_on_cluster("/mnt/kfmlops/t.parquet", "y", CONFIG, "/mnt/kfmlops/m", cluster, api=fake)
+        train_on_cluster("/mnt/kfmlops/t.parquet", ADULT_TASK, CONFIG, "/mnt/kfmlops/m", cluster, api=fake)
     assert fake.calls[-1].startswith("delete trainjobs/kfmlops-train-") and not fake.objects
 
 
 def test_api_hiccups_are_retried_and_a_deleted_job_is_reported():
     cluster = ClusterTrainConfig(storage=STORAGE, poll_interval_s=0.01)
     with pytest.raises(TrainingJobFailed, match="was deleted before it finished"):
-        train_on_cluster("/mnt/kfmlops/t.parquet", "y", CONFIG, "/mnt/kfmlops/m", cluster,
+        train_on_cluster("/mnt/kfmlops/t.parquet", ADULT_TASK, CONFIG, "/mnt/kfmlops/m", cluster,
                          api=FakeTrainingCluster(run_pods=False, errors=[503, 500, 404]))
     with pytest.raises(TrainingJobFailed, match="failed: BackoffLimitExceeded"):  # after one 503: carries on
-        train_on_cluster("/mnt/kfmlops/t.parquet", "y", CONFIG, "/mnt/kfmlops/m", cluster,
+        train_on_cluster("/mnt/kfmlops/t.parquet", ADULT_TASK, CONFIG, "/mnt/kfmlops/m", cluster,
                          api=FakeTrainingCluster(run_pods=False, errors=[503]))
 
 
@@ -292,7 +309,7 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_ends_with_the_same_model(tm
     cluster = ClusterTrainConfig(storage=storage, procs_per_node=2, max_restarts=1)
     config = CONFIG.model_copy(update={"epochs": 4, "checkpoint_every_steps": 20})
     name = "kfmlops-train-elastic"
-    spec = worker_spec(train_path, "y", config, f"{storage.mount_path}/models/1", cluster, name)
+    spec = worker_spec(train_path, ADULT_TASK, config, f"{storage.mount_path}/models/1", cluster, name)
     container = _container(job_manifest(spec, cluster, name))
     # What the kubelet does: the container's env, $(PET_MASTER_ADDR):$(PET_MASTER_PORT) expanded, $$ unescaped.
     command = [a.replace("$(PET_MASTER_ADDR):$(PET_MASTER_PORT)", f"127.0.0.1:{_free_port()}").replace("$$", "$")
@@ -314,9 +331,12 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_ends_with_the_same_model(tm
     result = json.loads(Path(spec.result_path).read_text())
     assert result["world_size"] == 2 and result["resumed_from_epoch"] is not None, "the restarted ranks did not resume"
 
-    train(train_path, "y", config.model_copy(update={"processes": 2, "checkpoint_dir": str(tmp_path / "ref")}),
+    from kfmlops.model_contract import bundle_path
+
+    train(train_path, ADULT_TASK, config.model_copy(update={"processes": 2, "checkpoint_dir": str(tmp_path / "ref")}),
           tmp_path / "reference")
-    ref, got = (torch.load(Path(d) / "weights.pt", weights_only=True) for d in (tmp_path / "reference", spec.model_dir))
+    ref, got = (torch.load(Path(d) / "weights.pt", weights_only=True)
+                for d in (bundle_path(tmp_path / "reference"), spec.model_dir))
     assert all(torch.allclose(ref[k], got[k], atol=1e-6) for k in ref)
 
 
