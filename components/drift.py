@@ -8,8 +8,9 @@ def drift(config: dict, report: Output[HTML], summary: Output[Artifact], metrics
     """Compares a window of the inference log (or any dataset) with the served model's training data.
 
     Runs Evidently's per-column drift tests, prediction drift, data quality and, with labels,
-    classification performance; applies the retraining policy, and when it fires submits the
-    training pipeline on fresh data (once per window: a ledger makes retries idempotent).
+    performance for the served model's task (binary, multiclass or regression); applies the
+    retraining policy, and when it fires submits the training pipeline on fresh data with the task
+    carried over (once per window: a ledger makes retries idempotent).
 
     Args:
         config: kfmlops.monitoring.config.DriftConfig as JSON (window or current dataset, reference,
@@ -18,7 +19,8 @@ def drift(config: dict, report: Output[HTML], summary: Output[Artifact], metrics
     Returns:
         report: HTML report: drift by column, prediction drift, quality, performance, the decision.
         summary: JSON summary of the same, with the decision and the retraining run it started.
-        metrics: Rows checked, drift share, drifted columns, prediction drift score.
+        metrics: Rows checked, drift share, drifted columns, prediction drift (the predicted class's or
+            value's score, whether any prediction column drifted), performance on labelled rows.
         Output: Whether the policy fired.
     """
     import shutil
@@ -39,7 +41,11 @@ def drift(config: dict, report: Output[HTML], summary: Output[Artifact], metrics
     if result["drift"] and result["drift"]["share"] is not None:
         figures |= {"drift_share": result["drift"]["share"], "drifted_columns": len(result["drift"]["drifted"])}
     if result["prediction_drift"]:
-        figures["prediction_drift_score"] = result["prediction_drift"]["score"]
+        prediction = result["prediction_drift"]
+        figures["prediction_drifted"] = prediction["drifted"]
+        figures |= {"prediction_drift_score": c["score"] for c in prediction["columns"] if c["column"] == "prediction"}
+    figures |= {f"performance_{k}": v for k, v in (result["performance"] or {}).items()
+                if k not in ("task", "rows") and isinstance(v, (int, float))}
     for name, value in figures.items():
         metrics.log_metric(name, float(value))
     fired = bool(result["decision"]["fire"]) if result.get("decision") else False

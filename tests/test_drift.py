@@ -1,6 +1,7 @@
-"""The drift job on real Adult data and real Evidently: a shifted window drifts and fires, an i.i.d.
-resample does not; verdicts equal DataDriftPreset's; small windows trigger nothing; metrics reach a
-Pushgateway; the reference is found through MLflow lineage; retraining is submitted once per window."""
+"""The drift job on real Adult data (a binary task) and real Evidently: a shifted window drifts and
+fires, an i.i.d. resample does not; verdicts equal DataDriftPreset's; small windows trigger nothing;
+metrics reach a Pushgateway; the reference is found through MLflow lineage and scored by the served
+model; retraining is submitted once per window, with the task carried over."""
 
 from __future__ import annotations
 
@@ -16,13 +17,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from sklearn.compose import make_column_transformer
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from kfmlops.model_contract import ModelInfo, predictions, save_estimator
 from kfmlops.monitoring.config import DriftConfig, InferenceLogConfig
 from kfmlops.monitoring.drift import EXIT_INCOMPLETE, EXIT_MISCONFIGURED, EXIT_OK, exit_code, run
 from kfmlops.monitoring.drift import main as drift_main
-from kfmlops.monitoring.lineage import POSITIVE_LABELS_KEY, TRAIN_DATA_TAG
-from kfmlops.monitoring.store import InferenceLog, PredictionRecord, import_ground_truth
+from kfmlops.monitoring.lineage import TASK_KEY, TRAIN_DATA_TAG
+from kfmlops.monitoring.store import InferenceLog, PredictionRecord, import_ground_truth, read_window
+from kfmlops.monitoring.window import current_from_log
+from kfmlops.tasks import Task
 from kfmlops.typed import ConfigError
 
 from conftest import ADULT_SPEC
@@ -31,32 +39,35 @@ NOW = datetime(2026, 11, 23, 12, 5, tzinfo=timezone.utc)  # windows: [00:00, 12:
 ROWS = 4000
 
 
+TASK = Task("binary", "y", ("<=50K", ">50K"))
+
+
 class _Scorer:
-    """Logistic regression on a few raw Adult columns: the 'served model' whose outputs are logged."""
+    """Logistic regression on a few Adult columns (an sklearn pipeline): the 'served model' whose
+    outputs, P(>50K), are logged."""
 
     CATS, NUMS = ["relationship", "education", "occupation"], ["age", "hours_per_week", "education_num"]
 
     def __init__(self, train: pd.DataFrame):
-        x = self._design(train)
-        self.columns = list(x.columns)
-        self.model = LogisticRegression(max_iter=500).fit(x, train["y"])
-
-    def _design(self, frame: pd.DataFrame) -> pd.DataFrame:
-        x = pd.get_dummies(frame[self.CATS].fillna("?"), dtype=float)
-        for name in self.NUMS:
-            x[name] = frame[name].astype(float) / 50
-        return x
+        encode = make_pipeline(SimpleImputer(strategy="constant", fill_value="?"), OneHotEncoder(handle_unknown="ignore"))
+        features = make_column_transformer((encode, self.CATS), (StandardScaler(), self.NUMS))
+        self.model = make_pipeline(features, LogisticRegression(max_iter=500)).fit(train[self.CATS + self.NUMS], train["y"])
+        assert list(self.model.classes_) == list(TASK.classes)
 
     def __call__(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.model.predict_proba(self._design(frame).reindex(columns=self.columns, fill_value=0.0))[:, 1]
+        return self.model.predict_proba(frame[self.CATS + self.NUMS])[:, 1]
 
     def without(self, columns: list[str]):
         """Scores of frames lacking ``columns`` (filled with the mean a served model would impute)."""
         return lambda frame: self(frame.assign(**{c: 40 for c in columns}))
 
+    def save(self, out: Path, example: pd.DataFrame) -> Path:
+        return save_estimator(self.model, out, ModelInfo(TASK, self.CATS + self.NUMS, "sklearn"), example)
 
-def _log_window(root: Path, model: str, rows: pd.DataFrame, scorer: _Scorer, labelled_share: float = 0.4) -> None:
-    """Log ``rows`` as predictions of ``model`` over [00:00, 12:00) and import ground truth for some."""
+
+def _log_window(root: Path, model: str, rows: pd.DataFrame, scorer, labelled_share: float = 0.4) -> None:
+    """Log ``rows`` as predictions of ``model`` over [00:00, 12:00) (the served output: P(>50K)) and
+    import ground truth (canonical labels) for some."""
     rows = rows.reset_index(drop=True)
     scores = scorer(rows)
     start = NOW.replace(hour=0, minute=0)
@@ -77,11 +88,16 @@ def _log_window(root: Path, model: str, rows: pd.DataFrame, scorer: _Scorer, lab
 
 @pytest.fixture(scope="module")
 def monitored(adult, adult_train, adult_test, tmp_path_factory):
-    """An inference log with an i.i.d. and a shifted window, a scored reference and a training config."""
+    """An inference log with an i.i.d. and a shifted window, a scored reference (the predictions
+    dataset's columns beside the train split), the served model saved and a training config."""
     base = tmp_path_factory.mktemp("monitored")
     scorer = _Scorer(adult_train)
-    reference = pa.Table.from_pandas(adult_train.assign(prediction=scorer(adult_train)), preserve_index=False)
-    pq.write_table(reference.replace_schema_metadata({POSITIVE_LABELS_KEY: b"[1]"}), base / "reference.parquet")
+    scores = scorer(adult_train)
+    reference = pa.Table.from_pandas(
+        pd.concat([adult_train, predictions(TASK, np.column_stack([1 - scores, scores]))], axis=1), preserve_index=False)
+    pq.write_table(reference.replace_schema_metadata({TASK_KEY: json.dumps(TASK.to_json()).encode()}),
+                   base / "reference.parquet")
+    scorer.save(base / "model", adult_train)
 
     rng = np.random.default_rng(7)
     iid = adult_test.iloc[rng.choice(len(adult_test), ROWS)]
@@ -115,13 +131,19 @@ def _config(base: Path, tmp: Path, model: str, **overrides) -> DriftConfig:
 
 def test_iid_resample_does_not_drift(monitored, tmp_path):
     summary = run(_config(monitored, tmp_path, "iid"), NOW)
-    assert summary["status"] == "checked" and summary["rows"] == ROWS
+    assert summary["status"] == "checked" and summary["rows"] == ROWS and summary["task"]["kind"] == "binary"
     assert summary["drift"]["checked"] == 14 and summary["drift"]["drifted"] == []
-    assert not summary["prediction_drift"]["drifted"]
+    prediction = summary["prediction_drift"]
+    assert not prediction["drifted"] and [c["column"] for c in prediction["columns"]] == ["prediction", "proba:>50K"]
+    assert [c["column_type"] for c in prediction["columns"]] == ["cat", "num"]
     assert summary["decision"] == {"window_id": summary["window_id"], "fire": False, "signals": [], "reasons": [], "blocked": []}
-    assert 1400 < summary["labelled_rows"] < 1800 and summary["classification"]["roc_auc"] > 0.8
+    performance = summary["performance"]
+    assert 1400 < summary["labelled_rows"] < 1800 and performance["rows"] == summary["labelled_rows"]
+    assert performance["task"] == "binary" and performance["roc_auc"] > 0.8 and 0.2 < performance["positive_rate"] < 0.3
     prom = (tmp_path / "drift.prom").read_text()
     assert 'kfmlops_drift_share{model="iid"} 0.0' in prom and 'kfmlops_drift_rows_checked{model="iid"} 4000.0' in prom
+    assert 'kfmlops_drift_performance{metric="roc_auc",model="iid",task="binary"}' in prom
+    assert 'kfmlops_drift_prediction_drifted{column="proba:>50K",method="wasserstein",model="iid"} 0.0' in prom
 
 
 def test_shifted_sample_drifts_and_matches_the_preset(monitored, tmp_path):
@@ -132,23 +154,25 @@ def test_shifted_sample_drifts_and_matches_the_preset(monitored, tmp_path):
     summary = run(config, NOW)
     drift = summary["drift"]
     assert {"age", "hours_per_week", "occupation"} <= set(drift["drifted"])
-    assert summary["prediction_drift"]["drifted"] and summary["prediction_drift"]["method"] == "wasserstein"
+    prediction = {c["column"]: c for c in summary["prediction_drift"]["columns"]}
+    assert prediction["proba:>50K"]["drifted"] and prediction["proba:>50K"]["method"] == "wasserstein"
+    assert prediction["prediction"]["method"] == "jensenshannon"  # the predicted class, categorical
     assert "prediction_drift" in summary["decision"]["signals"] and summary["decision"]["fire"]
     assert summary["retrain"]["submitted"] is False  # no submitter given: decided and reported only
     assert summary["quality"]["workclass"]["null_share_current"] > 0
-    for name in ("report.html", "summary.json", "evidently.html", "evidently_classification.html"):
+    for name in ("report.html", "summary.json", "evidently.html", "evidently_performance.html"):
         assert (tmp_path / "out" / name).stat().st_size > 1000
     assert "age" in (tmp_path / "out" / "report.html").read_text()
 
     # the plain preset on the same frames gives the same methods, scores and verdicts
-    reference = pd.read_parquet(monitored / "reference.parquet").drop(columns=["y"])
-    log = pq.read_table(monitored / "log" / "predictions" / "model=shifted").to_pandas()
-    current = log.rename(columns=lambda c: c.removeprefix("input."))[list(reference.columns)]
+    tested = [c for c in pq.read_schema(monitored / "reference.parquet").names if c not in ("y", "proba:<=50K")]
+    reference = pd.read_parquet(monitored / "reference.parquet", columns=tested)
+    window = read_window(monitored / "log", "shifted", NOW - timedelta(days=1), NOW)
+    current = current_from_log(window, TASK, 0.5).select(tested).to_pandas()
     snapshot = json.loads(Report([DataDriftPreset()]).run(current, reference).json())
     preset = {m["config"]["column"]: (m["value"], m["value"] >= m["config"]["threshold"])
               for m in snapshot["metrics"] if m["metric_name"].startswith("ValueDrift")}
-    ours = {c["column"]: (c["score"], c["drifted"]) for c in drift["columns"]}
-    ours["prediction"] = (summary["prediction_drift"]["score"], summary["prediction_drift"]["drifted"])
+    ours = {c["column"]: (c["score"], c["drifted"]) for c in drift["columns"] + summary["prediction_drift"]["columns"]}
     assert set(preset) == set(ours)
     for column, (score, drifted) in preset.items():
         assert ours[column][0] == pytest.approx(score, rel=1e-9, abs=1e-12) and ours[column][1] == drifted, column
@@ -221,13 +245,16 @@ def test_fired_policy_submits_once_per_window(monitored, tmp_path):
     assert first["retrain"]["submitted"] and first["retrain"]["run_id"] == "run-1"
     (arguments,) = calls
     data = arguments["data"]
-    assert data["label"] == "y" and data["positive_labels"] == [1]
+    assert data["label"] == "y" and data["task"] == "binary"  # the task and its class names carried over
+    assert data["positive_labels"] == [">50K"] and data["negative_labels"] == ["<=50K"]
     assert data["sensitive_features"] == ["sex", "race"] and arguments["settings"]["ingest"]["format"] == "parquet"
     fresh = pq.read_table(data["source"])
     assert fresh.num_rows == 32561 + first["labelled_rows"]
     assert pq.read_table(data["test_source"]).num_rows == 16281  # gated on the same test rows as before
     reason = json.loads(fresh.schema.metadata[b"kfmlops.retrain_reason"])
     assert reason["window_id"] == first["window_id"] and "age" in reason["drifted"]
+    assert set(fresh["y"].to_pylist()) == {"<=50K", ">50K"} and json.loads(fresh.schema.metadata[TASK_KEY])["kind"] == "binary"
+    assert reason["performance"]["roc_auc"] == first["performance"]["roc_auc"]
 
     retried = run(config, NOW, submit)  # the same window again: the job was retried
     assert len(calls) == 1 and not retried["decision"]["fire"]
@@ -237,7 +264,7 @@ def test_fired_policy_submits_once_per_window(monitored, tmp_path):
 
 
 def test_any_current_dataset(monitored, tmp_path):
-    """A raw file instead of the log: names, strings, NA tokens and labels normalised as ingest does."""
+    """A raw file instead of the log: names, strings, NA tokens and labels (``>50K.``) normalised as ingest does."""
     config = DriftConfig.model_validate({
         "training_config": str(monitored / "training.yaml"), "current": ADULT_SPEC.test_source, "model": "adult",
         "output_dir": str(tmp_path / "out"), "reference": {"uri": str(monitored / "reference.parquet")},
@@ -308,25 +335,56 @@ def test_unknown_model_or_alias_is_a_misconfiguration(monitored, tmp_path, mlflo
     assert summary["status"] == "misconfigured" and "no alias 'champion'" in summary["error"]
 
 
-def test_reference_found_through_lineage_and_cli(monitored, tmp_path, mlflow_store):
+def _register(mlflow_store, model_dir: Path, train_data: str) -> None:
+    """``model_dir`` as version 1 of the store's model, champion, with its training data's lineage tag."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_store.tracking_uri)
     client.create_registered_model(mlflow_store.model_name)
-    version = client.create_model_version(mlflow_store.model_name, source=str(tmp_path), tags={
-        TRAIN_DATA_TAG: str(monitored / "reference.parquet"), "kfmlops.dataset_fingerprint": "x"})
+    version = client.create_model_version(mlflow_store.model_name, source=str(model_dir), tags={
+        TRAIN_DATA_TAG: train_data, "kfmlops.dataset_fingerprint": "x"})
     client.set_registered_model_alias(mlflow_store.model_name, "champion", version.version)
+
+
+def _lineage_config(monitored: Path, tmp_path: Path, mlflow_store, data: dict | None = None, **drift) -> Path:
     training = yaml.safe_load((monitored / "training.yaml").read_text())
     training["mlflow"] = mlflow_store.model_dump(mode="json")
+    training["data"] |= data or {}
     (tmp_path / "training.yaml").write_text(yaml.safe_dump(training))
     (tmp_path / "drift.yaml").write_text(yaml.safe_dump({
         "training_config": "training.yaml", "log_root": str(monitored / "log"), "output_dir": "out",
-        "window": {"model": "iid", "hours": 12, "settle_minutes": 5},
-        "reference": {"score_with_model": False}, "drift": {"report_rows": 0},
-        "trigger": {"ledger_dir": "ledger"},
+        "window": {"model": "iid", "hours": 12, "settle_minutes": 5}, "drift": {"report_rows": 0},
+        "trigger": {"ledger_dir": "ledger"}, **drift,
     }))
-    assert drift_main(["--config", str(tmp_path / "drift.yaml"), "--now", NOW.isoformat()]) == 0
+    return tmp_path / "drift.yaml"
+
+
+def test_reference_found_through_lineage_and_cli(monitored, tmp_path, mlflow_store):
+    _register(mlflow_store, monitored / "model", str(monitored / "reference.parquet"))
+    config = _lineage_config(monitored, tmp_path, mlflow_store, reference={"score_with_model": False})
+    assert drift_main(["--config", str(config), "--now", NOW.isoformat()]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["served"]["version"] == "1" and summary["served"]["model_uri"] == f"models:/{mlflow_store.model_name}/1"
     assert summary["reference"] == {"uri": str(monitored / "reference.parquet"), "rows": 32561}
-    assert summary["prediction_drift"]["drifted"] is False  # the reference's own prediction column: no scoring
+    assert summary["task"] == {**TASK.to_json(), "reason": summary["task"]["reason"]}  # the served model's metadata
+    assert summary["prediction_drift"]["drifted"] is False  # the reference's own prediction columns: no scoring
+
+
+def test_reference_scored_by_the_served_model(monitored, tmp_path, mlflow_store):
+    """The served version's training data re-ingested (raw Adult, the same split) and scored by the
+    served model itself (an sklearn model through kfmlops.model_contract); a model whose task its
+    training data contradicts is a misconfiguration."""
+    _register(mlflow_store, monitored / "model", ADULT_SPEC.source)
+    config = _lineage_config(monitored, tmp_path, mlflow_store)
+    assert drift_main(["--config", str(config), "--now", NOW.isoformat()]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["reference"] == {"uri": ADULT_SPEC.source, "rows": 32561} and summary["status"] == "checked"
+    prediction = {c["column"]: c for c in summary["prediction_drift"]["columns"]}
+    assert not summary["prediction_drift"]["drifted"] and prediction["proba:>50K"]["score"] < 0.05
+    assert prediction["prediction"]["reference_rows"] == 32561
+
+    config = _lineage_config(monitored, tmp_path, mlflow_store, data={"task": "multiclass"})
+    assert drift_main(["--config", str(config), "--now", NOW.isoformat()]) == EXIT_MISCONFIGURED
+    error = json.loads((tmp_path / "out" / "summary.json").read_text())["error"]
+    assert "was trained for a binary task with classes ['<=50K', '>50K'], but its training data" in error
+    assert "gives a multiclass task" in error

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,12 +14,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kfmlops.config import PipelineConfig, Settings
+from kfmlops.config import DataSpec, PipelineConfig, Settings
+from kfmlops.ingest import ingest
 from kfmlops.typed import ConfigError
 from kfmlops.local_run import LocalRun
 from kfmlops.monitoring.config import DriftConfig, PolicyConfig, TriggerConfig
 from kfmlops.monitoring.lineage import load_reference
-from kfmlops.monitoring.policy import FAILED, SUBMITTED, Figures, Ledger, LedgerEntry, decide, window_id
+from kfmlops.monitoring.policy import (
+    FAILED,
+    SUBMITTED,
+    Figures,
+    Ledger,
+    LedgerEntry,
+    check_performance_limits,
+    decide,
+    window_id,
+)
 from kfmlops.monitoring.trigger import (
     fresh_pipeline_config,
     fresh_test_data,
@@ -28,14 +39,17 @@ from kfmlops.monitoring.trigger import (
     submitter_for,
 )
 
+from kfmlops.tasks import Task
+
 from conftest import ADULT_INGEST, ADULT_SPEC, ROOT
 
 HOUR = 3600.0
+TASK = Task("binary", "y", ("<=50K", ">50K"))
 NOW = 1_800_000_000.0
 DRIFTING = Figures(rows=5000, labelled_rows=500, drift_share=0.6, drifted_features=["age", "sex", "race"],
-                   prediction_drifted=True, prediction_score=0.3, roc_auc=0.7)
+                   drifted_predictions={"proba:>50K": 0.3}, task="binary", performance={"roc_auc": 0.7, "accuracy": 0.8})
 QUIET = Figures(rows=5000, labelled_rows=500, drift_share=0.1, drifted_features=["age"],
-                prediction_drifted=False, prediction_score=0.01, roc_auc=0.9)
+                task="binary", performance={"roc_auc": 0.9, "accuracy": 0.85})
 
 
 class Recorder:
@@ -67,11 +81,37 @@ def test_signals_and_thresholds(tmp_path):
     watched = PolicyConfig(signals=["feature_drift"], watched_features=["age"])
     assert decide(QUIET, watched, ledger, "w1", "adult", NOW).reasons == ["feature drift: age"]
     assert not decide(QUIET, PolicyConfig(signals=["feature_drift"], watched_features=["fnlwgt"]), ledger, "w1", "adult", NOW).fire
-    performance = PolicyConfig(signals=["performance"], min_roc_auc=0.8)
-    assert decide(DRIFTING, performance, ledger, "w1", "adult", NOW).signals == ["performance"]
+    assert fired.reasons[1] == "prediction drift: proba:>50K score 0.3"
+
+
+def test_performance_signal_per_task(tmp_path):
+    """Each limit in its metric's direction: higher is better for ROC AUC and accuracy, lower for RMSE."""
+    ledger = Ledger(tmp_path)
+    performance = PolicyConfig(signals=["performance"], min_performance={"roc_auc": 0.8, "accuracy": 0.82})
+    fired = decide(DRIFTING, performance, ledger, "w1", "adult", NOW)
+    assert fired.signals == ["performance"] and fired.reasons == [
+        "performance: roc_auc 0.7 < 0.8 on 500 labelled rows", "performance: accuracy 0.8 < 0.82 on 500 labelled rows"]
     assert not decide(QUIET, performance, ledger, "w1", "adult", NOW).fire
-    with pytest.raises(ValueError, match="min_roc_auc"):
+    one_class = Figures(rows=5000, labelled_rows=500, task="binary", performance={"roc_auc": None, "accuracy": 0.9})
+    assert not decide(one_class, performance, ledger, "w1", "adult", NOW).signals  # no ROC AUC of one class
+    assert not decide(replace(DRIFTING, labelled_rows=50), performance, ledger, "w1", "adult", NOW).signals
+
+    rmse = PolicyConfig(signals=["performance"], min_performance={"rmse": 250.0}, min_labelled_rows=10)
+    worse = Figures(rows=2000, labelled_rows=300, task="regression", performance={"rmse": 301.5, "mae": 200.0})
+    assert decide(worse, rmse, ledger, "w2", "cps", NOW).reasons == ["performance: rmse 301.5 > 250 on 300 labelled rows"]
+    assert not decide(replace(worse, performance={"rmse": 249.0}), rmse, ledger, "w2", "cps", NOW).signals
+    multiclass = Figures(rows=2000, labelled_rows=300, task="multiclass", performance={"accuracy": 0.9, "macro_f1": 0.7})
+    macro = PolicyConfig(signals=["performance"], min_performance={"macro_f1": 0.75})
+    assert decide(multiclass, macro, ledger, "w3", "penguins", NOW).signals == ["performance"]
+
+    check_performance_limits(rmse, "regression")
+    with pytest.raises(ConfigError, match=r"names \['rmse'\], which a binary model's window does not measure; a binary "
+                                          "task has roc_auc, accuracy, precision, recall, f1"):
+        check_performance_limits(rmse, "binary")
+    with pytest.raises(ValueError, match="the performance signal needs min_performance"):
         PolicyConfig(signals=["performance"])
+    with pytest.raises(ValueError, match=r"unknown metrics \['auc'\]; known: binary: roc_auc"):
+        PolicyConfig(min_performance={"auc": 0.8})
 
 
 def test_small_window_and_few_labels_trigger_nothing(tmp_path):
@@ -135,30 +175,33 @@ def test_concurrent_claims_admit_one(tmp_path):
 
 def test_fresh_data_keeps_the_gates_and_reads_back(tmp_path, adult, adult_train):
     reference = pq.read_table(adult.train_path)
-    window = pa.table({"age": [40, 60], "sex": ["Male", "Female"], "hours_per_week": [40.0, 70.0], "y": pa.array([1, 0], pa.int8()),
+    window = pa.table({"age": [40, 60], "sex": ["Male", "Female"], "hours_per_week": [40.0, 70.0], "y": [">50K", "<=50K"],
                        "unrelated": ["x", "y"]})
     path = tmp_path / "fresh" / "train.parquet"
-    rows = fresh_training_data(reference, window, "y", path, {"reasons": ["dataset drift"]})
+    rows = fresh_training_data(reference, window, TASK, path, {"reasons": ["dataset drift"]})
     assert rows == len(adult_train) + 2
     fresh = pq.read_table(path)
     assert fresh.schema.names == reference.schema.names and fresh["age"].type == pa.int64()
     assert fresh.slice(len(adult_train))["workclass"].null_count == 2
     assert json.loads(fresh.schema.metadata[b"kfmlops.retrain_reason"]) == {"reasons": ["dataset drift"]}
 
-    training = PipelineConfig(data=ADULT_SPEC, settings={"ingest": ADULT_INGEST.model_dump(), "evaluate": {"min_roc_auc": 0.8}})
-    assert fresh_test_data(training, tmp_path / "fresh" / "test.parquet") == 16281
-    fresh_config = fresh_pipeline_config(training, str(path), str(tmp_path / "fresh" / "test.parquet"), "y")
+    training = PipelineConfig(data=ADULT_SPEC, settings={"ingest": ADULT_INGEST.model_dump(), "evaluate": {"limits": {"roc_auc": 0.8}}})
+    assert fresh_test_data(training, TASK, tmp_path / "fresh" / "test.parquet") == 16281
+    fresh_config = fresh_pipeline_config(training, str(path), str(tmp_path / "fresh" / "test.parquet"), TASK)
     arguments = fresh_config.pipeline_arguments()
     settings = Settings.parse(arguments["settings"])
     assert settings.model_copy(update={"ingest": training.settings.ingest}) == training.settings  # same gates
-    assert settings.ingest.format == "parquet" and arguments["data"]["positive_labels"] == [1] and arguments["data"]["label"] == "y"
+    assert settings.ingest.format == "parquet" and arguments["data"]["label"] == "y" and arguments["data"]["task"] == "binary"
+    # the retraining pipeline's ingest reads the canonical labels back into the same task and rows
+    result = ingest(DataSpec.parse(arguments["data"]), settings.ingest, tmp_path / "train.parquet", tmp_path / "test.parquet")
+    assert (Task.from_json(result.task), result.train_rows, result.test_rows) == (TASK, rows, 16281)
     # the next drift run reads the fresh data back whole as its reference, with or without a test source
     for config in (training, training.model_copy(update={"data": ADULT_SPEC.model_copy(update={"test_source": None})})):
-        again, label = load_reference(str(path), config)
-        assert label == "y" and again.num_rows == rows and again["y"].to_pylist()[-2:] == [1, 0]
+        again, task = load_reference(str(path), config)
+        assert task == TASK and again.num_rows == rows and again["y"].to_pylist()[-2:] == [">50K", "<=50K"]
 
     with pytest.raises(ValueError, match="does not convert"):
-        fresh_training_data(reference, window.set_column(0, "age", pa.array(["old", "young"])), "y", path, {})
+        fresh_training_data(reference, window.set_column(0, "age", pa.array(["old", "young"])), TASK, path, {})
 
 
 def test_submitters(monkeypatch):
@@ -209,7 +252,7 @@ def test_kfp_submitter_creates_a_run(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     training = PipelineConfig(data=ADULT_SPEC, settings={"ingest": ADULT_INGEST.model_dump()})
-    arguments = fresh_pipeline_config(training, "/fresh/train.parquet", "/fresh/test.parquet", "y").pipeline_arguments()
+    arguments = fresh_pipeline_config(training, "/fresh/train.parquet", "/fresh/test.parquet", TASK).pipeline_arguments()
     try:
         config = TriggerConfig(submitter="kfp", kfp_host=f"http://127.0.0.1:{server.server_address[1]}",
                                pipeline_package=str(ROOT / "pipelines" / "training.yaml"), experiment="retraining")

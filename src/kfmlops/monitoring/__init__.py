@@ -8,8 +8,11 @@
 - :mod:`~kfmlops.monitoring.sink`: the CloudEvents receiver for KServe's inference logger
   (``kfmlops sink``), which acknowledges an event only once it is in its write-ahead log
   (:mod:`~kfmlops.monitoring.wal`, replayed at start).
+- :mod:`~kfmlops.monitoring.window`: the current window in the reference's form for the served
+  model's task: served outputs as predicted classes (or values) and probabilities, canonical labels.
+- :mod:`~kfmlops.monitoring.lineage`: the served version, its task and its training data (the reference).
 - :mod:`~kfmlops.monitoring.stats`: per-column drift with Evidently's stat tests (computed once per
-  column on Arrow-derived arrays), data quality and classification figures.
+  column on Arrow-derived arrays), data quality and performance figures per task.
 - :mod:`~kfmlops.monitoring.drift`: the drift stage (``kfmlops drift``): window + reference in,
   HTML reports, JSON summary, Prometheus metrics and a policy decision out.
 - :mod:`~kfmlops.monitoring.policy`: the retraining policy and the durable ledger of windows.

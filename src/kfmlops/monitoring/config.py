@@ -20,6 +20,13 @@ from pydantic import Field, model_validator
 from kfmlops.typed import SettingsModel, load_yaml, parse, resolve_path
 
 Signal = Literal["dataset_drift", "prediction_drift", "feature_drift", "performance"]
+WATCHED_METRICS: dict[str, dict[str, bool]] = {
+    "binary": {"roc_auc": True, "accuracy": True, "precision": True, "recall": True, "f1": True},
+    "multiclass": {"accuracy": True, "macro_f1": True},
+    "regression": {"rmse": False, "mae": False},
+}
+"""Per task kind, the window metrics (:func:`kfmlops.monitoring.stats.performance`) the performance
+signal may watch (``policy.min_performance``): metric -> whether higher is better."""
 
 
 class InferenceLogConfig(SettingsModel):
@@ -111,7 +118,10 @@ class DriftTestConfig(SettingsModel):
     per_column_method: dict[str, str] = {}
     threshold: float | None = Field(default=None, description="Unset: the stat test's own default threshold.")
     per_column_threshold: dict[str, float] = {}
-    prediction_column: str = "prediction"
+    positive_probability: bool = Field(
+        default=True,
+        description="Binary task: test the drift of P(positive) (the proba:<positive> column) beside the predicted class's.",
+    )
     report_rows: int = Field(
         default=20_000, ge=0, description="Rows sampled for Evidently's interactive HTML reports; 0 skips them."
     )
@@ -130,14 +140,23 @@ class PolicyConfig(SettingsModel):
     min_labelled_rows: int = Field(
         default=100, ge=0, description="Retraining (and the performance signal) needs this many labelled window rows."
     )
-    min_roc_auc: float | None = Field(default=None, ge=0.0, le=1.0, description="performance fires below this.")
+    min_performance: dict[str, float] = Field(
+        default={},
+        description="The performance signal's limits on the labelled window, each in its metric's direction: "
+        "{roc_auc: 0.8} fires below 0.8, {rmse: 4.0} above 4.0 (see WATCHED_METRICS for each task's metrics).",
+    )
     cooldown_hours: float = Field(default=24.0, ge=0.0, description="Least time between two retrains of a model.")
     max_retrains_per_day: int = Field(default=1, ge=0, description="Per model, over any 24 hours; 0 never retrains.")
 
     @model_validator(mode="after")
-    def _performance_needs_floor(self) -> "PolicyConfig":
-        if "performance" in self.signals and self.min_roc_auc is None:
-            raise ValueError("the performance signal needs min_roc_auc")
+    def _performance_needs_limits(self) -> "PolicyConfig":
+        if "performance" in self.signals and not self.min_performance:
+            raise ValueError("the performance signal needs min_performance, e.g. {roc_auc: 0.8} or {rmse: 4.0}")
+        known = {metric for metrics in WATCHED_METRICS.values() for metric in metrics}
+        unknown = sorted(set(self.min_performance) - known)
+        if unknown:
+            raise ValueError(f"min_performance names unknown metrics {unknown}; known: "
+                             + "; ".join(f"{task}: {', '.join(m)}" for task, m in WATCHED_METRICS.items()))
         return self
 
 

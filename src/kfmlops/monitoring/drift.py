@@ -3,20 +3,27 @@
 Consumes a :class:`~kfmlops.monitoring.config.DriftConfig`: the current data (a window of whole
 hours of the inference log, or any dataset), the training config the served model was built with,
 and the reference (the served version's training data, found through its ``kfmlops.train_data``
-lineage tag, or a given URI). Produces, in ``output_dir``:
+lineage tag, or a given URI). The served model's task (binary, multiclass or regression: its MLflow
+metadata, else the training data's under the training config) says what labels and outputs mean:
+labels are canonical (class names, or numbers), the log's served outputs become the predictions
+dataset's columns (``prediction``: the class or value; ``proba:<class>``), and the reference's are
+recomputed with the served model (:mod:`~kfmlops.monitoring.window`,
+:mod:`~kfmlops.monitoring.lineage`). Produces, in ``output_dir``:
 
-- ``summary.json``: rows checked, per-feature drift (Evidently method, threshold, score, verdict),
-  the drifted share, prediction drift, data quality, classification figures on labelled rows,
-  the policy decision and the retrain it started, if any;
+- ``summary.json``: the task, rows checked, per-feature drift (Evidently method, threshold, score,
+  verdict), the drifted share, prediction drift (the predicted class, a categorical test, or the
+  predicted value, a numerical one; for a binary task P(positive) too), data quality, performance
+  on labelled rows (binary ROC AUC and the figures at the threshold, multiclass accuracy and macro
+  F1, regression RMSE and MAE), the policy decision and the retrain it started, if any;
 - ``report.html``: the same as a self-contained page;
-- ``evidently.html`` / ``evidently_classification.html``: Evidently's interactive reports (column
-  statistics and current-vs-reference distributions; classification quality) on a seeded sample
-  of at most ``drift.report_rows`` rows, for exploring (the figures above use every row);
+- ``evidently.html`` / ``evidently_performance.html``: Evidently's interactive reports (column
+  statistics and current-vs-reference distributions; classification or regression quality) on a
+  seeded sample of at most ``drift.report_rows`` rows, for exploring (the figures above use every row);
 
 and exports the figures as Prometheus metrics. When the policy fires and a submitter is configured,
 the reference plus the window's labelled rows become fresh training data (gated on the served
-model's test rows) and the training pipeline is submitted once for this window (see
-:mod:`~kfmlops.monitoring.trigger`).
+model's test rows) and the training pipeline is submitted once for this window, with the task
+carried over (see :mod:`~kfmlops.monitoring.trigger`).
 
 ``summary.json``'s ``status`` says how far the run got, and ``kfmlops drift`` exits with the code
 beside it (:func:`exit_code`):
@@ -29,9 +36,12 @@ beside it (:func:`exit_code`):
 - ``retrain`` failed to start (``retrain.status`` ``failed``), exit 1;
 - ``misconfigured``, exit 2: nothing was checked because the configuration points at nothing
   (an unknown model in the registry, no such version or alias, a ``window.model`` with no
-  predictions in the log, unreadable data); ``error`` says what and what the log or registry has;
-- ``incomplete``, exit 3: features missing from the window or not checkable (``problems`` names
-  them; the features that were checked still count for the policy).
+  predictions in the log, unreadable data, a model whose task its training data contradicts, a
+  ``policy.min_performance`` metric the task does not measure); ``error`` says what and what the
+  log or registry has;
+- ``incomplete``, exit 3: features missing from the window or not checkable, logged outputs that
+  are not the task's, labels that fit none of its classes (``problems`` names them; what was
+  checked still counts for the policy).
 
 A failure of the check is never reported as health: the console line, ``report.html`` and the
 summary's ``problems`` say what was not checked.
@@ -45,6 +55,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,13 +69,22 @@ import pyarrow.compute as pc
 from kfmlops import report
 from kfmlops.config import PipelineConfig
 from kfmlops.durable import write_text_atomically
-from kfmlops.ingest import IngestError, fingerprint, label_to_int, normalise_column, normalise_name, read_batches
+from kfmlops.ingest import IngestError, fingerprint, normalise_name, read_batches
+from kfmlops.model_contract import ModelContractError, load, read_info
 from kfmlops.monitoring import prometheus
-from kfmlops.monitoring.config import DriftConfig
-from kfmlops.monitoring.lineage import ServedModel, ingest_config_for, load_reference, score_reference, served_model
-from kfmlops.monitoring.policy import Decision, Figures, Ledger, decide, window_id
-from kfmlops.monitoring.stats import NUMERICAL, ColumnDrift, classification, column_drift, column_quality, column_type
-from kfmlops.monitoring.store import INPUT_PREFIX, input_columns, logged_models, read_window, window_bounds
+from kfmlops.monitoring.config import DriftConfig, DriftTestConfig
+from kfmlops.monitoring.lineage import (
+    ServedModel,
+    download_model,
+    ingest_config_for,
+    load_reference,
+    resolve_task,
+    score_reference,
+    served_model,
+)
+from kfmlops.monitoring.policy import Decision, Figures, Ledger, check_performance_limits, decide, window_id
+from kfmlops.monitoring.stats import CATEGORICAL, NUMERICAL, ColumnDrift, column_drift, column_quality, column_type, performance
+from kfmlops.monitoring.store import INPUT_PREFIX, OUTPUT_PREFIX, logged_models, read_window, window_bounds
 from kfmlops.monitoring.trigger import (
     Submitter,
     fresh_pipeline_config,
@@ -73,7 +93,9 @@ from kfmlops.monitoring.trigger import (
     retrain,
     submitter_for,
 )
+from kfmlops.monitoring.window import SERVED_OUTPUT, current_from_log, normalise_current, unreadable_outputs
 from kfmlops.register import TAG_LIMIT
+from kfmlops.tasks import PREDICTION, PROBA_PREFIX, Task, TaskError
 from kfmlops.tracking import kfmlops_home
 from kfmlops.typed import ConfigError
 
@@ -89,49 +111,29 @@ class Comparison:
 
     columns: list[ColumnDrift]  # checked features
     skipped: dict[str, str]  # feature -> why it was not checked
-    prediction: ColumnDrift | None
+    predictions: list[ColumnDrift]  # the prediction columns tested (see prediction_columns)
     prediction_note: str | None  # why there is no prediction drift
     quality: dict[str, dict[str, Any]]
-    classification: dict[str, Any] | None
+    performance: dict[str, Any] | None
 
     @property
     def drift_share(self) -> float | None:
         return sum(c.drifted for c in self.columns) / len(self.columns) if self.columns else None
 
 
-def normalise_current(table: pa.Table, label: str, positive_labels: list, na_values: list[str]) -> pa.Table:
-    """Column names and values normalised as ingest does (snake_case, trimmed strings, NA tokens as
-    nulls); a raw ``label`` column becomes 0/1 ``int8`` with nulls kept (unlabelled rows), an ``int8``
-    one is taken as 0/1 already."""
-    na = pa.array([v.strip() for v in na_values], pa.string())
-    columns = {}
-    for name, values in zip(table.column_names, table.columns):
-        name = normalise_name(name)
-        if name == label and pa.types.is_int8(values.type):  # already 0/1 (the log's imported labels)
-            columns[name] = values
-            continue
-        values = normalise_column(values, na)
-        if name == label:
-            values = pc.if_else(pc.is_valid(values), label_to_int(values, positive_labels, label), pa.scalar(None, pa.int8()))
-        columns[name] = values
-    return pa.table(columns)
-
-
-def current_from_log(raw: pa.Table, label: str, prediction_column: str) -> pa.Table:
-    """The log's ``input.*`` columns as features (names normalised), with ``prediction``, ``label``
-    and ``model_version`` renamed to what the reference and the config call them."""
-    columns = {feature: raw[column] for feature, column in input_columns(raw).items()}
-    columns[prediction_column] = raw["prediction"]
-    columns["model_version"] = raw["model_version"]
-    if "label" in raw.column_names:
-        columns[label] = raw["label"]
-    return pa.table(columns)
+def prediction_columns(task: Task, config: DriftTestConfig) -> dict[str, str]:
+    """The prediction columns whose drift is tested, with their column type: the predicted class
+    (categorical) or value (numerical), and for a binary task P(positive) when configured."""
+    columns = {PREDICTION: CATEGORICAL if task.is_classification else NUMERICAL}
+    if task.kind == "binary" and config.positive_probability:
+        columns[PROBA_PREFIX + task.positive] = NUMERICAL
+    return columns
 
 
 def compare(
-    current: pa.Table, reference: pa.Table, features: list[str], label: str, config: DriftConfig, decision_threshold: float
+    current: pa.Table, reference: pa.Table, features: list[str], task: Task, config: DriftConfig
 ) -> Comparison:
-    """Per-feature drift, prediction drift, data quality and classification of ``current`` vs ``reference``."""
+    """Per-feature drift, prediction drift, data quality and performance of ``current`` vs ``reference``."""
     drift_cfg = config.drift
     checked, skipped, quality = [], {}, {}
     for name in features:
@@ -149,25 +151,36 @@ def compare(
             continue
         quality[name] = column_quality(reference[name], current[name], kind)
 
-    prediction, note = None, None
-    column = drift_cfg.prediction_column
-    if column not in current.column_names or current[column].null_count == len(current):
+    tested, note = [], None
+    if PREDICTION not in current.column_names or current[PREDICTION].null_count == len(current):
         note = "the current data has no predictions"
-    elif column not in reference.column_names:
+    elif PREDICTION not in reference.column_names:
         note = "no reference predictions (set reference.score_with_model, or give the reference a prediction column)"
-    elif (kind := column_type(current[column])) is None:
-        note = f"predictions of type {current[column].type} are not checked"
     else:
-        prediction = column_drift(column, reference[column], current[column], kind, drift_cfg)
+        try:
+            tested = [column_drift(c, reference[c], current[c], kind, drift_cfg)
+                      for c, kind in prediction_columns(task, drift_cfg).items()
+                      if c in current.column_names and c in reference.column_names]
+        except ValueError as exc:  # e.g. numbers in a classification task's prediction column
+            note = f"prediction drift not computed: {exc}"
+    return Comparison(checked, skipped, tested, note, quality, window_performance(current, task))
 
+
+def window_performance(current: pa.Table, task: Task) -> dict[str, Any] | None:
+    """:func:`~kfmlops.monitoring.stats.performance` on the rows with a label and a prediction; None when there are none.
+
+    ROC AUC (binary) needs the ``proba:<class>`` columns; without them it is None.
+    """
+    if task.label not in current.column_names or PREDICTION not in current.column_names:
+        return None
+    labelled = current.filter(pc.and_(pc.is_valid(current[task.label]), pc.is_valid(current[PREDICTION])))
+    if labelled.num_rows == 0:
+        return None
     scores = None
-    if label in current.column_names and column in current.column_names:
-        labelled = current.filter(pc.and_(pc.is_valid(current[label]), pc.is_valid(current[column])))
-        if labelled.num_rows:
-            scores = classification(
-                labelled[label].to_numpy().astype(np.int8), labelled[column].to_numpy().astype(np.float64), decision_threshold
-            )
-    return Comparison(checked, skipped, prediction, note, quality, scores)
+    if task.is_classification and all(c in labelled.column_names for c in task.proba_columns):
+        scores = np.column_stack([labelled[c].to_numpy() for c in task.proba_columns])
+    predicted = labelled[PREDICTION].to_numpy(zero_copy_only=False)
+    return {"task": task.kind, **performance(task, labelled[task.label].to_numpy(zero_copy_only=False), predicted, scores)}
 
 
 def _sample(table: pa.Table, rows: int, seed: int) -> pa.Table:
@@ -177,47 +190,70 @@ def _sample(table: pa.Table, rows: int, seed: int) -> pa.Table:
 
 
 def evidently_reports(
-    current: pa.Table, reference: pa.Table, comparison: Comparison, label: str, config: DriftConfig, out: Path
+    current: pa.Table, reference: pa.Table, comparison: Comparison, task: Task, config: DriftConfig, out: Path
 ) -> dict[str, str]:
     """Evidently's interactive HTML reports on a sample of at most ``drift.report_rows`` rows; returns their paths.
 
     ``evidently.html``: ``DataSummaryPreset`` (per-column statistics and current-vs-reference
-    distributions) of the checked columns; ``evidently_classification.html``: ``ClassificationPreset``
-    on labelled rows. Per-column drift is left out: its exact figures are in ``report.html``.
+    distributions) of the checked columns; ``evidently_performance.html``: ``ClassificationPreset``
+    or ``RegressionPreset`` on the labelled rows. Per-column drift is left out: its exact figures
+    are in ``report.html``.
     """
-    from evidently import BinaryClassification, DataDefinition, Dataset, Report
-    from evidently.presets import ClassificationPreset, DataSummaryPreset
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataSummaryPreset
 
     cfg = config.drift
-    checked = comparison.columns + ([comparison.prediction] if comparison.prediction else [])
+    checked = comparison.columns + comparison.predictions
     if not checked or cfg.report_rows == 0:
         return {}
     numerical = [c.column for c in checked if c.column_type == NUMERICAL]
     categorical = [c.column for c in checked if c.column_type != NUMERICAL]
-    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
 
-    def dataset(table: pa.Table, columns: list[str], definition_: DataDefinition) -> Dataset:
-        return Dataset.from_pandas(_sample(table, cfg.report_rows, cfg.seed).select(columns).to_pandas(),
-                                   data_definition=definition_)
+    def dataset(table: pa.Table, definition: DataDefinition, renamed: dict[str, str] | None = None) -> Dataset:
+        frame = _sample(table, cfg.report_rows, cfg.seed).to_pandas()
+        return Dataset.from_pandas(frame.rename(columns=renamed or {}), data_definition=definition)
 
     paths = {}
-    snapshot = Report([DataSummaryPreset()]).run(dataset(current, numerical + categorical, definition),
-                                                 dataset(reference, numerical + categorical, definition))
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    snapshot = Report([DataSummaryPreset()]).run(dataset(current.select(numerical + categorical), definition),
+                                                 dataset(reference.select(numerical + categorical), definition))
     paths["evidently"] = str(out / "evidently.html")
     snapshot.save_html(paths["evidently"])
 
-    if comparison.classification:
-        column = cfg.prediction_column
-        labelled = current.filter(pc.and_(pc.is_valid(current[label]), pc.is_valid(current[column])))
-        labelled = labelled.select([label, column]).set_column(0, label, labelled[label].cast(pa.int64()))
-        definition = DataDefinition(
-            numerical_columns=[column], categorical_columns=[label],
-            classification=[BinaryClassification(target=label, prediction_probas=column, pos_label=1)],
-        )
-        snapshot = Report([ClassificationPreset()]).run(dataset(labelled, [label, column], definition), None)
-        paths["evidently_classification"] = str(out / "evidently_classification.html")
-        snapshot.save_html(paths["evidently_classification"])
+    if comparison.performance:
+        labelled = current.filter(pc.and_(pc.is_valid(current[task.label]), pc.is_valid(current[PREDICTION])))
+        probas = [c for c in task.proba_columns if c in labelled.column_names]
+        preset, definition, renamed = _performance_report(task, probas)
+        labelled = labelled.select([task.label, PREDICTION, *probas])
+        snapshot = Report([preset]).run(dataset(labelled, definition, renamed), None)
+        paths["evidently_performance"] = str(out / "evidently_performance.html")
+        snapshot.save_html(paths["evidently_performance"])
     return paths
+
+
+def _performance_report(task: Task, probas: list[str]):
+    """Evidently's preset, data definition and column renames for ``task``'s performance on
+    ``label``, ``prediction`` and the ``probas`` columns (multiclass probabilities named by class,
+    as Evidently wants them)."""
+    from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
+    from evidently.presets import ClassificationPreset, RegressionPreset
+
+    label = task.label
+    if task.kind == "regression":
+        return RegressionPreset(), DataDefinition(
+            numerical_columns=[label, PREDICTION], regression=[Regression(target=label, prediction=PREDICTION)]), {}
+    if task.kind == "binary":
+        positive = PROBA_PREFIX + task.positive
+        scored = positive in probas
+        spec = BinaryClassification(target=label, pos_label=task.positive, **(
+            {"prediction_probas": positive} if scored else {"prediction_labels": PREDICTION}))
+        return ClassificationPreset(), DataDefinition(
+            categorical_columns=[label, PREDICTION], numerical_columns=probas, classification=[spec]), {}
+    renamed = {c: c.removeprefix(PROBA_PREFIX) for c in probas}
+    spec = MulticlassClassification(target=label, prediction_labels=PREDICTION,
+                                    prediction_probas=list(renamed.values()) if len(probas) == len(task.classes) else None)
+    return ClassificationPreset(), DataDefinition(
+        categorical_columns=[label, PREDICTION], numerical_columns=list(renamed.values()), classification=[spec]), renamed
 
 
 def _majority(values: pa.ChunkedArray) -> str | None:
@@ -245,8 +281,9 @@ def run(config: DriftConfig, now: datetime | None = None, submit: Submitter | No
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(config, now, submit, out)
-    except (ConfigError, IngestError) as exc:
+        with tempfile.TemporaryDirectory(prefix="kfmlops-drift-") as scratch:  # the served model's download
+            return _run(config, now, submit, out, Path(scratch))
+    except (ConfigError, IngestError, ModelContractError, TaskError) as exc:
         summary = {"model": config.model_name, "status": MISCONFIGURED, "error": str(exc), "run_at": now.timestamp()}
         write_text_atomically(out / "report.html", report.page(f"Drift: {config.model_name}", [
             ("Misconfigured: nothing was checked", f"<p>{report.verdict(False)} {report.fmt(exc)}</p>")]))
@@ -263,124 +300,168 @@ def exit_code(summary: dict[str, Any]) -> int:
     return EXIT_INCOMPLETE if summary["status"] == INCOMPLETE else EXIT_OK
 
 
-def _logged_current(config: DriftConfig, start: datetime, end: datetime, label: str) -> pa.Table:
-    """The window from the log; ConfigError when the log has never held a prediction of the model."""
+def _logged_window(config: DriftConfig, start: datetime, end: datetime) -> pa.Table:
+    """The window's rows from the log (inputs, outputs, model version, labels); ConfigError when the
+    log has never held a prediction of the model."""
     model = config.model_name
     if model not in (models := logged_models(config.log_root)):
         raise ConfigError(
             f"no predictions of model {model!r} in the inference log {config.log_root} (window.model is the "
             f"InferenceService name; the log has {', '.join(repr(m) for m in models) or 'no predictions at all'})"
         )
-    needed = lambda name: name.startswith(INPUT_PREFIX) or name in ("prediction", "model_version")  # noqa: E731
-    return current_from_log(read_window(config.log_root, model, start, end, needed), label, config.drift.prediction_column)
+    return read_window(config.log_root, model, start, end, _logged_column)
+
+
+def _logged_column(name: str) -> bool:
+    return name.startswith((INPUT_PREFIX, OUTPUT_PREFIX)) or name in ("prediction", "output_json", "model_version")
+
+
+def _output_columns(raw: pa.Table, from_log: bool) -> list[str]:
+    """The columns holding the current data's predictions before they are read under the task."""
+    if from_log:
+        return [c for c in raw.column_names if c in ("prediction", "output_json") or c.startswith(OUTPUT_PREFIX)]
+    return [c for c in raw.column_names if c == PREDICTION or c.startswith(PROBA_PREFIX)]
+
+
+def _raw_labelled_rows(raw: pa.Table, label: str, from_log: bool) -> int:
+    """Rows with a label before the labels are read under the task (the log's ``label`` column, or
+    the dataset's column named as the training config's label)."""
+    names = [c for c in raw.column_names if (c == "label" if from_log else normalise_name(c) == label)]
+    return len(raw) - raw[names[0]].null_count if names else 0
 
 
 def problems_of(features: list[str], comparison: Comparison) -> list[str]:
-    """Why the check is incomplete: features not checked, or none to check; empty when complete."""
+    """Why the check is incomplete as far as features go: features not checked, or none to check."""
     if not features:
-        return ["no features to check: the reference has none besides the label and the prediction"]
+        return ["no features to check: the reference has none besides the label and the predictions"]
     if not comparison.skipped:
         return []
     return [f"{len(comparison.skipped)} of {len(features)} features not checked: "
             + "; ".join(f"{name} ({why})" for name, why in comparison.skipped.items())]
 
 
-def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path) -> dict[str, Any]:
+def data_problems(task: Task, rows: int, unreadable: int, unfit: dict[str, int]) -> list[str]:
+    """Why the check is incomplete as far as outputs and labels go: logged outputs that are not
+    ``task``'s, and labels that fit none of its classes (or are not numbers)."""
+    problems = []
+    if unreadable:
+        classes = f" over the classes {list(task.classes)}" if task.kind == "multiclass" else ""
+        problems.append(f"{unreadable} of {rows} logged outputs are not a {task.kind} model's ({SERVED_OUTPUT[task.kind]}"
+                        f"{classes}): prediction drift and performance leave them out")
+    if unfit:
+        fits = f"fit none of the classes {list(task.classes)}" if task.is_classification else "are not numbers"
+        shown = ", ".join(f"{value!r} ({n} rows)" for value, n in list(unfit.items())[:5])
+        problems.append(f"{sum(unfit.values())} labels {fits}: {shown}; they count as unlabelled (labels are the "
+                        "model's canonical class names, or numbers)")
+    return problems
+
+
+def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path, scratch: Path) -> dict[str, Any]:
     started = time.monotonic()
     timings: dict[str, float] = {}
     training = PipelineConfig.from_yaml(config.training_config)
-    label = normalise_name(training.data.label)
+    threshold = training.settings.evaluate.decision_threshold
     model = config.model_name
-    prediction_column = config.drift.prediction_column
 
     ingest_cfg = training.settings.ingest
-    if config.log_root is not None:
+    from_log = config.log_root is not None
+    if from_log:
         start, end = window_bounds(now, config.window.hours, config.window.settle_minutes)
-        current = _logged_current(config, start, end, label)
+        raw = _logged_window(config, start, end)
         identity = {"model": model, "start": start.isoformat(), "end": end.isoformat()}
     else:
         ingest_cfg = ingest_config_for(config.current, ingest_cfg)
         batches = list(read_batches(config.current, ingest_cfg))
-        current = pa.Table.from_batches(batches) if batches else pa.table({})  # a header and no rows
+        raw = pa.Table.from_batches(batches) if batches else pa.table({})  # a header and no rows
         identity = {"model": model, "current": config.current, "fingerprint": fingerprint([config.current])}
-    current = normalise_current(current, label, training.data.positive_labels, ingest_cfg.na_values)
-    labelled_rows = int(len(current) - current[label].null_count) if label in current.column_names else 0
     timings["read_current"] = time.monotonic() - started
 
     summary: dict[str, Any] = {
         "model": model, "window": identity, "window_id": window_id(identity), "run_at": now.timestamp(),
-        "rows": current.num_rows, "labelled_rows": labelled_rows, "served": None, "reference": None,
-        "drift": None, "prediction_drift": None, "quality": None, "classification": None, "retrain": {}, "reports": {},
-        "problems": [],
+        "rows": raw.num_rows, "labelled_rows": _raw_labelled_rows(raw, normalise_name(training.data.label), from_log),
+        "task": None, "served": None, "reference": None, "drift": None, "prediction_drift": None, "quality": None,
+        "performance": None, "retrain": {}, "reports": {}, "problems": [],
     }
     trigger = config.trigger
     ledger = Ledger(trigger.ledger_dir or kfmlops_home() / "drift" / "ledger")
-    if current.num_rows < config.policy.min_rows:
-        decision = decide(Figures(rows=current.num_rows), config.policy, ledger, summary["window_id"], model, now.timestamp())
+    if raw.num_rows < config.policy.min_rows:
+        decision = decide(Figures(rows=raw.num_rows), config.policy, ledger, summary["window_id"], model, now.timestamp())
         summary |= {"status": TOO_SMALL, "decision": decision.as_dict(), "problems": decision.blocked}
         return _finish(summary, config, out, timings, started)
 
     t = time.monotonic()
-    served = None
-    if config.reference.uri is None:
-        served = _served(config, training, current)
-        summary["served"] = vars(served)
+    served, reference_uri = None, config.reference.uri
+    if reference_uri is None:
+        served = _served(config, training, raw)
         if not served.train_data:
             raise ConfigError(f"model {served.name} version {served.version} has no kfmlops.train_data tag; set reference.uri")
-    reference_uri = config.reference.uri or served.train_data
-    reference, _ = load_reference(reference_uri, training)
-    if (
-        config.reference.score_with_model and prediction_column not in reference.column_names
-        and prediction_column in current.column_names and current[prediction_column].null_count < len(current)
-    ):
-        served = served or _served(config, training, current)
-        summary["served"] = vars(served)
-        scores = score_reference(served.model_uri, reference.drop_columns([label]), training.settings.mlflow)
-        reference = reference.append_column(prediction_column, pa.array(scores))
-    summary["reference"] = {"uri": reference_uri, "rows": reference.num_rows}
+        reference_uri = served.train_data
+    reference, data_task = load_reference(reference_uri, training)
+    outputs = [c for c in _output_columns(raw, from_log) if raw[c].null_count < raw.num_rows]
+    score = config.reference.score_with_model and bool(outputs) and PREDICTION not in reference.column_names
+    if served is None and score:
+        served = _served(config, training, raw)
+    model_dir = download_model(served, training.settings.mlflow, scratch) if served else None
+    info = read_info(model_dir) if model_dir else None
+    served_name = f"model {served.name} version {served.version}" if served else "the served model"
+    task = resolve_task(info.task if info else None, data_task, served_name, reference_uri)
+    check_performance_limits(config.policy, task.kind)
+    if score:
+        scored = score_reference(load(model_dir, task), reference, threshold)
+        for name in scored.column_names:
+            reference = reference.append_column(name, scored[name])
+    summary |= {"task": task.to_json(), "served": vars(served) if served else None,
+                "reference": {"uri": reference_uri, "rows": reference.num_rows}}
     timings["reference"] = time.monotonic() - t
 
     t = time.monotonic()
-    features = config.drift.columns or [c for c in reference.column_names if c not in (label, prediction_column)]
-    comparison = compare(current, reference, features, label, config, training.settings.evaluate.decision_threshold)
+    current = current_from_log(raw, task, threshold) if from_log else raw
+    unreadable = unreadable_outputs(raw, current[PREDICTION]) if from_log else 0
+    current, unfit = normalise_current(current, task, training.data, ingest_cfg.na_values)
+    labelled_rows = int(len(current) - current[task.label].null_count) if task.label in current.column_names else 0
+    features = config.drift.columns or [
+        c for c in reference.column_names if c != task.label and c != PREDICTION and not c.startswith(PROBA_PREFIX)]
+    comparison = compare(current, reference, features, task, config)
     drift_share = comparison.drift_share
     drifted = [c.column for c in comparison.columns if c.drifted]
-    problems = problems_of(features, comparison)
+    problems = problems_of(features, comparison) + data_problems(task, current.num_rows, unreadable, unfit)
     summary |= {
-        "status": INCOMPLETE if problems else CHECKED, "problems": problems,
+        "status": INCOMPLETE if problems else CHECKED, "problems": problems, "labelled_rows": labelled_rows,
         "drift": {
             "share": drift_share, "checked": len(comparison.columns), "drifted": drifted,
             "dataset_drift": drift_share is not None and drift_share >= config.policy.drift_share,
             "columns": [c.as_dict() for c in comparison.columns], "skipped": comparison.skipped,
         },
-        "prediction_drift": comparison.prediction.as_dict() if comparison.prediction else None,
+        "prediction_drift": {
+            "drifted": any(c.drifted for c in comparison.predictions),
+            "columns": [c.as_dict() for c in comparison.predictions],
+        } if comparison.predictions else None,
         "prediction_drift_note": comparison.prediction_note,
         "quality": comparison.quality,
-        "classification": comparison.classification,
+        "performance": comparison.performance,
     }
     timings["compare"] = time.monotonic() - t
 
     t = time.monotonic()
-    summary["reports"] = evidently_reports(current, reference, comparison, label, config, out)
+    summary["reports"] = evidently_reports(current, reference, comparison, task, config, out)
     timings["evidently_reports"] = time.monotonic() - t
 
     figures = Figures(
         rows=current.num_rows, labelled_rows=labelled_rows, drift_share=drift_share, drifted_features=drifted,
-        prediction_drifted=comparison.prediction.drifted if comparison.prediction else None,
-        prediction_score=comparison.prediction.score if comparison.prediction else None,
-        roc_auc=(comparison.classification or {}).get("roc_auc"),
+        drifted_predictions={c.column: c.score for c in comparison.predictions if c.drifted},
+        task=task.kind, performance=comparison.performance or {},
     )
     decision = decide(figures, config.policy, ledger, summary["window_id"], model, now.timestamp())
     summary["decision"] = decision.as_dict()
     if decision.fire:
         t = time.monotonic()
-        summary["retrain"] = _retrain(decision, summary, current, reference, label, training, ledger, submit, config, now)
+        summary["retrain"] = _retrain(decision, summary, current, reference, task, training, ledger, submit, config, now)
         timings["retrain"] = time.monotonic() - t
     return _finish(summary, config, out, timings, started)
 
 
 def _retrain(
-    decision: Decision, summary: dict[str, Any], current: pa.Table, reference: pa.Table, label: str,
+    decision: Decision, summary: dict[str, Any], current: pa.Table, reference: pa.Table, task: Task,
     training: PipelineConfig, ledger: Ledger, submit: Submitter | None, config: DriftConfig, now: datetime,
 ) -> dict[str, Any]:
     if submit is None:
@@ -388,16 +469,16 @@ def _retrain(
     reason = {
         "window": summary["window"], "window_id": decision.window_id, "reasons": decision.reasons,
         "drift_share": summary["drift"]["share"], "drifted": summary["drift"]["drifted"],
-        "prediction_drift": summary["prediction_drift"], "classification": summary["classification"],
+        "prediction_drift": summary["prediction_drift"], "performance": summary["performance"],
     }
     data_dir = Path(config.trigger.data_dir or kfmlops_home() / "drift" / "data") / config.model_name / decision.window_id
-    labelled = current.filter(pc.is_valid(current[label]))
-    reference = reference.drop_columns([c for c in (config.drift.prediction_column,) if c in reference.column_names])
-    rows = fresh_training_data(reference, labelled, label, data_dir / "train.parquet", reason)
-    fresh_test_data(training, data_dir / "test.parquet")
+    labelled = current.filter(pc.is_valid(current[task.label]))
+    reference = reference.drop_columns([c for c in reference.column_names if c == PREDICTION or c.startswith(PROBA_PREFIX)])
+    rows = fresh_training_data(reference, labelled, task, data_dir / "train.parquet", reason)
+    fresh_test_data(training, task, data_dir / "test.parquet")
     (data_dir / "reason.json").write_text(json.dumps(reason, indent=1))
     arguments = fresh_pipeline_config(training, str(data_dir / "train.parquet"), str(data_dir / "test.parquet"),
-                                      label).pipeline_arguments()
+                                      task).pipeline_arguments()
     arguments["run_tags"] = {  # why this run started, on the new MLflow run
         "kfmlops.retrain.window_id": decision.window_id,
         "kfmlops.retrain.reasons": json.dumps(decision.reasons)[:TAG_LIMIT],
@@ -441,7 +522,8 @@ def render(summary: dict[str, Any]) -> str:
             "; ".join(summary["problems"])) + "</p>" + headline
     overview = [
         {"field": k, "value": json.dumps(summary[k], default=str) if isinstance(summary[k], dict) else summary[k]}
-        for k in ("model", "window", "rows", "labelled_rows", "served", "reference", "retrain") if summary.get(k) is not None
+        for k in ("model", "task", "window", "rows", "labelled_rows", "served", "reference", "retrain")
+        if summary.get(k) is not None
     ]
     sections = [("Decision", headline), ("Window", report.table(overview))]
     drift = summary.get("drift")
@@ -457,13 +539,14 @@ def render(summary: dict[str, Any]) -> str:
             sections.append(("Not checked", report.table({"feature": k, "why": v} for k, v in drift["skipped"].items())))
         prediction = summary["prediction_drift"]
         sections.append(("Prediction drift", report.table(
-            [{"method": prediction["method"], "threshold": prediction["threshold"], "score": prediction["score"],
-              "drift": report.verdict(not prediction["drifted"], warning=True)}], raw=["drift"],
+            [{"column": c["column"], "type": c["column_type"], "method": c["method"], "threshold": c["threshold"],
+              "score": c["score"], "drift": report.verdict(not c["drifted"], warning=True)} for c in prediction["columns"]],
+            raw=["drift"],
         ) if prediction else f"<p>{report.fmt(summary['prediction_drift_note'])}</p>"))
         sections.append(("Data quality", report.table({"feature": k, **v} for k, v in summary["quality"].items())))
-        scores = summary["classification"]
-        sections.append(("Classification on labelled rows", report.table(
-            [{"metric": k, "value": v} for k, v in scores.items()]) if scores else "<p>No labelled rows.</p>"))
+        scores = summary["performance"]
+        sections.append((f"Performance on labelled rows ({summary['task']['kind']} task)", report.table(
+            [{"metric": k, "value": v} for k, v in scores.items() if k != "task"]) if scores else "<p>No labelled rows.</p>"))
         links = "".join(f'<li><a href="{Path(p).name}">{Path(p).name}</a></li>' for k, p in summary["reports"].items() if k != "html")
         if links:
             sections.append(("Evidently reports", "<p>Interactive, on a sample of the rows (the figures above use "

@@ -1,28 +1,33 @@
-"""The drift job's reference: the training data of the model version being served, found by lineage.
+"""The drift job's reference: the served model version, its task and its training data, found by lineage.
 
 :func:`served_model` looks the version up in the MLflow registry (by number, else by alias) and
-reads its ``kfmlops.train_data`` tag. :func:`load_reference` re-ingests that data with the
-training config's settings, so the reference is exactly the model's train split, with the same
-normalised columns and 0/1 label as the window. :func:`score_reference` runs the served model on
-it, the baseline for prediction drift.
+reads its ``kfmlops.train_data`` tag; :func:`download_model` fetches its MLflow model directory,
+whose metadata holds the task the model was trained for (:func:`kfmlops.model_contract.read_info`).
+:func:`load_reference` re-ingests the training data with the training config's settings, so the
+reference is exactly the model's train split, with the same normalised columns and canonical
+labels as the window, and gives the data's task; :func:`resolve_task` checks that the model's and
+the data's agree. :func:`score_reference` runs the served model on the reference (any MLflow model,
+through :func:`kfmlops.model_contract.load`): the baseline for prediction drift.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kfmlops.config import IngestConfig, MlflowConfig, PipelineConfig
-from kfmlops.ingest import IngestError, detect_format, in_test_split, normalised_table, open_filesystem
+from kfmlops.config import DataSpec, IngestConfig, MlflowConfig, PipelineConfig
+from kfmlops.ingest import IngestError, detect_format, held_out_rows, normalised_table, open_filesystem, read_batches
+from kfmlops.model_contract import LoadedModel, predictions
 from kfmlops.register import TAG_PREFIX
+from kfmlops.tasks import Task
 from kfmlops.typed import ConfigError
 
 TRAIN_DATA_TAG = TAG_PREFIX + "train_data"
-POSITIVE_LABELS_KEY = b"kfmlops.positive_labels"  # Parquet metadata: how the file's label is encoded
+TASK_KEY = b"kfmlops.task"  # Parquet metadata of data written by the retraining trigger: its task, as JSON
 
 
 @dataclass(frozen=True)
@@ -66,25 +71,57 @@ def served_model(config: MlflowConfig, version: str | None, alias: str) -> Serve
     return ServedModel(name, str(found.version), found.tags.get(TRAIN_DATA_TAG), f"models:/{name}/{found.version}")
 
 
-def load_reference(uri: str, training: PipelineConfig) -> tuple[pa.Table, str]:
-    """The train split of ``uri`` as the training pipeline ingests it, and the label's column name.
+def download_model(served: ServedModel, config: MlflowConfig, destination: Path) -> Path:
+    """The registered version's MLflow model directory, downloaded under ``destination``."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
-    Uses the training config's label, sensitive features and ingest settings (the format follows
-    ``uri``'s extension when it names one). Every row of ``uri`` is training data when the config
-    has a separate test source, or when ``uri`` is fresh data written by the retraining trigger
-    (a Parquet file recording its label encoding, which is then used instead of the config's
-    positive labels); otherwise ingest cuts the same seeded test split as training did.
+    from kfmlops.tracking import tracking_uri
+
+    uri = tracking_uri(config)
+    source = MlflowClient(uri, uri).get_model_version_download_uri(served.name, served.version)
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination), tracking_uri=uri)
+    except (MlflowException, OSError) as exc:
+        raise ConfigError(f"model {served.name!r} version {served.version}: its model at {source} cannot be "
+                          f"downloaded: {exc}") from None
+    return Path(path)
+
+
+def load_reference(uri: str, training: PipelineConfig) -> tuple[pa.Table, Task]:
+    """The train split of ``uri`` as the training pipeline ingests it, and the label's task.
+
+    A Parquet file that records its task (fresh data written by the retraining trigger, or any
+    file in that form: normalised columns, canonical labels, maybe the predictions dataset's
+    columns) is read as it is, every row training data. Any other source is ingested with the
+    training config's data spec and ingest settings (the format follows ``uri``'s extension when
+    it names one): every row is training data when the config has a separate test source,
+    otherwise ingest cuts the same seeded test split as training did.
     """
-    data = training.data
     config = ingest_config_for(uri, training.settings.ingest)
-    positives = _recorded_positive_labels(uri) if config.format == "parquet" else None
-    whole = positives is not None or data.test_source is not None
-    spec = data.model_copy(update={"source": uri, "test_source": None,
-                                   "positive_labels": positives or data.positive_labels})
-    table, label = normalised_table(uri, spec, config)
-    if not whole:  # the same seeded split the training run's ingest cut
-        table = table.filter(pa.array(~in_test_split(table.column(label).to_numpy(), config.seed, config.test_fraction)))
-    return table, label
+    recorded = _recorded_task(uri) if config.format == "parquet" else None
+    if recorded is not None:
+        batches = list(read_batches(uri, config))
+        table = pa.Table.from_batches(batches) if batches else pa.table({})
+        if recorded.label not in table.column_names:
+            raise ConfigError(f"{uri!r} records a task labelled {recorded.label!r} but has no such column; "
+                              f"it has {table.column_names}")
+        return table, recorded
+    spec = training.data.model_copy(update={"source": uri, "test_source": None})
+    table, task = normalised_table(uri, spec, config)
+    if training.data.test_source is None:  # the same seeded split the training run's ingest cut
+        table = table.filter(pa.array(~held_out_rows(table[task.label], task, config.seed, config.test_fraction)))
+    return table, task
+
+
+def canonical_spec(data: DataSpec, task: Task) -> DataSpec:
+    """``data`` for a source whose labels are canonical for ``task``: the task set, and for a binary
+    task its two class names as the positive and the negative labels (any other value fails ingest)."""
+    update = {"label": task.label, "task": task.kind}
+    if task.kind == "binary":
+        update |= {"positive_labels": [task.positive], "negative_labels": [task.classes[0]]}
+    return data.model_copy(update=update)
 
 
 def ingest_config_for(uri: str, config: IngestConfig) -> IngestConfig:
@@ -95,20 +132,30 @@ def ingest_config_for(uri: str, config: IngestConfig) -> IngestConfig:
         return config
 
 
-def _recorded_positive_labels(uri: str) -> list | None:
+def _recorded_task(uri: str) -> Task | None:
     fs, path = open_filesystem(uri)
     with fs.open_input_file(path) as handle:
         metadata = pq.read_schema(handle).metadata or {}
-    recorded = metadata.get(POSITIVE_LABELS_KEY)
-    return json.loads(recorded) if recorded else None
+    recorded = metadata.get(TASK_KEY)
+    return Task.from_json(json.loads(recorded)) if recorded else None
 
 
-def score_reference(model_uri: str, features: pa.Table, mlflow_config: MlflowConfig) -> np.ndarray:
-    """Positive-class probabilities of the registered model ``model_uri`` on ``features``."""
-    import mlflow.pyfunc
+def resolve_task(model: Task | None, data: Task, model_name: str, reference: str) -> Task:
+    """The served model's task (its MLflow metadata; the data's when it has none), checked against the
+    task its training data ``reference`` gives under the training config."""
+    if model is None:
+        return data
+    if (model.kind, model.classes) != (data.kind, data.classes):
+        raise ConfigError(
+            f"{model_name} was trained for a {model.kind} task with classes {list(model.classes)}, but its training data "
+            f"{reference} under the training config gives a {data.kind} task with classes {list(data.classes)}: check "
+            "training_config (data.label, data.task, data.positive_labels)"
+        )
+    return model
 
-    from kfmlops.tracking import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri(mlflow_config))
-    model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
-    return np.asarray(model.predict(features.to_pandas()), dtype=np.float64).reshape(len(features), -1)[:, -1]
+def score_reference(model: LoadedModel, reference: pa.Table, threshold: float) -> pa.Table:
+    """The predictions dataset's columns (``prediction``, ``proba:<class>``) of ``model`` on ``reference``."""
+    features = reference.drop_columns([model.task.label]) if model.task.label in reference.column_names else reference
+    scores = model.scores(features.to_pandas())
+    return pa.Table.from_pandas(predictions(model.task, scores, threshold), preserve_index=False)

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kfmlops.monitoring.config import PolicyConfig
 from kfmlops.durable import fsync_path
+from kfmlops.monitoring.config import WATCHED_METRICS, PolicyConfig
+from kfmlops.typed import ConfigError
 
 CLAIMED, SUBMITTED, FAILED = "claimed", "submitted", "failed"
 _DAY_S = 86_400.0
@@ -38,9 +39,9 @@ class Figures:
     labelled_rows: int = 0
     drift_share: float | None = None  # share of checked features that drifted
     drifted_features: list[str] = field(default_factory=list)
-    prediction_drifted: bool | None = None  # None: no prediction drift was computed
-    prediction_score: float | None = None
-    roc_auc: float | None = None
+    drifted_predictions: dict[str, float] = field(default_factory=dict)  # prediction column -> drift score
+    task: str | None = None  # the task kind: which metrics ``performance`` holds, and their directions
+    performance: dict[str, Any] = field(default_factory=dict)  # metric -> value on the labelled rows
 
 
 @dataclass(frozen=True)
@@ -137,21 +138,42 @@ def signals(figures: Figures, policy: PolicyConfig) -> tuple[list[str], list[str
             f"dataset drift: {figures.drift_share:.0%} of features drifted (threshold {policy.drift_share:.0%}): "
             + ", ".join(figures.drifted_features)
         )
-    if "prediction_drift" in policy.signals and figures.prediction_drifted:
+    if "prediction_drift" in policy.signals and figures.drifted_predictions:
         on.append("prediction_drift")
-        reasons.append(f"prediction drift: score {figures.prediction_score:.4g}")
+        reasons.append("prediction drift: " + ", ".join(f"{c} score {v:.4g}" for c, v in figures.drifted_predictions.items()))
     if "feature_drift" in policy.signals:
         watched = [f for f in figures.drifted_features if not policy.watched_features or f in policy.watched_features]
         if watched:
             on.append("feature_drift")
             reasons.append("feature drift: " + ", ".join(watched))
-    if "performance" in policy.signals and figures.roc_auc is not None and figures.labelled_rows >= policy.min_labelled_rows:
-        if figures.roc_auc < policy.min_roc_auc:
+    if "performance" in policy.signals and figures.labelled_rows >= policy.min_labelled_rows:
+        worse = _worse_than_limits(figures, policy)
+        if worse:
             on.append("performance")
-            reasons.append(
-                f"performance: ROC AUC {figures.roc_auc:.4f} < {policy.min_roc_auc} on {figures.labelled_rows} labelled rows"
-            )
+            reasons += worse
     return on, reasons
+
+
+def _worse_than_limits(figures: Figures, policy: PolicyConfig) -> list[str]:
+    """A reason for each ``policy.min_performance`` limit the window's figures are worse than, in the
+    metric's direction; a metric the window has no value for (ROC AUC of one class) counts as met."""
+    directions = WATCHED_METRICS.get(figures.task or "", {})
+    reasons = []
+    for metric, limit in policy.min_performance.items():
+        value, higher = figures.performance.get(metric), directions.get(metric)
+        if value is None or higher is None or (value >= limit if higher else value <= limit):
+            continue
+        reasons.append(f"performance: {metric} {value:.4g} {'<' if higher else '>'} {limit:g} on "
+                       f"{figures.labelled_rows} labelled rows")
+    return reasons
+
+
+def check_performance_limits(policy: PolicyConfig, task: str) -> None:
+    """A ConfigError when ``policy.min_performance`` names a metric the task's window figures lack."""
+    missing = sorted(set(policy.min_performance) - set(WATCHED_METRICS[task]))
+    if missing:
+        raise ConfigError(f"policy.min_performance names {missing}, which a {task} model's window does not measure; "
+                          f"a {task} task has {', '.join(WATCHED_METRICS[task])}")
 
 
 def decide(figures: Figures, policy: PolicyConfig, ledger: Ledger, window_id_: str, model: str, now: float) -> Decision:

@@ -3,9 +3,11 @@ node exporter's textfile collector (written to a temporary file and renamed, as 
 
 Gauges, all labelled ``model``: ``kfmlops_drift_share``, ``kfmlops_drift_dataset_drift`` (0/1),
 ``kfmlops_drift_feature_score`` and ``kfmlops_drift_feature_drifted`` (also labelled ``feature``
-and ``method``), ``kfmlops_drift_prediction_score``, ``kfmlops_drift_rows_checked``,
-``kfmlops_drift_labelled_rows``, ``kfmlops_drift_roc_auc``, ``kfmlops_drift_retrain_triggered``
-(0/1) and ``kfmlops_drift_last_run_timestamp_seconds``.
+and ``method``), ``kfmlops_drift_prediction_score`` and ``kfmlops_drift_prediction_drifted`` (also
+labelled ``column``: ``prediction``, ``proba:<positive class>``, and ``method``),
+``kfmlops_drift_rows_checked``, ``kfmlops_drift_labelled_rows``, ``kfmlops_drift_performance``
+(also labelled ``task`` and ``metric``: ``roc_auc``, ``accuracy``, ``macro_f1``, ``rmse``...),
+``kfmlops_drift_retrain_triggered`` (0/1) and ``kfmlops_drift_last_run_timestamp_seconds``.
 """
 
 from __future__ import annotations
@@ -43,9 +45,23 @@ def registry_for(summary: dict[str, Any], model: str):
             labels = dict(model=model, feature=column["column"], method=column["method"])
             score.labels(**labels).set(column["score"])
             drifted.labels(**labels).set(float(column["drifted"]))
-    prediction = summary.get("prediction_drift") or {}
-    gauge("kfmlops_drift_prediction_score", "Prediction drift score.", prediction.get("score"))
-    gauge("kfmlops_drift_roc_auc", "ROC AUC on the window's labelled rows.", (summary.get("classification") or {}).get("roc_auc"))
+    predictions = (summary.get("prediction_drift") or {}).get("columns", [])
+    if predictions:
+        score = Gauge("kfmlops_drift_prediction_score", "Prediction drift score (see method).",
+                      ["model", "column", "method"], registry=registry)
+        drifted = Gauge("kfmlops_drift_prediction_drifted", "1 when the prediction column drifted.",
+                        ["model", "column", "method"], registry=registry)
+        for column in predictions:
+            labels = dict(model=model, column=column["column"], method=column["method"])
+            score.labels(**labels).set(column["score"])
+            drifted.labels(**labels).set(float(column["drifted"]))
+    performance = {k: v for k, v in (summary.get("performance") or {}).items()
+                   if k not in ("task", "rows") and isinstance(v, (int, float))}
+    if performance:
+        metric = Gauge("kfmlops_drift_performance", "Performance on the window's labelled rows.",
+                       ["model", "task", "metric"], registry=registry)
+        for name, value in performance.items():
+            metric.labels(model=model, task=summary["performance"]["task"], metric=name).set(float(value))
     gauge("kfmlops_drift_retrain_triggered", "1 when this run started a retrain.", float(bool(summary.get("retrain", {}).get("submitted"))))
     return registry
 

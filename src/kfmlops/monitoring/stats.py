@@ -1,4 +1,4 @@
-"""Drift, data-quality and classification figures of a current window against a reference.
+"""Drift, data-quality and performance figures of a current window against a reference.
 
 Per-column drift uses Evidently's own stat tests (the registry behind ``ValueDrift`` and
 ``DataDriftPreset``) with Evidently's rules for column types, automatic method choice and
@@ -15,7 +15,9 @@ floats (and integers with nulls, which pandas holds as floats) are numerical; in
 most 10 distinct values, strings with at most half their values distinct, and booleans are
 categorical; other columns (free text, times, nested values) are not checked.
 
-Data-quality and classification figures are plain Arrow / scikit-learn computations over every row.
+Data-quality and performance figures are plain Arrow / scikit-learn computations over every row;
+performance is measured per task (:func:`performance`): binary ROC AUC and the figures at the
+decision threshold, multiclass accuracy and macro F1, regression RMSE and MAE.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kfmlops.monitoring.config import DriftTestConfig
+from kfmlops.tasks import Task
 
 NUMERICAL = "num"
 CATEGORICAL = "cat"
@@ -167,23 +170,38 @@ def column_quality(reference: pa.ChunkedArray, current: pa.ChunkedArray, kind: s
     return figures
 
 
-def classification(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | int | None]:
-    """Binary classification figures of positive-class ``scores`` against 0/1 ``labels``.
+def performance(
+    task: Task, labels: np.ndarray, predicted: np.ndarray, scores: np.ndarray | None
+) -> dict[str, float | int | None]:
+    """Performance of ``predicted`` (class names, or values) against canonical ``labels``, per task.
 
-    ROC AUC is None when the labels hold one class only.
+    ``scores``: classification probabilities ``[n, K]`` in ``task.classes`` order, or None. Binary:
+    the positive rate (true and predicted), accuracy, precision, recall and F1 of the positive class,
+    and ROC AUC of P(positive) (None without scores, or when the labels hold one class only);
+    multiclass: accuracy and macro F1; regression: RMSE, MAE and the mean label and prediction.
     """
     from sklearn import metrics
 
-    predicted = (scores >= threshold).astype(np.int8)
-    both_classes = len(np.unique(labels)) == 2
-    return {
-        "rows": int(len(labels)),
-        "threshold": float(threshold),
-        "positive_rate": float(labels.mean()),
-        "predicted_positive_rate": float(predicted.mean()),
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
-        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
-        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
-        "roc_auc": float(metrics.roc_auc_score(labels, scores)) if both_classes else None,
+    truth, guess = task.encode(labels), task.encode(predicted)
+    figures: dict[str, float | int | None] = {"rows": int(len(truth))}
+    if task.kind == "regression":
+        return figures | {
+            "rmse": float(np.sqrt(metrics.mean_squared_error(truth, guess))),
+            "mae": float(metrics.mean_absolute_error(truth, guess)),
+            "mean_label": float(truth.mean()),
+            "mean_prediction": float(guess.mean()),
+        }
+    figures["accuracy"] = float(metrics.accuracy_score(truth, guess))
+    if task.kind == "multiclass":
+        every_class = list(range(len(task.classes)))
+        return figures | {"macro_f1": float(metrics.f1_score(truth, guess, labels=every_class, average="macro",
+                                                             zero_division=0))}
+    both_classes = scores is not None and len(np.unique(truth)) == 2
+    return figures | {
+        "positive_rate": float(truth.mean()),
+        "predicted_positive_rate": float(guess.mean()),
+        "precision": float(metrics.precision_score(truth, guess, zero_division=0)),
+        "recall": float(metrics.recall_score(truth, guess, zero_division=0)),
+        "f1": float(metrics.f1_score(truth, guess, zero_division=0)),
+        "roc_auc": float(metrics.roc_auc_score(truth, scores[:, 1])) if both_classes else None,
     }

@@ -3,8 +3,9 @@
 :func:`fresh_training_data` writes the reference (the served model's train split) plus the
 window's labelled rows as one Parquet file, with the reason (the drift figures) in its metadata;
 :func:`fresh_test_data` writes the served model's test split beside it, so the retrained model is
-gated on the same test rows. :func:`fresh_pipeline_config` points the training config at both
-(Parquet, labels 0/1, every other setting unchanged). :func:`retrain` claims the window in the
+gated on the same test rows. Both record the served model's task in their metadata.
+:func:`fresh_pipeline_config` points the training config at both (Parquet, canonical labels, the
+task carried over, every other setting unchanged). :func:`retrain` claims the window in the
 :class:`~kfmlops.monitoring.policy.Ledger` and calls a :data:`Submitter` with that config's
 ``pipeline_arguments()``; a window that is already claimed never submits again, whatever the
 retries. The pipeline is the ordinary training pipeline, so the new model passes the same
@@ -29,9 +30,10 @@ import pyarrow.parquet as pq
 from kfmlops.config import PipelineConfig
 from kfmlops.ingest import ingest
 from kfmlops.monitoring.config import TriggerConfig
-from kfmlops.monitoring.lineage import POSITIVE_LABELS_KEY
+from kfmlops.monitoring.lineage import TASK_KEY, canonical_spec
 from kfmlops.monitoring.policy import CLAIMED, FAILED, SUBMITTED, Decision, Ledger, LedgerEntry, mark
 from kfmlops.monitoring.store import write_parquet_atomically
+from kfmlops.tasks import Task
 
 Submitter = Callable[[dict[str, Any]], str]
 """Starts the training pipeline with these arguments; returns the run id."""
@@ -75,12 +77,12 @@ def submitter_for(config: TriggerConfig) -> Submitter | None:
     return None
 
 
-def fresh_training_data(reference: pa.Table, labelled: pa.Table, label: str, path: Path, reason: dict[str, Any]) -> int:
-    """Write ``reference`` plus ``labelled`` (window rows with a 0/1 ``label`` column) to ``path``.
+def fresh_training_data(reference: pa.Table, labelled: pa.Table, task: Task, path: Path, reason: dict[str, Any]) -> int:
+    """Write ``reference`` plus ``labelled`` (window rows with canonical labels in ``task.label``) to ``path``.
 
     Window columns are cast to the reference's types and missing ones are null; columns the
-    reference lacks are dropped. The file's metadata records the label encoding (``[1]`` is
-    positive) and ``reason``. Returns the number of rows written.
+    reference lacks are dropped. The file's metadata records ``task`` and ``reason``. Returns the
+    number of rows written.
     """
     columns = []
     for field in reference.schema:
@@ -92,30 +94,31 @@ def fresh_training_data(reference: pa.Table, labelled: pa.Table, label: str, pat
         else:
             columns.append(pa.nulls(labelled.num_rows, field.type))
     window = pa.Table.from_arrays(columns, schema=reference.schema.remove_metadata())
-    if label not in labelled.column_names:
-        raise ValueError(f"the labelled window has no {label!r} column")
+    if task.label not in labelled.column_names:
+        raise ValueError(f"the labelled window has no {task.label!r} column")
     table = pa.concat_tables([reference.cast(window.schema), window])
-    table = table.replace_schema_metadata({POSITIVE_LABELS_KEY: b"[1]", REASON_KEY: json.dumps(reason).encode()})
+    table = table.replace_schema_metadata({TASK_KEY: json.dumps(task.to_json()).encode(),
+                                           REASON_KEY: json.dumps(reason).encode()})
     write_parquet_atomically(table, path)
     return table.num_rows
 
 
-def fresh_test_data(training: PipelineConfig, path: Path) -> int:
+def fresh_test_data(training: PipelineConfig, task: Task, path: Path) -> int:
     """The served model's test split (the training config's test source, or the split cut from its
-    source), written as Parquet with 0/1 labels: retrained models are gated on the same rows."""
+    source), written as Parquet with canonical labels and ``task`` in its metadata: retrained models
+    are gated on the same rows."""
     with tempfile.TemporaryDirectory(prefix="kfmlops-fresh-") as tmp:
         result = ingest(training.data, training.settings.ingest, Path(tmp) / "train.parquet", Path(tmp) / "test.parquet")
         table = pq.read_table(result.test_path)
-    write_parquet_atomically(table.replace_schema_metadata({POSITIVE_LABELS_KEY: b"[1]"}), path)
+    write_parquet_atomically(table.replace_schema_metadata({TASK_KEY: json.dumps(task.to_json()).encode()}), path)
     return table.num_rows
 
 
-def fresh_pipeline_config(training: PipelineConfig, train_path: str, test_path: str, label: str) -> PipelineConfig:
-    """The training config pointed at fresh data: Parquet, label ``label`` as 0/1, every other
+def fresh_pipeline_config(training: PipelineConfig, train_path: str, test_path: str, task: Task) -> PipelineConfig:
+    """The training config pointed at fresh data: Parquet, canonical labels read under ``task``
+    (:func:`~kfmlops.monitoring.lineage.canonical_spec`: ``data.task`` carried over), every other
     setting (the gates included) unchanged."""
-    data = training.data.model_copy(
-        update={"source": train_path, "test_source": test_path, "label": label, "positive_labels": [1]}
-    )
+    data = canonical_spec(training.data, task).model_copy(update={"source": train_path, "test_source": test_path})
     ingest_settings = training.settings.ingest.model_copy(update={"format": "parquet"})
     return PipelineConfig(data=data, settings=training.settings.model_copy(update={"ingest": ingest_settings}))
 
