@@ -1,11 +1,14 @@
+from typing import NamedTuple
+
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from kfmlops.components._base import component
 
+
 @component
 def train_job(
     train_data: Input[Dataset],
-    label: str,
+    task: dict,
     settings: dict,
     cluster: dict,
     shared_pvc: str,
@@ -13,17 +16,18 @@ def train_job(
     backend: str,
     model: Output[Model],
     metrics: Output[Metrics],
-):
+) -> NamedTuple("TrainJobOutputs", [("val_score", float)]):
     """Trains on the cluster as a Kubeflow Trainer TrainJob (or a PyTorchJob) and waits for it.
 
     The train split is staged on the shared PVC (mounted here and in every rank at /mnt/kfmlops),
     the job runs `torchrun -m kfmlops.train` on `num_nodes` x `procs_per_node` ranks (NCCL on
-    GPUs), and rank 0's model bundle is copied back. A failed, deleted or timed-out job fails
-    this step with the job's reason.
+    GPUs; `train.trainer` tabular-net, or gbdt on one rank), and rank 0's model bundle is wrapped
+    here as the MLflow model directory. A failed, deleted or timed-out job fails this step with
+    the job's reason.
 
     Args:
-        train_data: Train split from ingest.
-        label: The label's normalised name.
+        train_data: Train split from ingest (canonical labels).
+        task: The label's task from ingest (kfmlops.tasks.Task as JSON: kind, label, classes).
         settings: kfmlops.config.Settings as JSON (the `train` and `mlflow` sections are read).
         cluster: kfmlops.train.cluster.ClusterTrainConfig as JSON, without `storage` (api,
             namespace, num_nodes, procs_per_node, gpus_per_node, cpu, memory, env, ...).
@@ -32,15 +36,20 @@ def train_job(
         backend: The pipeline's training_backend; anything but "cluster" is refused (a misspelt "in-pod").
 
     Returns:
-        model: Model bundle directory: preprocess.json, model.json, weights.pt.
-        metrics: Validation ROC AUC, best epoch, rows, throughput.
+        model: MLflow model directory (MLmodel + flavor) with the task, features and trainer in
+            its `kfmlops` metadata; artifact metadata: framework, trainer, task, job.
+        metrics: The validation metric (val_roc_auc, val_log_loss or val_rmse), best iteration,
+            rows, seconds.
+        val_score: The validation metric's value (binary ROC AUC, multiclass log loss, regression RMSE).
     """
     import shutil
     from pathlib import Path
 
     from kfmlops.config import Settings
     from kfmlops.residency import enforce
+    from kfmlops.tasks import Task
     from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
+    from kfmlops.train import read_head, save_model_dir
     from kfmlops.train.cluster import ClusterTrainConfig, train_on_cluster
     from kfmlops.typed import parse
 
@@ -57,13 +66,17 @@ def train_job(
         staged = Path(mount) / "kfmlops-runs" / run_id
         staged.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(train_data.path, staged / "train.parquet")
-        done = train_on_cluster(str(staged / "train.parquet"), label, cfg.train, str(staged / "model"), job,
-                                mlflow=store, run_id=run_id)
-        shutil.copytree(done.model_dir, model.path, dirs_exist_ok=True)
-        model.metadata.update({"framework": "pytorch", "format": "kfmlops-bundle", "job": done.job})
-        if done.result is not None:
-            figures = {"val_roc_auc": done.result.val_roc_auc, "best_epoch": done.result.best_epoch,
-                       "train_rows": done.result.train_rows, "samples_per_second": done.result.samples_per_second}
-            for name, value in figures.items():
-                metrics.log_metric(name, value)
-            log_to_run(cfg.mlflow, run_id, metrics=figures)
+        done = train_on_cluster(str(staged / "train.parquet"), Task.from_json(task), cfg.train, str(staged / "model"),
+                                job, mlflow=store, run_id=run_id)
+        if done.result is None:
+            raise RuntimeError(f"{done.job} succeeded but wrote no result under {mount}: is {shared_pvc} mounted here?")
+        save_model_dir(done.model_dir, model.path, read_head(staged / "train.parquet"))
+        result = done.result
+        figures = {f"val_{result.metric}": result.val_score, "best_iteration": result.best_iteration,
+                   "train_rows": result.train_rows, "train_seconds": result.seconds}
+        for name, value in figures.items():
+            metrics.log_metric(name, value)
+        model.metadata.update({"framework": result.framework, "format": "mlflow", "trainer": result.trainer,
+                               "task": task, "job": done.job})
+        log_to_run(cfg.mlflow, run_id, metrics=figures)
+        return (result.val_score,)
