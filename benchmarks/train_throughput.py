@@ -14,9 +14,9 @@ on the resampled rows) and the same network (:class:`~kfmlops.train.model.Tabula
   checked every tenth of an epoch (that time is not counted).
 - **engine**: :func:`kfmlops.train.loop.fit` (data resident on the device, global batches sliced
   per rank, bf16 autocast on CUDA, one-cycle schedule with the learning rate scaled to the batch,
-  optional ``torch.compile``). A run is trained for each epoch count of ``--epochs`` in turn; the
-  first whose model reaches the target is the time to target (a whole run: set-up, preprocessing,
-  validation and the final save included).
+  optional ``torch.compile``). A run is trained for each epoch count of ``--epochs`` in turn (early
+  stopping off: every epoch is run); the first whose model reaches the target is the time to target
+  (a whole run: set-up, preprocessing, validation and the final save included).
 
 Prints samples/s (rows trained per second of the step loop), time to ``--target-auc`` and the
 test AUC reached, then the engine/baseline ratios.
@@ -62,16 +62,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     hidden = [int(h) for h in args.hidden.split(",")]
     work = Path(tempfile.mkdtemp(prefix="kfmlops-train-bench-"))
-    train, test = load_adult(work, args.rows, DataSpec, IngestConfig)
+    train, test, task = load_adult(work, args.rows, DataSpec, IngestConfig)
     print(f"device {device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
           f"{len(train):,} train rows (Adult resampled), {len(test):,} test rows (adult.test); MLP {hidden}")
 
     rows = []
     if not args.skip_baseline:
-        rows.append(baseline(train, test, hidden, device, args))
+        rows.append(baseline(train, test, task, hidden, device, args))
     base = TrainConfig(hidden_units=hidden, batch_size=args.batch_size, device=device.type, compile=args.compile,
                        cpu_threads=args.threads)
-    rows.append(engine(train, test, base, [int(e) for e in args.epochs.split(",")], work, args.target_auc))
+    rows.append(engine(train, test, task, base, [int(e) for e in args.epochs.split(",")], work, args.target_auc))
 
     print(f"\n{'':9} {'device':6} {'batch':>6} {'samples/s':>12} {'to AUC ' + str(args.target_auc):>14} "
           f"{'test AUC':>9}  notes")
@@ -88,8 +88,10 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def load_adult(work: Path, rows: int, DataSpec, IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_adult(work: Path, rows: int, DataSpec, IngestConfig):
+    """(train resampled to ``rows``, test, task)."""
     from kfmlops.ingest import ingest
+    from kfmlops.tasks import Task
 
     adult = ROOT / "data" / "adult"
     spec = DataSpec(source=str(adult / "adult.data.gz"), test_source=str(adult / "adult.test.gz"), label="Y",
@@ -97,14 +99,14 @@ def load_adult(work: Path, rows: int, DataSpec, IngestConfig) -> tuple[pd.DataFr
     data = ingest(spec, IngestConfig(format="csv", na_values=["?"]), work / "train.parquet", work / "test.parquet")
     train = pd.read_parquet(data.train_path)
     train = train.sample(n=rows, replace=True, random_state=0, ignore_index=True)
-    return train, pd.read_parquet(data.test_path)
+    return train, pd.read_parquet(data.test_path), Task.from_json(data.task)
 
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
 
 
-def baseline(train: pd.DataFrame, test: pd.DataFrame, hidden: list[int], device: torch.device, args) -> dict:
+def baseline(train: pd.DataFrame, test: pd.DataFrame, task, hidden: list[int], device: torch.device, args) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     from kfmlops.train.model import NetSpec, TabularNet
@@ -116,20 +118,22 @@ def baseline(train: pd.DataFrame, test: pd.DataFrame, hidden: list[int], device:
     spec = NetSpec.for_data(pre, hidden, 16, 0.1)
     codes, numbers = pre.transform({c: train[c] for c in features})
     dataset = TensorDataset(torch.from_numpy(codes), torch.from_numpy(numbers),
-                            torch.from_numpy(train["y"].to_numpy(np.float32)))
+                            torch.from_numpy(task.encode(train["y"]).astype(np.float32)))
     loader = DataLoader(dataset, batch_size=args.baseline_batch_size, shuffle=True)
     torch.manual_seed(0)
     net = TabularNet(spec).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    logit = lambda c, x: net(c, x)[:, 0]  # noqa: E731 - the network's one output column
     test_codes, test_numbers = (torch.from_numpy(a).to(device) for a in pre.transform({c: test[c] for c in features}))
+    test_y = task.encode(test["y"])
 
     @torch.inference_mode()
     def evaluate() -> float:
         net.eval()
-        proba = torch.sigmoid(net(test_codes, test_numbers)).cpu().numpy()
+        proba = torch.sigmoid(logit(test_codes, test_numbers)).cpu().numpy()
         net.train()
-        return float(roc_auc_score(test["y"], proba))
+        return float(roc_auc_score(test_y, proba))
 
     check_every = max(1, len(loader) // 10)
     budget = int(args.baseline_epochs * len(loader))
@@ -142,7 +146,7 @@ def baseline(train: pd.DataFrame, test: pd.DataFrame, hidden: list[int], device:
         tick = time.monotonic()
         for c, x, y in loader:
             c, x, y = c.to(device), x.to(device), y.to(device)
-            loss = loss_fn(net(c, x), y)
+            loss = loss_fn(logit(c, x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -165,22 +169,24 @@ def baseline(train: pd.DataFrame, test: pd.DataFrame, hidden: list[int], device:
             "notes": f"DataLoader, fp32, {trained / len(train):.2f} epochs"}
 
 
-def engine(train: pd.DataFrame, test: pd.DataFrame, base, epoch_counts: list[int], work: Path, target: float) -> dict:
-    from kfmlops.train import ModelBundle
-    from kfmlops.train.loop import fit, peak_learning_rate
+def engine(train: pd.DataFrame, test: pd.DataFrame, task, base, epoch_counts: list[int], work: Path,
+           target: float) -> dict:
+    from kfmlops.train import load_bundle
+    from kfmlops.train.loop import batch_rows, fit, peak_learning_rate
 
     best = None
     for epochs in epoch_counts:
-        config = base.model_copy(update={"epochs": epochs})
-        result = fit(train, "y", config, work / f"engine-{epochs}")
-        auc = test_auc(ModelBundle.load(work / f"engine-{epochs}"), test)
+        config = base.model_copy(update={"epochs": epochs, "patience": epochs, "min_steps": 0})
+        result = fit(train, task, config, work / f"engine-{epochs}")
+        auc = test_auc(load_bundle(work / f"engine-{epochs}"), test)
         steady = [h["samples_per_second"] for h in result.history[1:]] or [result.samples_per_second]
         print(f"  engine, {epochs} epoch(s): {result.seconds:.1f} s, test AUC {auc:.4f}, "
               f"{result.samples_per_second:,.0f} samples/s (after the first epoch {np.median(steady):,.0f})")
         best = {"name": "engine", "batch": config.batch_size, "samples_per_second": float(np.median(steady)),
                 "time_to_target": result.seconds if auc >= target else None, "test_auc": auc,
                 "notes": f"{'bf16, ' if result.device.startswith('cuda') else ''}"
-                         f"{'compiled, ' if config.compile else ''}peak lr {peak_learning_rate(config):.4f}, "
+                         f"{'compiled, ' if config.compile else ''}"
+                         f"peak lr {peak_learning_rate(config, batch_rows(config, result.train_rows)):.4f}, "
                          f"{epochs} epoch(s)"}
         if auc >= target:
             break
@@ -188,7 +194,8 @@ def engine(train: pd.DataFrame, test: pd.DataFrame, base, epoch_counts: list[int
 
 
 def test_auc(bundle, test: pd.DataFrame) -> float:
-    return float(roc_auc_score(test["y"], bundle.predict_proba({c: test[c].to_numpy() for c in test.columns if c != "y"})))
+    scores = bundle.scores({c: test[c].to_numpy() for c in bundle.features})
+    return float(roc_auc_score(bundle.task.encode(test["y"]), scores[:, 1]))
 
 
 if __name__ == "__main__":
