@@ -135,8 +135,8 @@ def test_small_imbalanced_data_is_split_stratified_and_trains(tmp_path):
     data = DataSpec(source=source, label="income", positive_labels=[">50K"])
     result = ingest(data, IngestConfig(na_values=["?"]), tmp_path / "tr.parquet", tmp_path / "te.parquet")
     assert result.label_counts == {"train": {">50K": 6, "<=50K": 154}, "test": {">50K": 2, "<=50K": 38}}
-    trained = train(result.train_path, "income", TrainConfig(epochs=1), tmp_path / "model")
-    assert trained.val_rows == 16 and 0.0 <= trained.val_roc_auc <= 1.0
+    trained = train(result.train_path, Task.from_json(result.task), TrainConfig(epochs=1), tmp_path / "model")
+    assert trained.val_rows == 16 and 0.0 <= trained.val_score <= 1.0
 
 
 def test_a_class_too_rare_to_split_or_train_on_is_named_with_its_count(tmp_path):
@@ -149,12 +149,12 @@ def test_a_class_too_rare_to_split_or_train_on_is_named_with_its_count(tmp_path)
         "which needs at least 1 (ingest.test_fraction 0.2 puts about one row of each class in 5 in the test split): "
         "add '>50K' rows, drop them (ingest.na_values), or give data.test_source"
     )
-    frame = pd.DataFrame({"a": np.arange(40.0), "y": np.r_[np.zeros(39), 1].astype("int8")})
+    frame = pd.DataFrame({"a": np.arange(40.0), "y": np.where(np.arange(40) == 39, "1", "0")})
     frame.to_parquet(tmp_path / "one.parquet")
     with pytest.raises(TrainDataError) as err:
-        train(tmp_path / "one.parquet", "y", TrainConfig(epochs=1), tmp_path / "model")
+        train(tmp_path / "one.parquet", BINARY_Y, TrainConfig(epochs=1), tmp_path / "model")
     assert one_line(err) == (
-        "label 'y': class positive (1) has 1 row(s) in the train split of 40; training needs at least 2 of each "
+        "label 'y': class '1' has 1 row(s) in the train split of 40; training needs at least 2 of each "
         "class (one to fit, one to validate): add rows of that class"
     )
 
@@ -253,12 +253,12 @@ def test_a_stage_that_raises_marks_the_mlflow_run_failed_with_the_error(tmp_path
 
     from kfmlops.tracking import ERROR_TAG, failed_on_error, start_run
 
-    frame = pd.DataFrame({"age": np.arange(40.0), "y": np.r_[np.zeros(39), 1].astype("int8")})
+    frame = pd.DataFrame({"age": np.arange(40.0), "y": np.where(np.arange(40) == 39, "1", "0")})
     frame.to_parquet(tmp_path / "one.parquet")
     bad = ValidateConfig(expectations=[Expectation(type="expect_column_to_exist", kwargs={"column": "agee"})])
     crashes = {
         "ConfigError": lambda: validate({"train": frame}, bad, BINARY_Y),
-        "TrainDataError": lambda: train(tmp_path / "one.parquet", "y", TrainConfig(epochs=1), tmp_path / "model"),
+        "TrainDataError": lambda: train(tmp_path / "one.parquet", BINARY_Y, TrainConfig(epochs=1), tmp_path / "model"),
     }
     client = MlflowClient(mlflow_store.tracking_uri)
     for name, crash in crashes.items():
