@@ -196,8 +196,9 @@ def evidently_reports(
 
     ``evidently.html``: ``DataSummaryPreset`` (per-column statistics and current-vs-reference
     distributions) of the checked columns; ``evidently_performance.html``: ``ClassificationPreset``
-    or ``RegressionPreset`` on the labelled rows. Per-column drift is left out: its exact figures
-    are in ``report.html``.
+    or ``RegressionPreset`` on the labelled rows (not for a multiclass window of fewer than three
+    classes, which Evidently 0.7 fails on). Per-column drift is left out: its exact figures are in
+    ``report.html``.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataSummaryPreset
@@ -209,9 +210,9 @@ def evidently_reports(
     numerical = [c.column for c in checked if c.column_type == NUMERICAL]
     categorical = [c.column for c in checked if c.column_type != NUMERICAL]
 
-    def dataset(table: pa.Table, definition: DataDefinition, renamed: dict[str, str] | None = None) -> Dataset:
+    def dataset(table: pa.Table, definition: DataDefinition, names: dict[str, str] | None = None) -> Dataset:
         frame = _sample(table, cfg.report_rows, cfg.seed).to_pandas()
-        return Dataset.from_pandas(frame.rename(columns=renamed or {}), data_definition=definition)
+        return Dataset.from_pandas(frame.rename(columns=names or {}), data_definition=definition)
 
     paths = {}
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
@@ -222,38 +223,49 @@ def evidently_reports(
 
     if comparison.performance:
         labelled = current.filter(pc.and_(pc.is_valid(current[task.label]), pc.is_valid(current[PREDICTION])))
-        probas = [c for c in task.proba_columns if c in labelled.column_names]
-        preset, definition, renamed = _performance_report(task, probas)
-        labelled = labelled.select([task.label, PREDICTION, *probas])
-        snapshot = Report([preset]).run(dataset(labelled, definition, renamed), None)
-        paths["evidently_performance"] = str(out / "evidently_performance.html")
-        snapshot.save_html(paths["evidently_performance"])
+        performance = _performance_report(labelled, task)
+        if performance is None:
+            log.warning("drift: no Evidently performance report: the labelled rows hold fewer than three classes, "
+                        "which Evidently 0.7 takes for a binary task and fails on (the figures are in report.html)")
+        else:
+            preset, definition, columns = performance
+            snapshot = Report([preset]).run(dataset(labelled.select(list(columns)), definition, columns), None)
+            paths["evidently_performance"] = str(out / "evidently_performance.html")
+            snapshot.save_html(paths["evidently_performance"])
     return paths
 
 
-def _performance_report(task: Task, probas: list[str]):
-    """Evidently's preset, data definition and column renames for ``task``'s performance on
-    ``label``, ``prediction`` and the ``probas`` columns (multiclass probabilities named by class,
-    as Evidently wants them)."""
+def _performance_report(labelled: pa.Table, task: Task):
+    """Evidently's preset and data definition for ``task``'s performance on ``labelled``, and the
+    columns it reads (``{column: its name for Evidently}``: multiclass probabilities are named by
+    class, as Evidently wants them). None for a multiclass window of fewer than three classes
+    (labels and predictions), which Evidently 0.7 takes for a binary task and fails on; it also
+    fails (KeyError) on probabilities of a class the labels lack, so those are left out."""
     from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
     from evidently.presets import ClassificationPreset, RegressionPreset
 
     label = task.label
+    columns = {label: label, PREDICTION: PREDICTION}
     if task.kind == "regression":
         return RegressionPreset(), DataDefinition(
-            numerical_columns=[label, PREDICTION], regression=[Regression(target=label, prediction=PREDICTION)]), {}
+            numerical_columns=[label, PREDICTION], regression=[Regression(target=label, prediction=PREDICTION)]), columns
+    probas = [c for c in task.proba_columns if c in labelled.column_names]
     if task.kind == "binary":
         positive = PROBA_PREFIX + task.positive
-        scored = positive in probas
-        spec = BinaryClassification(target=label, pos_label=task.positive, **(
-            {"prediction_probas": positive} if scored else {"prediction_labels": PREDICTION}))
+        scored = {"prediction_probas": positive} if positive in probas else {"prediction_labels": PREDICTION}
+        spec = BinaryClassification(target=label, pos_label=task.positive, **scored)
         return ClassificationPreset(), DataDefinition(
-            categorical_columns=[label, PREDICTION], numerical_columns=probas, classification=[spec]), {}
-    renamed = {c: c.removeprefix(PROBA_PREFIX) for c in probas}
-    spec = MulticlassClassification(target=label, prediction_labels=PREDICTION,
-                                    prediction_probas=list(renamed.values()) if len(probas) == len(task.classes) else None)
+            categorical_columns=[label, PREDICTION], numerical_columns=probas, classification=[spec]), columns | {
+            c: c for c in probas}
+    seen = pa.chunked_array(labelled[label].chunks + labelled[PREDICTION].chunks, pa.string())
+    if pc.count_distinct(seen).as_py() < 3:
+        return None
+    if pc.count_distinct(labelled[label]).as_py() < len(task.classes):
+        probas = []
+    named = {c: c.removeprefix(PROBA_PREFIX) for c in probas}
+    spec = MulticlassClassification(target=label, prediction_labels=PREDICTION, prediction_probas=list(named.values()) or None)
     return ClassificationPreset(), DataDefinition(
-        categorical_columns=[label, PREDICTION], numerical_columns=list(renamed.values()), classification=[spec]), renamed
+        categorical_columns=[label, PREDICTION], numerical_columns=list(named.values()), classification=[spec]), columns | named
 
 
 def _majority(values: pa.ChunkedArray) -> str | None:

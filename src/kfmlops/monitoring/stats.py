@@ -178,7 +178,8 @@ def performance(
     ``scores``: classification probabilities ``[n, K]`` in ``task.classes`` order, or None. Binary:
     the positive rate (true and predicted), accuracy, precision, recall and F1 of the positive class,
     and ROC AUC of P(positive) (None without scores, or when the labels hold one class only);
-    multiclass: accuracy and macro F1; regression: RMSE, MAE and the mean label and prediction.
+    multiclass: accuracy and macro F1 (over the classes among the labels and predictions);
+    regression: RMSE, MAE and the mean label and prediction.
     """
     from sklearn import metrics
 
@@ -192,10 +193,8 @@ def performance(
             "mean_prediction": float(guess.mean()),
         }
     figures["accuracy"] = float(metrics.accuracy_score(truth, guess))
-    if task.kind == "multiclass":
-        every_class = list(range(len(task.classes)))
-        return figures | {"macro_f1": float(metrics.f1_score(truth, guess, labels=every_class, average="macro",
-                                                             zero_division=0))}
+    if task.kind == "multiclass":  # over the classes the window has (as label or prediction)
+        return figures | {"macro_f1": float(metrics.f1_score(truth, guess, average="macro", zero_division=0))}
     both_classes = scores is not None and len(np.unique(truth)) == 2
     return figures | {
         "positive_rate": float(truth.mean()),
