@@ -1,14 +1,16 @@
 """Benchmark: the drift job vs a plain ``Report([DataDriftPreset()]).run(current, reference)``.
 
 Builds an inference log of N rows resampled from UCI Adult (a shifted mix: older people and longer
-hours weighted up, so some columns drift and others do not), with probabilities from a logistic
-regression fitted on the train split as the logged predictions, and a reference (the train split
-scored by the same model). Then, each in a fresh process so peak RSS is its own:
+hours weighted up, so some columns drift and others do not), with P(>50K) from a logistic
+regression fitted on the train split as the logged predictions (the binary served output), and a
+reference (the train split with the same model's predictions dataset columns: the predicted class
+and the class probabilities). Then, each in a fresh process so peak RSS is its own:
 
 - ``job``: ``kfmlops.monitoring.drift.run`` end to end (imports Evidently, reads the log window
   and the reference, drift on every row, quality, classification, Evidently sample reports,
   summary, metrics file);
-- ``plain``: the same window and reference as pandas frames (features + prediction), then
+- ``plain``: the same window and reference as pandas frames (features, the predicted class and
+  P(>50K)), then
   ``Report([DataDriftPreset()]).run(current, reference)``; that call is the figure compared (the
   time with imports and loading is printed beside it).
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "adult"
+TASK = {"kind": "binary", "label": "y", "classes": ["<=50K", ">50K"]}  # kfmlops.tasks.Task.to_json()
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)  # windows end at 12:00, logged rows fall in 00:00-12:00
 
 
@@ -48,7 +51,9 @@ def prepare(work: Path, rows: int) -> Path:
 
     from kfmlops.config import DataSpec, IngestConfig
     from kfmlops.ingest import ingest
-    from kfmlops.monitoring.lineage import POSITIVE_LABELS_KEY
+    from kfmlops.model_contract import predictions
+    from kfmlops.monitoring.lineage import TASK_KEY
+    from kfmlops.tasks import Task
     from kfmlops.monitoring.store import INPUT_PREFIX, TIMESTAMP, commit_table, hour_key, import_ground_truth, partition_dir
 
     base = work / f"rows-{rows}"
@@ -71,8 +76,11 @@ def prepare(work: Path, rows: int) -> Path:
     mean, std = x.mean(), x.std() + 1e-9
     model = LogisticRegression(max_iter=500).fit((x - mean) / std, train["y"])
 
-    reference = pa.Table.from_pandas(train.assign(prediction=model.predict_proba((x - mean) / std)[:, 1]), preserve_index=False)
-    pq.write_table(reference.replace_schema_metadata({POSITIVE_LABELS_KEY: b"[1]"}), base / "reference.parquet")
+    scores = model.predict_proba((x - mean) / std)  # classes_ in sorted order: TASK's
+    reference = pa.Table.from_pandas(pd.concat([train, predictions(Task.from_json(TASK), scores)], axis=1),
+                                     preserve_index=False)
+    pq.write_table(reference.replace_schema_metadata({TASK_KEY: json.dumps(TASK).encode()}),
+                   base / "reference.parquet")
 
     pool = pd.concat([train, test], ignore_index=True)
     weights = np.where(pool.age > 50, 6.0, 1.0) * np.where(pool.hours_per_week > 45, 3.0, 1.0)
@@ -125,8 +133,8 @@ def measure_job(config_path: Path) -> dict:
     summary = run(DriftConfig.from_yaml(config_path), NOW)
     wall = time.perf_counter() - started
     verdicts = {c["column"]: [c["method"], c["score"], c["drifted"]] for c in summary["drift"]["columns"]}
-    p = summary["prediction_drift"]
-    verdicts[p["column"]] = [p["method"], p["score"], p["drifted"]]
+    for p in summary["prediction_drift"]["columns"]:
+        verdicts[p["column"]] = [p["method"], p["score"], p["drifted"]]
     return {"wall_s": wall, "process_s": time.perf_counter() - entered, "peak_rss_mib": _peak_rss_mib(),
             "timings_s": summary["timings_s"], "verdicts": verdicts, "rows": summary["rows"]}
 
@@ -137,12 +145,13 @@ def measure_plain(config_path: Path) -> dict:
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
-    from kfmlops.monitoring.drift import current_from_log
     from kfmlops.monitoring.store import read_window
+    from kfmlops.monitoring.window import current_from_log
+    from kfmlops.tasks import Task
 
     base = config_path.parent
-    reference = pd.read_parquet(base / "reference.parquet").drop(columns=["y"])
-    window = current_from_log(read_window(base / "log", MODEL, NOW - timedelta(hours=12), NOW), "y", "prediction")
+    reference = pd.read_parquet(base / "reference.parquet").drop(columns=["y", "proba:<=50K"])
+    window = current_from_log(read_window(base / "log", MODEL, NOW - timedelta(hours=12), NOW), Task.from_json(TASK), 0.5)
     current = window.select(list(reference.columns)).to_pandas()
     del window
     started = time.perf_counter()

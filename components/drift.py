@@ -19,8 +19,7 @@ def drift(config: dict, report: Output[HTML], summary: Output[Artifact], metrics
     Returns:
         report: HTML report: drift by column, prediction drift, quality, performance, the decision.
         summary: JSON summary of the same, with the decision and the retraining run it started.
-        metrics: Rows checked, drift share, drifted columns, prediction drift (the predicted class's or
-            value's score, whether any prediction column drifted), performance on labelled rows.
+        metrics: Rows checked, drift share, drifted columns, prediction drift, labelled performance.
         Output: Whether the policy fired.
     """
     import shutil

@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
+from kfmlops import model_contract
 from kfmlops.config import PipelineConfig
 from kfmlops.local_run import run_pipeline
 from kfmlops.monitoring.config import InferenceLogConfig
@@ -41,12 +42,12 @@ def test_drift_retrains_through_the_same_gates(tmp_path, monkeypatch, adult_test
     served = run_pipeline(config.pipeline_arguments()).version
     cfg = config.settings.mlflow
 
-    # the served version's predictions on a shifted sample, logged as the predictor would
+    # the served version's predictions on a shifted sample, logged as the predictor answers: P(>50K)
     rng = np.random.default_rng(3)
     weights = np.where(adult_test.age > 50, 6.0, 1.0) * np.where(adult_test.hours_per_week > 45, 3.0, 1.0)
     rows = adult_test.iloc[rng.choice(len(adult_test), 3000, p=weights / weights.sum())].reset_index(drop=True)
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    scores = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}/{served}").predict(rows.drop(columns=["y"]))
+    scores = model_contract.load(f"models:/{cfg.model_name}/{served}").scores(rows.drop(columns=["y"]))[:, 1]
     start = NOW.replace(hour=0, minute=0)
     with InferenceLog(InferenceLogConfig(root=str(tmp_path / "log"))) as log:
         log.append(
@@ -68,6 +69,7 @@ def test_drift_retrains_through_the_same_gates(tmp_path, monkeypatch, adult_test
     assert drift_main(["--config", str(tmp_path / "drift.yaml"), "--now", NOW.isoformat()]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["served"]["version"] == served and summary["reference"]["uri"] == demo.data.source
+    assert summary["task"]["classes"] == ["<=50K", ">50K"]  # the served model's metadata
     assert summary["prediction_drift"]["drifted"] and summary["decision"]["fire"]
     retrain = summary["retrain"]
     assert retrain["submitted"] and retrain["status"] == "submitted" and retrain["run_id"].startswith("kfmlops-training-")

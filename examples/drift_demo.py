@@ -1,11 +1,12 @@
-"""``kfmlops drift-demo``: drift detection and retraining end to end on this machine.
+"""An example of kfmlops monitoring end to end on this machine: drift detection and retraining.
 
-Serves the champion of the demo model (``pipelines/configs/adult.yaml``, registered as
-``adult-income``; when there is none the training pipeline runs first) with the real KServe
-predictor on a loopback port, and replays the Adult test split through it in two phases of one
-hour each:
+``python examples/drift_demo.py`` (``make drift-demo``) serves the champion of the demo model
+(``pipelines/configs/adult.yaml``, registered as ``adult-income``; when there is none the training
+pipeline runs first) with the real KServe predictor on a loopback port, and replays the Adult test
+split through it in two phases of one hour each:
 
-1. the test split as it is, then its labels: the drift job finds no drift and starts nothing;
+1. the test split as it is, then its labels (the model's class names, ``<=50K`` / ``>50K``): the
+   drift job finds no drift and starts nothing;
 2. a sample of it skewed the way real populations shift (older people working longer hours, more
    managers and professionals, fewer service, cleaning and clerical jobs), then its labels: the
    drift job fires and submits the training pipeline through the local submitter (``kfp.local``)
@@ -29,8 +30,8 @@ window with an earlier one and its retrain is not blocked by the earlier one's. 
 H1.
 
 Output: progress lines, then per phase the rows checked, the drift share, the drifted columns
-with their scores, prediction drift, the classification figures on the labelled rows, the
-decision and why; the retraining run's summary (:func:`kfmlops.local_run.summary`: metrics,
+with their scores, prediction drift (the predicted class and P(>50K)), the performance figures on
+the labelled rows, the decision and why; the retraining run's summary (:func:`kfmlops.local_run.summary`: metrics,
 fairness, each gate's verdict, the new version and its aliases); a recap. kfp.local's task logs
 go to ``training.log`` / ``phase-2/pipeline.log`` (one progress line per finished task).
 Everything this run writes is under ``$KFMLOPS_HOME/drift/demo/<H1>/``: per phase the drift
@@ -60,10 +61,11 @@ import numpy as np
 import pandas as pd
 
 from kfmlops.config import PipelineConfig
-from kfmlops.typed import ConfigError
 from kfmlops.monitoring.config import DriftConfig, InferenceLogConfig
+from kfmlops.tasks import Task
+from kfmlops.typed import ConfigError
 
-DEFAULT_DRIFT_CONFIG = Path(__file__).resolve().parents[3] / "pipelines" / "configs" / "adult-drift.yaml"
+DEFAULT_DRIFT_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "adult-drift.yaml"
 HOUR = timedelta(hours=1)
 # Phase 2's population: weights on the test split's rows (sampled without replacement).
 OLDER, LONGER_HOURS = (45, 4.0), (45, 3.0)  # (at least, weight)
@@ -91,14 +93,15 @@ class _Progress:
 # ---------------------------------------------------------------- data
 
 
-def served_test_split(training: PipelineConfig, work: Path) -> tuple[pd.DataFrame, str]:
-    """The served model's test split as the pipeline ingests it (normalised columns, 0/1 label) and the label's name."""
+def served_test_split(training: PipelineConfig, work: Path) -> tuple[pd.DataFrame, Task]:
+    """The served model's test split as the pipeline ingests it (normalised columns, canonical
+    labels: the class names) and the label's task."""
     from kfmlops.ingest import ingest
 
     result = ingest(training.data, training.settings.ingest, work / "train.parquet", work / "test.parquet")
     frame = pd.read_parquet(result.test_path)
     (work / "train.parquet").unlink(missing_ok=True)
-    return frame, result.label
+    return frame, Task.from_json(result.task)
 
 
 def shifted_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
@@ -121,11 +124,11 @@ def _name(uri: str | None) -> str:
     return Path(uri).name if uri else "cut from the training data"
 
 
-def _describe_population(frame: pd.DataFrame, label: str) -> str:
+def _describe_population(frame: pd.DataFrame, task: Task) -> str:
     top = frame["occupation"].value_counts(normalize=True).head(3)
     jobs = ", ".join(f"{k} {v:.0%}" for k, v in top.items())
     return (f"mean age {frame['age'].mean():.1f}, mean hours/week {frame['hours_per_week'].mean():.1f}, "
-            f"top occupations {jobs}; {frame[label].mean():.1%} earn >50K")
+            f"top occupations {jobs}; {(frame[task.label] == task.positive).mean():.1%} are {task.positive}")
 
 
 # ---------------------------------------------------------------- serving and logging
@@ -159,7 +162,7 @@ def replay(
         truth_ids += [request_id] * len(logged)
         truth_rows += [r.row_index for r in logged]
     truth = pd.DataFrame({"request_id": truth_ids, "row_index": np.asarray(truth_rows, np.int32),
-                          "label": frame[label].to_numpy().astype(np.int8)})
+                          "label": frame[label].to_numpy()})  # canonical: the model's class names
     return len(batches), truth
 
 
@@ -273,14 +276,15 @@ def describe(summary: dict[str, Any], config: DriftConfig) -> list[str]:
             lines.append(f"  drifted columns   none (highest: {closest})")
         prediction = summary.get("prediction_drift")
         if prediction:
-            lines.append(f"  prediction drift  {'DRIFTED' if prediction['drifted'] else 'none'}: {_column(prediction, name=False)}")
+            lines.append(f"  prediction drift  {'DRIFTED' if prediction['drifted'] else 'none'}: "
+                         + _column(prediction["columns"][0]))
+            lines += ["                    " + _column(c) for c in prediction["columns"][1:]]
         else:
             lines.append(f"  prediction drift  not computed: {summary.get('prediction_drift_note')}")
-        scores = summary.get("classification")
+        scores = summary.get("performance")
         if scores:
-            auc = "n/a" if scores["roc_auc"] is None else f"{scores['roc_auc']:.3f}"
-            lines.append(f"  labelled rows     ROC AUC {auc}, accuracy {scores['accuracy']:.3f}, "
-                         f"positive rate {scores['positive_rate']:.1%} (predicted {scores['predicted_positive_rate']:.1%})")
+            figures = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))
+            lines.append(f"  labelled rows     {figures}")
     if decision["fire"]:
         lines.append("  decision          RETRAIN: the policy fired")
         lines += [f"                    {r}" for r in decision["reasons"]]
@@ -305,10 +309,9 @@ def describe(summary: dict[str, Any], config: DriftConfig) -> list[str]:
     return lines
 
 
-def _column(c: dict[str, Any], name: bool = True) -> str:
+def _column(c: dict[str, Any]) -> str:
     relation = ">=" if c["score"] >= c["threshold"] else "<"
-    label = f"{c['column']:<15} " if name else ""
-    return f"{label}{c['method']} {c['score']:.3f} ({relation} {c['threshold']:g})"
+    return f"{c['column']:<15} {c['method']} {c['score']:.3f} ({relation} {c['threshold']:g})"
 
 
 def _gates(training: PipelineConfig, version: str) -> dict[str, Any]:
@@ -424,7 +427,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with _pipeline_output_to(demo_dir / "training.log", say):
         version = ensure_champion(training, say, demo_dir / "training.log")
-    test, label = served_test_split(training, demo_dir)
+    test, task = served_test_split(training, demo_dir)
     shifted = shifted_sample(test, args.rows, args.seed)
     phases = [
         ("phase-1", f"Phase 1: the served model's test split as it is ({_name(training.data.test_source)})", test, h1),
@@ -449,9 +452,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 out = demo_dir / name
                 config = phase_config(base, log_root, out)
                 print(f"\n{title}: {len(frame):,} rows in hour {hour:%Y-%m-%d %H:00} UTC", flush=True)
-                print(f"  population        {_describe_population(frame, label)}", flush=True)
+                print(f"  population        {_describe_population(frame, task)}", flush=True)
                 t = time.monotonic()
-                requests, truth = replay(http, model, version, frame, label, hour, inference_log, args.batch_rows)
+                requests, truth = replay(http, model, version, frame, task.label, hour, inference_log, args.batch_rows)
                 inference_log.flush()
                 say(f"{name}: {len(frame):,} rows sent in {requests} V1 requests of up to {args.batch_rows} rows "
                     f"({time.monotonic() - t:.1f} s), {len(truth):,} predictions logged")
@@ -533,8 +536,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kfmlops drift-demo [--rows N] [--batch-rows N] [--seed N] [--start ISO-HOUR] [--drift-config PATH]``."""
-    parser = argparse.ArgumentParser(prog="kfmlops drift-demo", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    """``python examples/drift_demo.py [--rows N] [--batch-rows N] [--seed N] [--start ISO-HOUR] [--drift-config PATH]``."""
+    parser = argparse.ArgumentParser(prog="examples/drift_demo.py", description=__doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("--drift-config", default=str(DEFAULT_DRIFT_CONFIG),
                         help="drift YAML; its training_config is the served model's pipeline config (default: the Adult demo's)")
     parser.add_argument("--rows", type=int, default=4000, help="rows in phase 2's shifted sample (default 4000)")
@@ -548,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_demo(args)
     except (ConfigError, DemoError, PipelineFailed, PredictorStartError) as exc:
-        print(f"kfmlops drift-demo failed: {exc}", file=sys.stderr)
+        print(f"drift demo failed: {exc}", file=sys.stderr)
         return 1
 
 
