@@ -56,6 +56,8 @@ def train(
     ``config.checkpoint_dir`` set, every epoch is checkpointed there and a rerun resumes.
     """
     started = time.monotonic()
+    if Path(model_out).exists() and any(Path(model_out).iterdir()):
+        raise FileExistsError(f"the model output {model_out} is not empty: an MLflow model directory is written afresh")
     if is_user_trainer(config.trainer):
         from kfmlops.train import user
 

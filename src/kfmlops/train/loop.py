@@ -35,8 +35,9 @@ directory (written by rank 0) and a :class:`~kfmlops.train.common.TrainResult`.
   needs saving. A restarted run (a rerun, or ``torchrun --max-restarts``) resumes there and ends
   with the model an uninterrupted run ends with (the stopping rule is a function of the history);
   a checkpoint of a run with other settings or other data is refused.
-- Rank 0 reports per-epoch metrics through ``on_epoch`` and decides when to stop (broadcast to
-  the other ranks); the train loss is summed over all ranks.
+- Rank 0 reports per-epoch metrics through ``on_epoch``; its validation loss is broadcast, so
+  every rank stops and decays the learning rate at the same epoch; the train loss is summed over
+  all ranks.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def _fit(frame, task: Task, config: TrainConfig, model_dir: Path, device, on_epo
     trained, step_seconds = 0, 0.0
     metric = METRIC[task.kind]
 
-    while progress.epoch < config.epochs and not _stopped(progress, config, steps_per_epoch, dist, device):
+    while progress.epoch < config.epochs and not _stopped(progress, config, steps_per_epoch):
         epoch = progress.epoch
         epoch_started = time.monotonic()
         first_step = progress.step
@@ -235,7 +236,7 @@ def _fit(frame, task: Task, config: TrainConfig, model_dir: Path, device, on_epo
 
         outputs = _predict(net, codes, numbers, val_rows, device)
         val_weight = weight[val_rows].to(device)
-        val_loss = float((row_loss(outputs, target[val_rows].to(device)) * val_weight).sum() / val_weight.sum())
+        val_loss = _from_rank0((row_loss(outputs, target[val_rows].to(device)) * val_weight).sum() / val_weight.sum(), dist)
         scores = scores_from_outputs(task, outputs.cpu().numpy(), scale)
         metrics = {
             "train_loss": progress.epoch_loss / (steps_per_epoch * batch_size),
@@ -299,16 +300,20 @@ def _row_loss(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return lambda outputs, target: (outputs[:, 0] - target) ** 2
 
 
-def _stopped(progress: "_Progress", config: TrainConfig, steps_per_epoch: int, dist: Dist, device) -> bool:
+def _stopped(progress: "_Progress", config: TrainConfig, steps_per_epoch: int) -> bool:
     """Early stopping: ``patience`` epochs without a better validation loss, once ``min_steps`` are
-    done. Rank 0 decides (its validation figures are the ones reported) and tells the others."""
-    stop = progress.epoch - 1 - progress.best_epoch >= config.patience and \
+    done (at an epoch's end: a checkpoint from within an epoch carries on)."""
+    return progress.epoch - 1 - progress.best_epoch >= config.patience and \
         progress.epoch * steps_per_epoch >= config.min_steps and progress.step == 0
+
+
+def _from_rank0(value: torch.Tensor, dist: Dist) -> float:
+    """Rank 0's value of a scalar: the validation loss steers early stopping and the learning rate,
+    so every rank must see the same one, to the last bit."""
     if dist.world_size > 1:
-        flag = torch.tensor([int(stop)], device=device)
-        torch_dist.broadcast(flag, src=0)
-        stop = bool(flag.item())
-    return stop
+        value = value.clone().reshape(1)
+        torch_dist.broadcast(value, src=0)
+    return float(value)
 
 
 @contextmanager
