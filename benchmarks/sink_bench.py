@@ -1,7 +1,8 @@
 """Benchmark: inference-log throughput, over HTTP through ``kfmlops sink serve`` and in process.
 
 - ``http``: the sink runs as its own process (the real CLI, 127.0.0.1, a free port); a client
-  sends KServe-style binary-mode CloudEvents (a V1 request with one Adult row, then its response)
+  sends KServe-style binary-mode CloudEvents (a V1 request with one Adult row, then its response:
+  ``--output`` picks the served output of one task, a number or a ``{class: probability}`` mapping)
   with ``--concurrency`` requests in flight: a minimal asyncio client in this process (pre-encoded
   HTTP/1.1 on keep-alive connections), and ``wrk`` (a C load generator) when it is installed.
   Reports events/s and predictions/s, then stops the sink (SIGTERM) and checks that every
@@ -11,7 +12,7 @@
 
 Both the client and the sink share the machine's cores, so ``http`` is a lower bound for the sink.
 
-    .venv/bin/python benchmarks/sink_bench.py --pairs 20000 --records 500000
+    .venv/bin/python benchmarks/sink_bench.py --pairs 20000 --records 500000 [--output multiclass]
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ ROW = {"age": 39, "workclass": "State-gov", "fnlwgt": 77516, "education": "Bache
        "marital_status": "Never-married", "occupation": "Adm-clerical", "relationship": "Not-in-family",
        "race": "White", "sex": "Male", "capital_gain": 2174, "capital_loss": 0, "hours_per_week": 40,
        "native_country": "United-States"}
+OUTPUTS = {"binary": 0.42, "multiclass": {"Adelie": 0.7, "Chinstrap": 0.2, "Gentoo": 0.1}, "regression": 512.5}
+"""One row's served output (a V1 ``predictions`` item) per task: P(positive), class probabilities, a value."""
 
 
 def _free_port() -> int:
@@ -75,6 +78,14 @@ def _start_sink(root: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
 
 
+def _outputs_logged(table) -> int:
+    """Rows whose output was logged: as ``prediction`` (a number) or ``output.<class>`` (a mapping)."""
+    import pyarrow.compute as pc
+
+    column = "prediction" if "output.Adelie" not in table.column_names else "output.Adelie"
+    return pc.sum(pc.is_valid(table[column])).as_py()
+
+
 def _stop_and_read(server: subprocess.Popen, root: Path):
     from kfmlops.monitoring.store import read_window
 
@@ -84,14 +95,14 @@ def _stop_and_read(server: subprocess.Popen, root: Path):
     return read_window(root, "adult", now - timedelta(days=1), now + timedelta(days=1))
 
 
-def bench_http_wrk(seconds: int, connections: int) -> dict:
+def bench_http_wrk(seconds: int, connections: int, output) -> dict:
     """wrk (a C load generator, 2 threads) sends request/response pairs for ``seconds``."""
     from kfmlops.monitoring.sink import REQUEST, RESPONSE
 
     root = Path(tempfile.mkdtemp(prefix="sink-bench-"))
     script = root.parent / f"{root.name}.lua"
     script.write_text(_WRK_SCRIPT.substitute(request=REQUEST, response=RESPONSE, request_body=json.dumps({"instances": [ROW]}),
-                                             response_body=json.dumps({"predictions": [0.42]})))
+                                             response_body=json.dumps({"predictions": [output]})))
     server, url = _start_sink(root)
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url + "/"],
                          capture_output=True, text=True, check=True).stdout
@@ -109,12 +120,13 @@ def bench_http_wrk(seconds: int, connections: int) -> dict:
     # answered events, so up to one event per connection more may have been sent than it reports)
     assert all(numbers == set(range(max(numbers) + 1)) for numbers in per_thread.values()), "lost rows"
     assert events // 2 <= len(ids) <= (events + connections) // 2 + 2
+    assert _outputs_logged(table) >= events // 2 - connections, "outputs not logged"
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {"client": "wrk", "events": events, "seconds": seconds, "events_per_s": rate, "predictions_per_s": rate / 2,
             "concurrency": connections, "rows": len(table)}
 
 
-def bench_http_raw(pairs: int, concurrency: int) -> dict:
+def bench_http_raw(pairs: int, concurrency: int, output) -> dict:
     """A minimal asyncio client: pre-encoded HTTP/1.1 requests on ``concurrency`` keep-alive
     connections, one event in flight on each (far cheaper per event than httpx)."""
     from kfmlops.monitoring.sink import REQUEST, RESPONSE
@@ -122,7 +134,7 @@ def bench_http_raw(pairs: int, concurrency: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="sink-bench-"))
     server, url = _start_sink(root)
     port = int(url.rsplit(":", 1)[1])
-    bodies = {REQUEST: json.dumps({"instances": [ROW]}).encode(), RESPONSE: json.dumps({"predictions": [0.42]}).encode()}
+    bodies = {REQUEST: json.dumps({"instances": [ROW]}).encode(), RESPONSE: json.dumps({"predictions": [output]}).encode()}
 
     def encode(i: int, kind: str) -> bytes:
         head = (f"POST / HTTP/1.1\r\nhost: 127.0.0.1\r\nce-id: r{i}\r\nce-type: {kind}\r\nce-specversion: 1.0\r\n"
@@ -152,17 +164,17 @@ def bench_http_raw(pairs: int, concurrency: int) -> dict:
     elapsed = asyncio.run(send())
     table = _stop_and_read(server, root)
     keys = set(table["request_id"].to_pylist())
-    assert len(table) == len(keys) == pairs and table["prediction"].null_count == 0, "lost or duplicated rows"
+    assert len(table) == len(keys) == pairs == _outputs_logged(table), "lost or duplicated rows"
     return {"client": "raw", "events": 2 * pairs, "seconds": elapsed, "events_per_s": 2 * pairs / elapsed,
             "predictions_per_s": pairs / elapsed, "concurrency": concurrency, "rows": len(table)}
 
 
-def bench_append(records: int, batch: int) -> dict:
+def bench_append(records: int, batch: int, output) -> dict:
     from kfmlops.monitoring.config import InferenceLogConfig
     from kfmlops.monitoring.store import InferenceLog, PredictionRecord
 
     root = Path(tempfile.mkdtemp(prefix="append-bench-"))
-    rows = [PredictionRecord(model="adult", request_id=f"r{i}", inputs=ROW, output=0.42, model_version="1")
+    rows = [PredictionRecord(model="adult", request_id=f"r{i}", inputs=ROW, output=output, model_version="1")
             for i in range(records)]
     started = time.perf_counter()
     with InferenceLog(InferenceLogConfig(root=str(root))) as log:
@@ -180,17 +192,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20, help="wrk run length")
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--output", choices=sorted(OUTPUTS), default="binary", help="the served output of this task")
     args = parser.parse_args()
-    runs = [bench_http_raw(args.pairs, args.concurrency)]
+    output = OUTPUTS[args.output]
+    runs = [bench_http_raw(args.pairs, args.concurrency, output)]
     if shutil.which("wrk"):
-        runs.append(bench_http_wrk(args.seconds, args.concurrency))
+        runs.append(bench_http_wrk(args.seconds, args.concurrency, output))
     for http in runs:
         print(f"http ({http['client']:>5}): {http['events']:,} events in {http['seconds']:.1f} s = "
               f"{http['events_per_s']:,.0f} events/s ({http['predictions_per_s']:,.0f} predictions/s, "
               f"{http['concurrency']} in flight); {http['rows']:,} rows committed, each once")
-    append = bench_append(args.records, args.batch)
+    append = bench_append(args.records, args.batch, output)
     print(f"append       : {append['records']:,} records in {append['seconds']:.1f} s = {append['records_per_s']:,.0f} records/s "
-          f"(batches of {append['batch']}, {append['files']} files)")
+          f"(batches of {append['batch']}, {append['files']} files; {args.output} outputs)")
     return 0
 
 
