@@ -7,6 +7,7 @@ trivial baseline (the prior, or the mean)."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from kfmlops.tasks import Task
 from kfmlops.train import load_bundle, train
 from kfmlops.train.user import UserTrainerError
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 CONFIG = TrainConfig(cpu_threads=1)
 TRAINERS = ["tabular-net", "gbdt", "kfmlops_test_trainers:fit_pipeline"]
 
@@ -208,6 +209,18 @@ def test_an_early_stopped_net_stays_stopped_when_rerun(tmp_path, data):
     frame = pd.read_parquet(train_path).drop(columns=task.label)
     a, b = (model_contract.load(tmp_path / d).scores(frame) for d in ("a", "b"))
     assert np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_early_together(tmp_path, data):
+    """Two gloo ranks on penguins: both take rank 0's validation loss, so they stop at the same epoch
+    (patience epochs past the best) and the launcher returns; the model beats the baseline."""
+    train_path, task, test = data["penguins"]
+    config = CONFIG.model_copy(update={"processes": 2, "patience": 3, "min_steps": 0})
+    result = train(train_path, task, config, tmp_path / "model")
+    assert result.world_size == 2 and result.iterations < config.epochs
+    assert result.iterations - 1 - result.best_iteration == config.patience
+    _assert_beats_the_baseline(task, train_path, test, _test_scores(tmp_path / "model", test, task))
 
 
 def test_a_user_pyfunc_model_is_saved_with_its_task(tmp_path, data, user_module):
