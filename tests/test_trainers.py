@@ -195,6 +195,20 @@ def test_gbdt_keeps_the_trees_up_to_its_best_round(tmp_path, data):
     assert bundle.booster.num_boosted_rounds() == result.best_iteration + 1
 
 
+def test_gbdt_logs_its_validation_loss_every_ten_rounds_to_the_run(tmp_path, data, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from kfmlops.tracking import start_run
+
+    train_path, task, _ = data["penguins"]
+    run_id = start_run(mlflow_store, run_name="gbdt", tags={})
+    result = train(train_path, task, CONFIG.model_copy(update={"trainer": "gbdt"}), tmp_path / "model",
+                   mlflow=mlflow_store, run_id=run_id)
+    logged = MlflowClient(mlflow_store.tracking_uri).get_metric_history(run_id, "val_mlogloss")
+    assert [m.step for m in logged] == list(range(0, result.iterations, 10))
+    assert logged[-1].value > 0
+
+
 def test_an_early_stopped_net_stays_stopped_when_rerun(tmp_path, data):
     """Rerun over the checkpoint of a multiclass run that stopped early: it resumes at its end and
     trains nothing more; the model is the same."""
