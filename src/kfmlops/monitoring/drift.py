@@ -368,24 +368,77 @@ def data_problems(task: Task, rows: int, unreadable: int, unfit: dict[str, int])
     return problems
 
 
+def _read_current(config: DriftConfig, training: PipelineConfig, now: datetime) -> tuple[pa.Table, dict[str, Any], list[str]]:
+    """The current data as read (the log's window, or the dataset's rows), its identity for the
+    ledger, and the NA tokens its values are read with."""
+    if config.log_root is not None:
+        start, end = window_bounds(now, config.window.hours, config.window.settle_minutes)
+        identity = {"model": config.model_name, "start": start.isoformat(), "end": end.isoformat()}
+        return _logged_window(config, start, end), identity, training.settings.ingest.na_values
+    ingest_cfg = ingest_config_for(config.current, training.settings.ingest)
+    batches = list(read_batches(config.current, ingest_cfg))
+    raw = pa.Table.from_batches(batches) if batches else pa.table({})  # a header and no rows
+    identity = {"model": config.model_name, "current": config.current, "fingerprint": fingerprint([config.current])}
+    return raw, identity, ingest_cfg.na_values
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference (with the predictions dataset's columns when it has or was given predictions),
+    where it came from, the served version (when the registry was asked) and the served model's task."""
+
+    table: pa.Table
+    uri: str
+    served: ServedModel | None
+    task: Task
+
+
+def load_served_reference(
+    config: DriftConfig, training: PipelineConfig, raw: pa.Table, from_log: bool, scratch: Path
+) -> Reference:
+    """The served version's training data (or ``reference.uri``) and the served model's task (its
+    MLflow metadata, checked against the data's), scored by the served model when
+    ``reference.score_with_model`` is set, the current data has predictions and the reference none."""
+    served, uri = None, config.reference.uri
+    if uri is None:
+        served = _served(config, training, raw)
+        if not served.train_data:
+            raise ConfigError(f"model {served.name} version {served.version} has no kfmlops.train_data tag; set reference.uri")
+        uri = served.train_data
+    table, data_task = load_reference(uri, training)
+    predicted = any(raw[c].null_count < raw.num_rows for c in _output_columns(raw, from_log))
+    score = config.reference.score_with_model and predicted and PREDICTION not in table.column_names
+    if served is None and score:
+        served = _served(config, training, raw)
+    model_dir = download_model(served, training.settings.mlflow, scratch) if served else None
+    info = read_info(model_dir) if model_dir else None
+    name = f"model {served.name} version {served.version}" if served else "the served model"
+    task = resolve_task(info.task if info else None, data_task, name, uri)
+    if score:
+        scored = score_reference(load(model_dir, task), table, training.settings.evaluate.decision_threshold)
+        for column in scored.column_names:
+            table = table.append_column(column, scored[column])
+    return Reference(table, uri, served, task)
+
+
+def current_for(
+    raw: pa.Table, from_log: bool, task: Task, training: PipelineConfig, na_values: list[str]
+) -> tuple[pa.Table, list[str]]:
+    """The current data in the reference's form for ``task`` (:mod:`~kfmlops.monitoring.window`),
+    and the problems with its outputs and labels (:func:`data_problems`)."""
+    current = current_from_log(raw, task, training.settings.evaluate.decision_threshold) if from_log else raw
+    unreadable = unreadable_outputs(raw, current[PREDICTION]) if from_log else 0
+    current, unfit = normalise_current(current, task, training.data, na_values)
+    return current, data_problems(task, current.num_rows, unreadable, unfit)
+
+
 def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path, scratch: Path) -> dict[str, Any]:
     started = time.monotonic()
     timings: dict[str, float] = {}
     training = PipelineConfig.from_yaml(config.training_config)
-    threshold = training.settings.evaluate.decision_threshold
     model = config.model_name
-
-    ingest_cfg = training.settings.ingest
     from_log = config.log_root is not None
-    if from_log:
-        start, end = window_bounds(now, config.window.hours, config.window.settle_minutes)
-        raw = _logged_window(config, start, end)
-        identity = {"model": model, "start": start.isoformat(), "end": end.isoformat()}
-    else:
-        ingest_cfg = ingest_config_for(config.current, ingest_cfg)
-        batches = list(read_batches(config.current, ingest_cfg))
-        raw = pa.Table.from_batches(batches) if batches else pa.table({})  # a header and no rows
-        identity = {"model": model, "current": config.current, "fingerprint": fingerprint([config.current])}
+    raw, identity, na_values = _read_current(config, training, now)
     timings["read_current"] = time.monotonic() - started
 
     summary: dict[str, Any] = {
@@ -394,49 +447,29 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
         "task": None, "served": None, "reference": None, "drift": None, "prediction_drift": None, "quality": None,
         "performance": None, "retrain": {}, "reports": {}, "problems": [],
     }
-    trigger = config.trigger
-    ledger = Ledger(trigger.ledger_dir or kfmlops_home() / "drift" / "ledger")
+    ledger = Ledger(config.trigger.ledger_dir or kfmlops_home() / "drift" / "ledger")
     if raw.num_rows < config.policy.min_rows:
         decision = decide(Figures(rows=raw.num_rows), config.policy, ledger, summary["window_id"], model, now.timestamp())
         summary |= {"status": TOO_SMALL, "decision": decision.as_dict(), "problems": decision.blocked}
         return _finish(summary, config, out, timings, started)
 
     t = time.monotonic()
-    served, reference_uri = None, config.reference.uri
-    if reference_uri is None:
-        served = _served(config, training, raw)
-        if not served.train_data:
-            raise ConfigError(f"model {served.name} version {served.version} has no kfmlops.train_data tag; set reference.uri")
-        reference_uri = served.train_data
-    reference, data_task = load_reference(reference_uri, training)
-    outputs = [c for c in _output_columns(raw, from_log) if raw[c].null_count < raw.num_rows]
-    score = config.reference.score_with_model and bool(outputs) and PREDICTION not in reference.column_names
-    if served is None and score:
-        served = _served(config, training, raw)
-    model_dir = download_model(served, training.settings.mlflow, scratch) if served else None
-    info = read_info(model_dir) if model_dir else None
-    served_name = f"model {served.name} version {served.version}" if served else "the served model"
-    task = resolve_task(info.task if info else None, data_task, served_name, reference_uri)
+    reference = load_served_reference(config, training, raw, from_log, scratch)
+    task = reference.task
     check_performance_limits(config.policy, task.kind)
-    if score:
-        scored = score_reference(load(model_dir, task), reference, threshold)
-        for name in scored.column_names:
-            reference = reference.append_column(name, scored[name])
-    summary |= {"task": task.to_json(), "served": vars(served) if served else None,
-                "reference": {"uri": reference_uri, "rows": reference.num_rows}}
+    summary |= {"task": task.to_json(), "served": vars(reference.served) if reference.served else None,
+                "reference": {"uri": reference.uri, "rows": reference.table.num_rows}}
     timings["reference"] = time.monotonic() - t
 
     t = time.monotonic()
-    current = current_from_log(raw, task, threshold) if from_log else raw
-    unreadable = unreadable_outputs(raw, current[PREDICTION]) if from_log else 0
-    current, unfit = normalise_current(current, task, training.data, ingest_cfg.na_values)
+    current, data_issues = current_for(raw, from_log, task, training, na_values)
     labelled_rows = int(len(current) - current[task.label].null_count) if task.label in current.column_names else 0
-    features = config.drift.columns or [
-        c for c in reference.column_names if c != task.label and c != PREDICTION and not c.startswith(PROBA_PREFIX)]
-    comparison = compare(current, reference, features, task, config)
+    features = config.drift.columns or [c for c in reference.table.column_names
+                                        if c != task.label and c != PREDICTION and not c.startswith(PROBA_PREFIX)]
+    comparison = compare(current, reference.table, features, task, config)
     drift_share = comparison.drift_share
     drifted = [c.column for c in comparison.columns if c.drifted]
-    problems = problems_of(features, comparison) + data_problems(task, current.num_rows, unreadable, unfit)
+    problems = problems_of(features, comparison) + data_issues
     summary |= {
         "status": INCOMPLETE if problems else CHECKED, "problems": problems, "labelled_rows": labelled_rows,
         "drift": {
@@ -455,7 +488,7 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
     timings["compare"] = time.monotonic() - t
 
     t = time.monotonic()
-    summary["reports"] = evidently_reports(current, reference, comparison, task, config, out)
+    summary["reports"] = evidently_reports(current, reference.table, comparison, task, config, out)
     timings["evidently_reports"] = time.monotonic() - t
 
     figures = Figures(
@@ -467,7 +500,7 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
     summary["decision"] = decision.as_dict()
     if decision.fire:
         t = time.monotonic()
-        summary["retrain"] = _retrain(decision, summary, current, reference, task, training, ledger, submit, config, now)
+        summary["retrain"] = _retrain(decision, summary, current, reference.table, task, training, ledger, submit, config, now)
         timings["retrain"] = time.monotonic() - t
     return _finish(summary, config, out, timings, started)
 
