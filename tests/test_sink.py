@@ -144,6 +144,18 @@ def test_payload_shapes():
     assert response_rows(out) == ([0.1, 0.8], "adult", "7")
     two = {"outputs": [{"name": "a", "shape": [1], "data": [1]}, {"name": "b", "shape": [1, 2], "data": [[0.3, 0.7]]}]}
     assert response_rows(two)[0] == [{"a": 1, "b": [0.3, 0.7]}]
+    # kfmlops' own V2 answers (kfmlops.serving.outputs) read as their V1 form, the label left out
+    label = {"name": "label", "shape": [2], "datatype": "BYTES", "data": ["Gentoo", "Adelie"]}
+    binary = {"outputs": [{"name": "probability", "shape": [2], "datatype": "FP64", "data": [0.2, 0.9]}, label]}
+    assert response_rows(binary)[0] == [0.2, 0.9]
+    multiclass = {"outputs": [{"name": "probabilities", "shape": [2, 3], "datatype": "FP64",
+                               "data": [0.1, 0.2, 0.7, 0.6, 0.3, 0.1],
+                               "parameters": {"classes": '["Adelie", "Chinstrap", "Gentoo"]'}}, label]}
+    assert response_rows(multiclass)[0] == [{"Adelie": 0.1, "Chinstrap": 0.2, "Gentoo": 0.7},
+                                            {"Adelie": 0.6, "Chinstrap": 0.3, "Gentoo": 0.1}]
+    unnamed = {"outputs": [{**multiclass["outputs"][0], "parameters": {}}]}
+    assert response_rows(unnamed)[0] == [[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]]  # no class names: as it is
+    assert response_rows({"outputs": [{"name": "value", "shape": [1], "datatype": "FP64", "data": [512.5]}]})[0] == [512.5]
     assert request_rows({"something": 1}) == [] and response_rows("text") == ([], None, None)
 
 

@@ -10,15 +10,24 @@ version the body names. Shapes understood:
   batch; a tensor one value wide per row is input ``name``, a wider one inputs ``name.0``,
   ``name.1``, ...
 - V1 ``{"predictions": [...]}``: one output per row, whatever its shape.
-- V2 ``{"outputs": [...]}``: one tensor gives a value (or a list) per row; several give a
-  ``{name: value}`` mapping per row.
+- V2 ``{"outputs": [...]}``: kfmlops' own answers (:mod:`kfmlops.serving.outputs`) read as their
+  V1 form: a ``probability`` (binary P(positive)) or ``value`` (regression) tensor gives a number per
+  row, a ``probabilities`` tensor ``[n, K]`` whose ``classes`` parameter names its columns a
+  ``{class: probability}`` mapping per row; the ``label`` tensor beside them (the predicted class,
+  which the scores say) is left out. Any other tensors: one gives a value (or a list) per row;
+  several give a ``{name: value}`` mapping per row.
 
 Unrecognised bodies give no rows (the event is still logged, with empty inputs or outputs).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+SCORE_TENSORS = ("probability", "probabilities", "value")
+"""kfmlops' V2 score outputs (:mod:`kfmlops.serving.outputs`), one per answer, maybe beside ``label``."""
+LABEL_TENSOR = "label"
 
 
 def request_rows(body: Any) -> list[dict[str, Any]]:
@@ -52,12 +61,37 @@ def response_rows(body: Any) -> tuple[list[Any], str | None, str | None]:
     if isinstance(body.get("predictions"), list):
         return body["predictions"], name, version
     if _is_v2_tensors(body.get("outputs")):
-        tensors = {t["name"]: _per_row(t) for t in body["outputs"]}
-        if len(tensors) == 1:
-            return next(iter(tensors.values())), name, version
-        n = max(len(v) for v in tensors.values())
-        return [{k: v[i] if i < len(v) else None for k, v in tensors.items()} for i in range(n)], name, version
+        return _v2_outputs(body["outputs"]), name, version
     return [], name, version
+
+
+def _v2_outputs(tensors: list[dict[str, Any]]) -> list[Any]:
+    """One output per row of V2 output tensors (see the module docstring)."""
+    names = {str(t["name"]) for t in tensors}
+    scores = [t for t in tensors if t["name"] in SCORE_TENSORS]
+    if len(scores) == 1 and names <= {scores[0]["name"], LABEL_TENSOR}:
+        rows = _per_row(scores[0])
+        classes = _classes(scores[0])
+        if classes is None or not all(isinstance(r, list) and len(r) == len(classes) for r in rows):
+            return rows
+        return [dict(zip(classes, row)) for row in rows]
+    columns = {t["name"]: _per_row(t) for t in tensors}
+    if len(columns) == 1:
+        return next(iter(columns.values()))
+    n = max(len(v) for v in columns.values())
+    return [{k: v[i] if i < len(v) else None for k, v in columns.items()} for i in range(n)]
+
+
+def _classes(tensor: dict[str, Any]) -> list[str] | None:
+    """The class names a ``probabilities`` tensor's ``classes`` parameter lists (JSON text or a list)."""
+    parameters = tensor.get("parameters")
+    raw = parameters.get("classes") if isinstance(parameters, dict) else None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return [str(c) for c in raw] if isinstance(raw, list) else None
 
 
 def _row(row: Any) -> dict[str, Any]:
