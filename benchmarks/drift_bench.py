@@ -7,7 +7,7 @@ reference (the train split with the same model's predictions dataset columns: th
 and the class probabilities). Then, each in a fresh process so peak RSS is its own:
 
 - ``job``: ``kfmlops.monitoring.drift.run`` end to end (imports Evidently, reads the log window
-  and the reference, drift on every row, quality, classification, Evidently sample reports,
+  and the reference, drift on every row, quality, performance, Evidently sample reports,
   summary, metrics file);
 - ``plain``: the same window and reference as pandas frames (features, the predicted class and
   P(>50K)), then

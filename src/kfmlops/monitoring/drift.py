@@ -247,25 +247,25 @@ def _performance_report(labelled: pa.Table, task: Task):
     label = task.label
     columns = {label: label, PREDICTION: PREDICTION}
     if task.kind == "regression":
-        return RegressionPreset(), DataDefinition(
-            numerical_columns=[label, PREDICTION], regression=[Regression(target=label, prediction=PREDICTION)]), columns
+        regression = [Regression(target=label, prediction=PREDICTION)]
+        return RegressionPreset(), DataDefinition(numerical_columns=[label, PREDICTION], regression=regression), columns
     probas = [c for c in task.proba_columns if c in labelled.column_names]
     if task.kind == "binary":
         positive = PROBA_PREFIX + task.positive
         scored = {"prediction_probas": positive} if positive in probas else {"prediction_labels": PREDICTION}
+        named = {c: c for c in probas}
         spec = BinaryClassification(target=label, pos_label=task.positive, **scored)
-        return ClassificationPreset(), DataDefinition(
-            categorical_columns=[label, PREDICTION], numerical_columns=probas, classification=[spec]), columns | {
-            c: c for c in probas}
-    seen = pa.chunked_array(labelled[label].chunks + labelled[PREDICTION].chunks, pa.string())
-    if pc.count_distinct(seen).as_py() < 3:
-        return None
-    if pc.count_distinct(labelled[label]).as_py() < len(task.classes):
-        probas = []
-    named = {c: c.removeprefix(PROBA_PREFIX) for c in probas}
-    spec = MulticlassClassification(target=label, prediction_labels=PREDICTION, prediction_probas=list(named.values()) or None)
-    return ClassificationPreset(), DataDefinition(
-        categorical_columns=[label, PREDICTION], numerical_columns=list(named.values()), classification=[spec]), columns | named
+    else:
+        seen = pa.chunked_array(labelled[label].chunks + labelled[PREDICTION].chunks, pa.string())
+        if pc.count_distinct(seen).as_py() < 3:
+            return None
+        every_class = pc.count_distinct(labelled[label]).as_py() == len(task.classes)
+        named = {c: c.removeprefix(PROBA_PREFIX) for c in probas} if every_class else {}
+        spec = MulticlassClassification(target=label, prediction_labels=PREDICTION,
+                                        prediction_probas=list(named.values()) or None)
+    definition = DataDefinition(categorical_columns=[label, PREDICTION], numerical_columns=list(named.values()),
+                                classification=[spec])
+    return ClassificationPreset(), definition, columns | named
 
 
 def _majority(values: pa.ChunkedArray) -> str | None:
