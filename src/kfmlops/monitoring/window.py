@@ -40,7 +40,7 @@ def served_predictions(raw: pa.Table, task: Task, threshold: float) -> dict[str,
     Binary: P(positive) from the log's ``prediction`` number (or an ``output.<class>`` mapping),
     the class at ``threshold``; multiclass: the ``output.<class>`` probabilities and the most
     probable class; regression: the ``prediction`` number. A row whose output is missing or not
-    of this form has nulls.
+    of this form (a probability outside [0, 1] included) has nulls.
     """
     n = raw.num_rows
     number = _floats(raw, "prediction", n)
@@ -50,7 +50,8 @@ def served_predictions(raw: pa.Table, task: Task, threshold: float) -> dict[str,
     if task.kind == "binary":
         given = ~np.isnan(number)
         scores[given] = np.column_stack([1 - number[given], number[given]])
-    valid = np.isfinite(scores).all(axis=1)
+    with np.errstate(invalid="ignore"):  # NaN compares False: not valid
+        valid = ((scores >= 0) & (scores <= 1)).all(axis=1)
     frame = predictions(task, scores[valid], threshold)
     rows = np.full(n, -1, np.int64)
     rows[valid] = np.arange(int(valid.sum()))
