@@ -19,7 +19,7 @@ from kfmlops.train.loop import CHECKPOINT_FILE, batch_rows, peak_learning_rate
 from kfmlops.train.preprocess import SchemaMismatch
 
 # One intra-op thread: the fastest for these batches on a 2-core machine shared with other jobs.
-DEFAULT = TrainConfig(cpu_threads=1)
+DEFAULT = TrainConfig(trainer="tabular-net", cpu_threads=1)
 FAST = DEFAULT.model_copy(update={"epochs": 3})
 
 

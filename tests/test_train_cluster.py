@@ -38,7 +38,7 @@ from kfmlops.train.loop import CHECKPOINT_FILE
 
 STORAGE = SharedStorage(claim_name="kfmlops-shared", mount_path="/mnt/kfmlops")
 ADULT_TASK = Task("binary", "y", ("<=50K", ">50K"))
-CONFIG = TrainConfig(epochs=2, cpu_threads=1)
+CONFIG = TrainConfig(trainer="tabular-net", epochs=2, cpu_threads=1)
 GPU_CLUSTER = ClusterTrainConfig(
     namespace="ml",
     num_nodes=2,

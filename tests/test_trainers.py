@@ -23,7 +23,7 @@ from kfmlops.train import load_bundle, train
 from kfmlops.train.user import UserTrainerError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = TrainConfig(cpu_threads=1)
+CONFIG = TrainConfig(trainer="tabular-net", cpu_threads=1)
 TRAINERS = ["tabular-net", "gbdt", "kfmlops_test_trainers:fit_pipeline"]
 
 USER_MODULE = '''
