@@ -96,7 +96,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kfmlops run
 
 drift-demo: $(STAMP)
-	$(VENV)/bin/kfmlops drift-demo
+	$(PY) examples/drift_demo.py
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -m "slow or not slow"

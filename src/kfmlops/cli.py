@@ -14,10 +14,6 @@ COMMANDS = {
     "serve": ("kfmlops.serving.server:main", "serve a registered model with KServe's ModelServer"),
     "sink": ("kfmlops.monitoring.sink:main", "receive KServe inference-log CloudEvents into Parquet"),
     "drift": ("kfmlops.monitoring.drift:main", "run the drift job and, when the policy fires, retraining"),
-    "drift-demo": (
-        "kfmlops.monitoring.demo:main",
-        "serve the champion, replay the Adult test set as is and shifted; the drift job fires a retrain",
-    ),
 }
 
 

@@ -71,8 +71,9 @@ class DataSpec(SettingsModel):
     def to_parameter(self) -> dict[str, Any]:
         """The data spec as a KFP pipeline parameter: JSON without unset fields (KFP parameters
         cannot hold null, and an optional parameter left unset fails in kfp.local and on the
-        KFP backend alike, kubeflow/pipelines#11667)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        KFP backend alike, kubeflow/pipelines#11667). Fields left at their default are left out too, so
+        the step that parses it back sees what was set (a set ``positive_labels`` means a binary task)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude_unset=True)
 
 
 class IngestConfig(SettingsModel):
