@@ -6,7 +6,7 @@ from kfmlops.components._base import component
 @component
 def deploy(
     test_data: Input[Dataset],
-    label: str,
+    task: dict,
     version: str,
     settings: dict,
     rollout: Output[Artifact],
@@ -15,9 +15,11 @@ def deploy(
 
     Args:
         test_data: Test split from ingest: its rows probe the candidate predictor.
-        label: The label's normalised name (dropped from the probe rows).
+        task: The data's task (kfmlops.tasks.Task as JSON, from ingest): how served outputs are read back into
+            scores, and the label column dropped from the probe rows.
         version: The registered model version to deploy (the new champion).
-        settings: kfmlops.config.Settings as JSON (the `deploy`, `mlflow`, `provenance` sections are read).
+        settings: kfmlops.config.Settings as JSON (the `deploy`, `mlflow`, `provenance` sections are read, and
+            `evaluate.decision_threshold` becomes the served binary label's threshold).
 
     Returns:
         rollout: JSON account: status, validation and canary checks with their figures, steps, manifest.
@@ -29,12 +31,16 @@ def deploy(
     from kfmlops.config import Settings
     from kfmlops.residency import enforce
     from kfmlops.serving.deploy import deploy as run_deploy
+    from kfmlops.tasks import Task
     from kfmlops.tracking import tracking_uri
 
     cfg = Settings.parse(settings)
     enforce({"read": test_data.uri, "write": rollout.uri, "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-    result = run_deploy(test_data.path, label, cfg.deploy.model_copy(update={"model_version": version}),
-                        cfg.mlflow, cfg.provenance)
+    service = cfg.deploy.inference_service
+    serving = service.serving.model_copy(update={"decision_threshold": cfg.evaluate.decision_threshold})
+    config = cfg.deploy.model_copy(update={
+        "model_version": version, "inference_service": service.model_copy(update={"serving": serving})})
+    result = run_deploy(test_data.path, Task.from_json(task), config, cfg.mlflow, cfg.provenance)
     Path(rollout.path).write_text(json.dumps(result.to_json(), indent=1, default=str))
     rollout.metadata.update({"status": result.status, "target": result.target, "version": result.version})
     return result.status

@@ -11,25 +11,26 @@ def register(
     test_data: Input[Dataset],
     blessing: Input[Artifact],
     fairness_verdict: Input[Artifact],
-    label: str,
+    task: dict,
     source: str,
     fingerprint: str,
     settings: dict,
     run_id: str,
     pipeline_run_id: str,
 ) -> NamedTuple("RegisterOutputs", [("model_name", str), ("version", str)]):
-    """Registers the candidate as a new MLflow model version: lineage tags, signed provenance, alias `challenger`.
+    """Registers the candidate as a new MLflow model version: lineage and task tags, signed provenance, alias `challenger`.
 
     Args:
-        model: Candidate model bundle from train.
-        test_data: Test split (a few rows become the model's input example and signature).
-        blessing: Evaluate's JSON verdict.
+        model: Candidate Model artifact (an MLflow model directory of any framework) from train or import_model.
+        test_data: Test split (a few rows, without the label, must score for the task; they give a model that has
+            no signature one).
+        blessing: Evaluate's JSON verdict (its candidate metrics and primary metric are recorded).
         fairness_verdict: Fairness's JSON verdict.
-        label: The label's normalised name.
+        task: The data's task (kfmlops.tasks.Task as JSON, from ingest); the model must be of this task.
         source: The training data URI, recorded for drift monitoring's reference.
         fingerprint: Dataset SHA-256 from ingest.
         settings: kfmlops.config.Settings as JSON (the `mlflow` section is read; the whole is hashed).
-        run_id: The pipeline's MLflow run; the pyfunc model is logged into it.
+        run_id: The pipeline's MLflow run; the signed model directory is logged into it.
         pipeline_run_id: The KFP run id, recorded for lineage.
 
     Returns:
@@ -46,9 +47,11 @@ def register(
     from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
     from kfmlops.provenance import signing_key
     from kfmlops.residency import enforce, residency_record
+    from kfmlops.tasks import Task
     from kfmlops.tracking import end_run, failed_on_error, tracking_uri, use
 
     cfg = Settings.parse(settings)
+    data_task = Task.from_json(task)
     with failed_on_error(cfg.mlflow, run_id):
         use(cfg.mlflow)
         verdicts = enforce({"read": [model.uri, test_data.uri, source], "mlflow": tracking_uri(cfg.mlflow),
@@ -62,11 +65,12 @@ def register(
             code_commit=code_commit(),
             pipeline_run_id=pipeline_run_id,
             metrics={k: v for k, v in evaluation["candidate"].items() if isinstance(v, float)},
+            primary_metric=evaluation.get("primary_metric") or cfg.evaluate.primary_metric,
             gates={"evaluate": GateVerdict(evaluation["blessed"], evaluation["reasons"]),
                    "fairness": GateVerdict(fair["passed"], fair["reasons"])},
         )
-        example = pd.read_parquet(test_data.path).drop(columns=[label]).head(5)
-        ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, signing_key=signing_key(cfg.provenance),
-                           residency=residency_record(cfg.residency, verdicts))
+        example = pd.read_parquet(test_data.path).drop(columns=[data_task.label]).head(5)
+        ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, task=data_task,
+                           signing_key=signing_key(cfg.provenance), residency=residency_record(cfg.residency, verdicts))
         end_run(cfg.mlflow, run_id)
         return (ref.name, ref.version)

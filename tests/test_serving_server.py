@@ -1,8 +1,9 @@
 """The predictor behind KServe's real ModelServer, in a child process on a loopback port.
 
-V1 and V2 requests (httpx and KServe's own ``InferenceRESTClient``) against the MLflow pyfunc's
-predictions in process; health, metadata and Prometheus metrics; a battery of bad requests, each
-a 4xx naming the field, with the server still answering afterwards.
+A binary tabular-net model: V1 and V2 requests (httpx and KServe's own ``InferenceRESTClient``)
+against the model's own scores in process; health, metadata and Prometheus metrics; a battery of
+bad requests, each a 4xx naming the field, with the server still answering afterwards. A
+multiclass scikit-learn model and a regression model, V1 and V2, with their per-task outputs.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
+import json
+
 import httpx
 import mlflow.models
-import mlflow.pyfunc
 import numpy as np
 import orjson
 import pytest
-from serving_fixtures import served_store  # noqa: F401  (fixture)
+from serving_fixtures import served_store, task_models  # noqa: F401  (fixtures)
 
+from kfmlops import model_contract
 from kfmlops.serving.config import ServingConfig
+from kfmlops.serving.outputs import scores_from_v1, scores_from_v2
 from kfmlops.serving.predictor import records
-from kfmlops.serving.probe import bad_requests, send_bad_requests
+from kfmlops.serving.probe import bad_requests, send_bad_requests, v2_body
 from kfmlops.serving.process import PredictorProcess, PredictorStartError
 
 ROWS = 300
@@ -36,8 +40,8 @@ def server(served_store):
 
 @pytest.fixture(scope="module")
 def expected(served_store) -> np.ndarray:
-    model = mlflow.pyfunc.load_model(f"models:/adult/{served_store.champion}")
-    return np.asarray(model.predict(served_store.features.head(ROWS)))
+    """P(positive) of the first test rows, by the model's own (PyTorch) path."""
+    return model_contract.load(served_store.model_dir).scores(served_store.features.head(ROWS))[:, 1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def _v2_inputs(frame, signature) -> list[dict]:
     return inputs
 
 
-def test_v1_objects_and_lists_match_the_pyfunc(server, served_store, expected, signature):
+def test_v1_objects_and_lists_match_the_model(server, served_store, expected, signature):
     rows = records(served_store.features.head(ROWS))
     got = _v1(server, {"instances": rows})
     assert got.status_code == 200, got.text
@@ -75,7 +79,7 @@ def test_v1_objects_and_lists_match_the_pyfunc(server, served_store, expected, s
     np.testing.assert_allclose(singles, expected[:20], atol=1e-5)
 
 
-def test_v2_rest_and_the_kserve_client_match_the_pyfunc(server, served_store, expected, signature):
+def test_v2_rest_and_the_kserve_client_match_the_model(server, served_store, expected, signature):
     from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
     frame = served_store.features.head(ROWS)
@@ -84,9 +88,12 @@ def test_v2_rest_and_the_kserve_client_match_the_pyfunc(server, served_store, ex
     assert got.status_code == 200, got.text
     body = got.json()
     assert body["id"] == "req-1" and body["model_name"] == "adult"
-    (output,) = body["outputs"]
-    assert (output["name"], output["datatype"], output["shape"]) == ("probability", "FP64", [ROWS])
-    np.testing.assert_allclose(output["data"], expected, atol=1e-5)
+    probability, label = body["outputs"]
+    assert (probability["name"], probability["datatype"], probability["shape"]) == ("probability", "FP64", [ROWS])
+    np.testing.assert_allclose(probability["data"], expected, atol=1e-5)
+    assert (label["name"], label["datatype"], label["shape"]) == ("label", "BYTES", [ROWS])
+    negative, positive = served_store.task.classes
+    assert label["data"] == [positive if p >= 0.5 else negative for p in probability["data"]]
 
     async def with_sdk():
         client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
@@ -111,7 +118,8 @@ def test_health_metadata_and_metrics(server):
     metadata = httpx.get(f"{server.url}/v2/models/adult").json()
     types = {i["name"]: i["datatype"] for i in metadata["inputs"]}
     assert types["age"] == "FP64" and types["workclass"] == "BYTES"
-    assert metadata["outputs"] == [{"name": "probability", "datatype": "FP64", "shape": [-1]}]
+    assert metadata["outputs"] == [{"name": "probability", "datatype": "FP64", "shape": [-1]},
+                                   {"name": "label", "datatype": "BYTES", "shape": [-1]}]
     assert _v1(server, {"instances": [{"age": 1}]}).status_code == 400
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in (
@@ -209,3 +217,50 @@ def test_serve_flags_become_typed_settings(tmp_path, monkeypatch):
         settings_from_args(["--serving", '{"max_rows": 0}'])
     with pytest.raises(ConfigError, match="unknown_setting"):
         settings_from_args(["--serving", '{"unknown_setting": 1}'])
+
+
+def _serve(model):
+    return PredictorProcess(model.uri, model_name=model.name, tracking_uri=model.tracking_uri, verify_key=model.verify_key)
+
+
+def test_a_multiclass_sklearn_model_answers_class_probabilities_v1_and_v2(task_models):
+    model = task_models["penguins-sklearn"]
+    task, frame = model.task, model.features
+    expected = model_contract.load(model.model_dir).scores(frame)
+    with _serve(model) as p:
+        v1 = httpx.post(f"{p.url}/v1/models/{model.name}:predict", json={"instances": records(frame)})
+        assert v1.status_code == 200, v1.text
+        predictions = v1.json()["predictions"]
+        assert all(set(row) == set(task.classes) for row in predictions)
+        np.testing.assert_allclose(scores_from_v1(task, predictions), expected, atol=1e-12)
+
+        v2 = httpx.post(f"{p.url}/v2/models/{model.name}/infer", json=v2_body(frame))
+        assert v2.status_code == 200, v2.text
+        probabilities, label = v2.json()["outputs"]
+        assert (probabilities["name"], probabilities["shape"]) == ("probabilities", [len(frame), 3])
+        assert json.loads(probabilities["parameters"]["classes"]) == list(task.classes)
+        np.testing.assert_allclose(scores_from_v2(task, v2.json()["outputs"]), expected, atol=1e-12)
+        assert label["data"] == [task.classes[i] for i in expected.argmax(axis=1)]
+        metadata = httpx.get(f"{p.url}/v2/models/{model.name}").json()
+        assert metadata["outputs"][0] == {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]}
+        assert {i["name"]: i["datatype"] for i in metadata["inputs"]}["island"] == "BYTES"
+
+        row = records(frame.dropna().head(1))[0]
+        wrong = httpx.post(f"{p.url}/v1/models/{model.name}:predict", json={"instances": [{**row, "bill_length_mm": "long"}]})
+        assert wrong.status_code == 400 and "bill_length_mm" in wrong.json()["error"]
+        missing = httpx.post(f"{p.url}/v1/models/{model.name}:predict", json={"instances": [{"island": "Dream"}]})
+        assert missing.status_code == 400 and "missing column" in missing.json()["error"]
+
+
+def test_a_regression_model_answers_values_v1_and_v2(task_models):
+    model = task_models["cps1988-tabular-net"]
+    frame = model.features.head(ROWS)
+    expected = model_contract.load(model.model_dir).scores(frame)
+    with _serve(model) as p:
+        v1 = httpx.post(f"{p.url}/v1/models/{model.name}:predict", json={"instances": records(frame)})
+        assert v1.status_code == 200, v1.text
+        np.testing.assert_allclose(v1.json()["predictions"], expected, rtol=1e-5)
+        v2 = httpx.post(f"{p.url}/v2/models/{model.name}/infer", json=v2_body(frame))
+        (value,) = v2.json()["outputs"]
+        assert (value["name"], value["datatype"], value["shape"]) == ("value", "FP64", [ROWS])
+        np.testing.assert_allclose(value["data"], expected, rtol=1e-5)

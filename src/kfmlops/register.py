@@ -1,13 +1,19 @@
-"""Register: a trained bundle in, a registered MLflow model version with lineage and aliases out.
+"""Register: a Model artifact in, a registered MLflow model version with lineage, task and aliases out.
 
-Consumes the model bundle from :mod:`kfmlops.train`, the MLflow run the training logged to, a
-:class:`Lineage` (dataset fingerprint, config hash, code commit, pipeline run id, test metrics and
-every gate's verdict) and an Ed25519 signing key. Produces a new version of the registered model,
-logged as a pyfunc that takes raw rows and returns probabilities, with signature and input
-example, tagged with the lineage and given the ``challenger`` alias. The bundle inside it carries
-``provenance.json``: the lineage, the residency verdicts and the SHA-256 of every file, signed
-(see :mod:`kfmlops.provenance`). :func:`promote` moves ``champion`` to a version and
-records the version it replaced, so a rollback knows where to go.
+Consumes the Model artifact (an MLflow model directory of any framework, see
+:mod:`kfmlops.model_contract`), the data's :class:`~kfmlops.tasks.Task`, the MLflow run the
+pipeline logs to, a :class:`Lineage` (dataset fingerprint, config hash, code commit, pipeline run
+id, test metrics, the primary metric and every gate's verdict), a few test rows without the label
+and an Ed25519 signing key. A copy of the model directory must score those rows for the task
+(a model of another task, other classes or other columns is refused); a model without kfmlops
+metadata gets it (the task, its columns, trainer ``imported``) and one without a column signature
+gets one inferred from the rows. The copy is signed as a whole: ``provenance.json`` at its top
+holds the lineage, the residency verdicts and the SHA-256 of every other file
+(:mod:`kfmlops.provenance`), so a changed, added or removed file fails verification. The directory
+is logged as the run's ``model`` artifact and registered as a new version, tagged with the
+lineage and the task (``kfmlops.task``, ``kfmlops.label``, ``kfmlops.classes``, ``kfmlops.trainer``,
+``kfmlops.primary_metric``) and given the ``challenger`` alias. :func:`promote` moves ``champion``
+to a version and records the version it replaced, so a rollback knows where to go.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pandas as pd
 
 from kfmlops import __version__
 from kfmlops.config import MlflowConfig
+from kfmlops.tasks import Task
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -32,7 +39,15 @@ TAG_PREFIX = "kfmlops."
 PREVIOUS_CHAMPION_TAG = TAG_PREFIX + "previous_champion"
 DEPLOY_STATUS_TAG = TAG_PREFIX + "deploy.status"  # written by kfmlops.serving.deploy
 DEPLOY_REASONS_TAG = TAG_PREFIX + "deploy.reasons"
+TASK_TAG = TAG_PREFIX + "task"
+LABEL_TAG = TAG_PREFIX + "label"
+CLASSES_TAG = TAG_PREFIX + "classes"
+TRAINER_TAG = TAG_PREFIX + "trainer"
+PRIMARY_METRIC_TAG = TAG_PREFIX + "primary_metric"
 TAG_LIMIT = 5000  # MLflow's limit on a tag value
+MODEL_ARTIFACT = "model"
+"""Where in the pipeline's MLflow run the registered model directory is logged."""
+EXAMPLE_ROWS = 5
 
 
 def gate_tags(gate: str, passed: bool, reasons: list[str] | None = None) -> dict[str, str]:
@@ -58,6 +73,7 @@ class Lineage:
     pipeline_run_id: str | None = None
     metrics: dict[str, float] | None = None
     gates: dict[str, GateVerdict] | None = None
+    primary_metric: str | None = None
 
     @property
     def all_gates_passed(self) -> bool:
@@ -74,6 +90,8 @@ class Lineage:
             "all_gates_passed": str(self.all_gates_passed).lower(),
         }
         tags |= {f"metric.{k}": f"{v:.6g}" for k, v in (self.metrics or {}).items()}
+        if self.primary_metric:
+            tags["primary_metric"] = self.primary_metric
         tags = {TAG_PREFIX + k: v for k, v in tags.items()}
         for name, gate in (self.gates or {}).items():
             tags |= gate_tags(name, gate.passed, gate.reasons)
@@ -122,6 +140,12 @@ def code_commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
+def task_tags(task: Task, trainer: str) -> dict[str, str]:
+    """The tags that record a version's task (kind, label, classes as JSON) and trainer."""
+    return {TASK_TAG: task.kind, LABEL_TAG: task.label, CLASSES_TAG: json.dumps(list(task.classes))[:TAG_LIMIT],
+            TRAINER_TAG: trainer}
+
+
 def register(
     model_dir: str | Path,
     run_id: str,
@@ -129,45 +153,54 @@ def register(
     lineage: Lineage,
     input_example: pd.DataFrame,
     *,
+    task: Task,
     signing_key: bytes,
     residency: dict[str, Any] | None = None,
 ) -> ModelVersionRef:
-    """Sign a copy of the bundle, log it as a pyfunc into ``run_id``, register a new version, tag it
-    and alias it ``challenger``. ``residency`` is the policy and verdicts recorded in the provenance."""
+    """Check, complete and sign a copy of the model directory, log it into ``run_id``, register a new
+    version, tag it and alias it ``challenger`` (see the module docstring). ``input_example``: test
+    rows without the label; ``residency``: the policy and verdicts recorded in the provenance."""
     import mlflow
-    from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    from kfmlops import mlflow_model
     from kfmlops.provenance import sign_model_dir
-    from kfmlops.pyfunc import BUNDLE_ARTIFACT
     from kfmlops.tracking import use
-    from kfmlops.train.model import ModelBundle
 
     use(mlflow_config)
-    example = input_example.head(5).reset_index(drop=True)
-    bundle = ModelBundle.load(model_dir)
-    signature = infer_signature(example, bundle.predict_proba({c: example[c].to_numpy() for c in example.columns}))
-    with tempfile.TemporaryDirectory(prefix="kfmlops-register-") as tmp, mlflow.start_run(run_id=run_id):
-        bundle_dir = Path(tmp) / BUNDLE_ARTIFACT
-        shutil.copytree(model_dir, bundle_dir)
-        signed = sign_model_dir(bundle_dir, lineage.provenance(mlflow_config.model_name, run_id, residency), signing_key)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=mlflow_model.__file__,
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=[f"kfmlops=={__version__}"],
-            registered_model_name=mlflow_config.model_name,
-        )
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    client.set_model_version_tag(mlflow_config.model_name, version, TAG_PREFIX + "provenance_key_id", signed.key_id)
-    for key, value in lineage.tags().items():
-        client.set_model_version_tag(mlflow_config.model_name, version, key, value)
-    client.set_registered_model_alias(mlflow_config.model_name, CHALLENGER, version)
-    return ModelVersionRef(mlflow_config.model_name, version, f"models:/{mlflow_config.model_name}/{version}")
+    name = mlflow_config.model_name
+    with tempfile.TemporaryDirectory(prefix="kfmlops-register-") as tmp:
+        copy = Path(tmp) / MODEL_ARTIFACT
+        shutil.copytree(model_dir, copy)
+        info = complete_model_dir(copy, task, input_example)
+        signed = sign_model_dir(copy, lineage.provenance(name, run_id, residency), signing_key)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifacts(str(copy), MODEL_ARTIFACT)
+    tags = {**lineage.tags(), **task_tags(info.task, info.trainer), TAG_PREFIX + "provenance_key_id": signed.key_id}
+    version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags=tags).version)
+    MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
+    return ModelVersionRef(name, version, f"models:/{name}/{version}")
+
+
+def complete_model_dir(model_dir: Path, task: Task, rows: pd.DataFrame):
+    """Check that the MLflow model at ``model_dir`` scores ``rows`` for ``task``; record kfmlops
+    metadata and a column signature where it has none. Produces its :class:`~kfmlops.model_contract.ModelInfo`."""
+    from mlflow.models import Model, infer_signature
+
+    from kfmlops import model_contract
+
+    loaded = model_contract.load(model_dir, task)
+    features = loaded.features or list(rows.columns)
+    example = rows[features].head(EXAMPLE_ROWS).reset_index(drop=True)
+    loaded.scores(example)
+    info = model_contract.read_info(model_dir)
+    if info is None:
+        info = model_contract.ModelInfo(task, features, "imported")
+        model_contract.with_info(model_dir, info)
+    mlmodel = Model.load(str(model_dir))
+    if mlmodel.signature is None:
+        mlmodel.signature = infer_signature(example)
+        mlmodel.save(str(model_dir / model_contract.MLMODEL))
+    return info
 
 
 def aliases(mlflow_config: MlflowConfig) -> dict[str, str]:

@@ -4,7 +4,9 @@ Reads what :mod:`kfmlops.register` and :mod:`kfmlops.serving.deploy` record on e
 version (``kfmlops.*`` tags: test metrics, gate verdicts, lineage, deploy status, the previous
 champion) and the registered model's aliases. ``list`` gives every model with its versions;
 ``show NAME [VERSION]`` one version (default: the champion); ``compare NAME V1 V2`` two versions'
-metrics side by side with deltas.
+metrics side by side with deltas. Each version shows its task (binary, multiclass or regression;
+label and classes), its trainer and its primary metric (the one evaluate blessed it on: ROC AUC,
+macro F1, RMSE... as the run recorded it) with its value.
 
 ``rollback NAME [VERSION] --reason WHY`` points ``champion`` at VERSION, or at the version the
 champion replaced: :func:`kfmlops.register.promote` writes ``kfmlops.previous_champion`` on every
@@ -29,17 +31,25 @@ from pathlib import Path
 
 from kfmlops.register import (
     CHAMPION,
+    CLASSES_TAG,
     DEPLOY_REASONS_TAG,
     DEPLOY_STATUS_TAG,
+    LABEL_TAG,
     PREVIOUS_CHAMPION_TAG,
+    PRIMARY_METRIC_TAG,
     TAG_LIMIT,
     TAG_PREFIX,
+    TASK_TAG,
+    TRAINER_TAG,
 )
 
 ROLLBACK_TAG_PREFIX = TAG_PREFIX + "rollback."
 ALL_GATES_TAG = TAG_PREFIX + "all_gates_passed"
 METRIC_TAG_PREFIX = TAG_PREFIX + "metric."
 GATE_TAG_PREFIX = TAG_PREFIX + "gate."
+_SHOWN_TAGS = {ALL_GATES_TAG, DEPLOY_STATUS_TAG, DEPLOY_REASONS_TAG, PREVIOUS_CHAMPION_TAG, TASK_TAG, LABEL_TAG, CLASSES_TAG,
+               TRAINER_TAG, PRIMARY_METRIC_TAG}
+"""Tags a VersionView has a field for; every other kfmlops.* tag is lineage."""
 
 
 class RegistryError(RuntimeError):
@@ -54,14 +64,21 @@ class Gate:
 
 @dataclass(frozen=True)
 class VersionView:
-    """One model version as kfmlops recorded it: ``lineage`` holds every other ``kfmlops.*`` tag
-    (dataset fingerprint, config hash, code commit, ..., the last rollback), without the prefix."""
+    """One model version as kfmlops recorded it: its task (``task`` kind, ``label``, ``classes``),
+    ``trainer``, ``primary_metric`` (its name; its value is in ``metrics``), and in ``lineage`` every
+    other ``kfmlops.*`` tag (dataset fingerprint, config hash, code commit, ..., the last rollback),
+    without the prefix. Versions registered before tasks were recorded have None."""
 
     name: str
     version: str
     aliases: list[str]
     created: str
     run_id: str | None
+    task: str | None
+    label: str | None
+    classes: list[str]
+    trainer: str | None
+    primary_metric: str | None
     metrics: dict[str, float]
     gates: dict[str, Gate]
     all_gates_passed: bool | None
@@ -69,6 +86,10 @@ class VersionView:
     deploy_reasons: list[str]
     previous_champion: str | None
     lineage: dict[str, str]
+
+    @property
+    def primary_value(self) -> float | None:
+        return self.metrics.get(self.primary_metric) if self.primary_metric else None
 
     @property
     def failed_gates(self) -> list[str]:
@@ -118,7 +139,7 @@ def view(version, model_aliases: dict[str, str]) -> VersionView:
         elif key.startswith(GATE_TAG_PREFIX) and key.endswith((".passed", ".reasons")):
             gate, field = key.removeprefix(GATE_TAG_PREFIX).rsplit(".", 1)
             gates.setdefault(gate, {})[field] = value
-        elif key not in (ALL_GATES_TAG, DEPLOY_STATUS_TAG, DEPLOY_REASONS_TAG, PREVIOUS_CHAMPION_TAG):
+        elif key not in _SHOWN_TAGS:
             lineage[key.removeprefix(TAG_PREFIX)] = value
     previous = tags.get(PREVIOUS_CHAMPION_TAG)
     return VersionView(
@@ -127,6 +148,11 @@ def view(version, model_aliases: dict[str, str]) -> VersionView:
         aliases=sorted(a for a, v in model_aliases.items() if v == number),
         created=_iso(version.creation_timestamp / 1000),
         run_id=version.run_id,
+        task=tags.get(TASK_TAG),
+        label=tags.get(LABEL_TAG),
+        classes=_json_list(tags.get(CLASSES_TAG)),
+        trainer=tags.get(TRAINER_TAG),
+        primary_metric=tags.get(PRIMARY_METRIC_TAG),
         metrics=metrics,
         gates={g: Gate(f.get("passed") == "true", _json_list(f.get("reasons"))) for g, f in gates.items()},
         all_gates_passed=None if ALL_GATES_TAG not in tags else tags[ALL_GATES_TAG] == "true",
@@ -331,7 +357,8 @@ def _gates_word(v: VersionView) -> str:
 
 
 def _model_json(m: ModelSummary) -> dict:
-    rows = [{"version": v.version, "aliases": v.aliases, "all_gates_passed": v.all_gates_passed,
+    rows = [{"version": v.version, "aliases": v.aliases, "task": v.task, "primary_metric": v.primary_metric,
+             "primary_value": v.primary_value, "all_gates_passed": v.all_gates_passed,
              "deploy_status": v.deploy_status, "created": v.created} for v in m.versions]
     return {"name": m.name, "aliases": m.aliases, "versions": rows}
 
@@ -342,14 +369,17 @@ def _list_text(models: list[ModelSummary], uri: str) -> str:
     lines = []
     for m in models:
         lines.append(f"{m.name}: " + (", ".join(f"{a} v{v}" for a, v in sorted(m.aliases.items())) or "no aliases"))
-        lines.append(f"  {'version':<8} {'aliases':<22} {'gates':<8} {'deploy':<12} created")
+        lines.append(f"  {'version':<8} {'aliases':<22} {'task':<11} {'primary metric':<22} {'gates':<8} {'deploy':<12} created")
         for v in m.versions:
-            lines.append(f"  {v.version:<8} {','.join(v.aliases) or '-':<22} {_gates_word(v):<8} {v.deploy_status or '-':<12} {v.created}")
+            lines.append(f"  {v.version:<8} {','.join(v.aliases) or '-':<22} {v.task or '-':<11} {_primary(v):<22} "
+                         f"{_gates_word(v):<8} {v.deploy_status or '-':<12} {v.created}")
     return "\n".join(lines)
 
 
 def _show_text(v: VersionView) -> str:
     lines = [f"{v.name} version {v.version}" + (f" ({', '.join(v.aliases)})" if v.aliases else "") + f", created {v.created}, run {v.run_id}"]
+    lines.append(f"task: {_task_words(v)}" + (f", trainer {v.trainer}" if v.trainer else ""))
+    lines.append(f"primary metric: {_primary(v)}")
     lines.append(f"gates: {_gates_word(v)}")
     lines += [f"  {name}: {'passed' if g.passed else 'failed'}" + (f" ({'; '.join(g.reasons)})" if g.reasons else "")
               for name, g in v.gates.items()]
@@ -360,10 +390,25 @@ def _show_text(v: VersionView) -> str:
     return "\n".join(lines)
 
 
+def _primary(v: VersionView) -> str:
+    if not v.primary_metric:
+        return "-"
+    return f"{v.primary_metric} {v.primary_value:.4g}" if v.primary_value is not None else f"{v.primary_metric} -"
+
+
+def _task_words(v: VersionView) -> str:
+    if v.task is None:
+        return "not recorded"
+    classes = f", classes {', '.join(v.classes)}" if v.classes else ""
+    return f"{v.task} (label {v.label}{classes})"
+
+
 def _compare_json(a: VersionView, b: VersionView, rows: list[MetricRow]) -> dict:
     return {
         "name": a.name,
         "versions": [a.version, b.version],
+        "tasks": [a.task, b.task],
+        "primary_metric": [a.primary_metric, b.primary_metric],
         "all_gates_passed": [a.all_gates_passed, b.all_gates_passed],
         "metrics": [{"metric": r.metric, a.version: r.a, b.version: r.b, "delta": r.delta} for r in rows],
     }
@@ -373,10 +418,14 @@ def _compare_text(a: VersionView, b: VersionView, rows: list[MetricRow]) -> str:
     def num(x: float | None, sign: str = "") -> str:
         return "-" if x is None else f"{x:{sign}.4f}"
 
-    width = max([len("metric"), *(len(r.metric) for r in rows)])
-    lines = [f"{a.name}: version {a.version} vs {b.version} (gates {_gates_word(a)} / {_gates_word(b)})"]
+    primary = {a.primary_metric, b.primary_metric} - {None}
+    rows = sorted(rows, key=lambda r: r.metric not in primary)  # the primary metric first, marked *
+    width = max([len("metric"), *(len(r.metric) + 2 for r in rows)])
+    lines = [f"{a.name}: version {a.version} vs {b.version} ({_task_words(a)} / {_task_words(b)}; "
+             f"gates {_gates_word(a)} / {_gates_word(b)})"]
     lines.append(f"  {'metric':<{width}}  {'v' + a.version:>10}  {'v' + b.version:>10}  {'delta':>10}")
-    lines += [f"  {r.metric:<{width}}  {num(r.a):>10}  {num(r.b):>10}  {num(r.delta, '+'):>10}" for r in rows]
+    lines += [f"  {r.metric + (' *' if r.metric in primary else ''):<{width}}  {num(r.a):>10}  {num(r.b):>10}  "
+              f"{num(r.delta, '+'):>10}" for r in rows]
     return "\n".join(lines) if rows else lines[0] + "\n  no metrics recorded on either version"
 
 

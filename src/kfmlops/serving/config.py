@@ -42,8 +42,13 @@ class ServingConfig(SettingsModel):
         "that arrived in the same event-loop turn (no added latency).",
     )
     parity_tolerance: float = Field(
-        default=1e-5, gt=0.0, description="Largest probability difference allowed between the served scorer and the model's "
-        "own PyTorch forward pass in the load-time self-check.",
+        default=1e-5, gt=0.0, description="Largest score difference allowed between the served path and the model's own "
+        "scores (its PyTorch forward pass, XGBoost or MLflow) in the load-time self-check: absolute for probabilities, "
+        "relative to the value for regression.",
+    )
+    decision_threshold: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="Binary task: P(positive) at or above which V2's 'label' output is the "
+        "positive class (the deploy stage sets it to evaluate.decision_threshold).",
     )
 
 
@@ -73,10 +78,13 @@ class InferenceServiceConfig(SettingsModel):
 
     name: str = Field(default="kfmlops-model", pattern=DNS_LABEL)
     namespace: str = Field(default="kubeflow", pattern=DNS_LABEL)
-    runtime: Literal["kfmlops", "mlflow"] = Field(
+    runtime: Literal["kfmlops", "mlflow", "sklearn", "xgboost"] = Field(
         default="kfmlops",
-        description="'kfmlops': our predictor image (custom container, V1 + V2 REST); 'mlflow': KServe's standard "
-        "mlflow model format on the MLServer runtime (V2 only; the runtime image must have kfmlops installed).",
+        description="'kfmlops': our predictor image (custom container, V1 + V2 REST, provenance verified, the "
+        "outputs of kfmlops.serving.outputs); else KServe's own runtime for that model format, given the model's "
+        "storageUri: 'mlflow' (MLServer, V2 only; a kfmlops bundle needs kfmlops in the runtime image), 'sklearn' "
+        "or 'xgboost' (the model needs that MLflow flavor). KServe's runtimes neither verify provenance nor answer "
+        "in kfmlops's output format.",
     )
     image: str = IMAGE
     service_account: str | None = Field(default=None, description="Needs read access to the model storage.")

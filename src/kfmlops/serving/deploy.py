@@ -1,23 +1,27 @@
 """Deploy: a registered model version in, validated and rolled out as a canary, promoted or rolled back.
 
 Consumes the test split Parquet (from :mod:`kfmlops.ingest`; the label column is dropped), the
-label's name, a :class:`~kfmlops.serving.config.DeployConfig` and the
+data's :class:`~kfmlops.tasks.Task`, a :class:`~kfmlops.serving.config.DeployConfig` and the
 :class:`~kfmlops.config.MlflowConfig` of the registry; produces a :class:`DeployResult` and tags
 the version with the outcome. No KFP here: the component wraps :func:`deploy`.
 
 1. **Resolve**: the version is ``config.model_version`` or the ``champion`` alias. If the alias is
    elsewhere, :func:`kfmlops.register.promote` moves it (recording ``kfmlops.previous_champion``).
    The previous champion is the rollback target.
-2. **Validate before push**: the candidate predictor runs as a local process; it gets the test
-   rows (p99 latency, error and rejection rates against the SLOs; every prediction within
-   ``max_prediction_diff`` of the registry model's own pyfunc) and a battery of malformed requests
-   (each must be a 4xx, and the predictor must still be ready afterwards). A failure ends here:
-   ``rejected``, and the alias goes back.
+2. **Validate before push**: the candidate predictor (ours, whatever the model's framework) runs
+   as a local process; it gets the test rows (p99 latency, error and rejection rates against the
+   SLOs; every row's served scores within ``max_prediction_diff`` of the registry model's own
+   scores, :func:`kfmlops.model_contract.load`, over the whole score vector:
+   :func:`~kfmlops.serving.outputs.score_diff`) and a battery of malformed requests (each must be a
+   4xx, and the predictor must still be ready afterwards). A model whose MLflow flavors do not fit
+   ``inference_service.runtime`` is refused here too. A failure ends here: ``rejected``, and the
+   alias goes back.
 3. **Canary**: the target (:mod:`kfmlops.serving.rollout`) puts the candidate up with
    ``canary_traffic_percent`` of the traffic (all of it on a first rollout) and the canary check
-   probes the candidate's own URL. Healthy: the candidate takes 100% (``promoted``). Unhealthy, or
-   a step failed: traffic goes back to the previous version and the ``champion`` alias back to the
-   previous champion (``rolled_back``).
+   probes the candidate's own URL (in the runtime's protocol; the scores are compared on our own
+   runtime only, since KServe's runtimes answer in their own format). Healthy: the candidate takes
+   100% (``promoted``). Unhealthy, or a step failed: traffic goes back to the previous version and
+   the ``champion`` alias back to the previous champion (``rolled_back``).
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ from kfmlops.register import (
     promote,
 )
 from kfmlops.serving.config import Check, DeployConfig
+from kfmlops.serving.inferenceservice import PROTOCOL, check_runtime
+from kfmlops.serving.outputs import score_diff
 from kfmlops.serving.probe import bad_requests, probe, send_bad_requests
 from kfmlops.serving.process import PredictorProcess, PredictorStartError
 from kfmlops.serving.rollout import KServeTarget, LocalTarget, RolloutTarget
+from kfmlops.tasks import Task
 
 log = logging.getLogger(__name__)
-
 
 
 class DeployError(RuntimeError):
@@ -83,9 +89,21 @@ class DeployResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What the deploy stage knows of the registry model: its own scores of the probe rows, the
+    signature of the columns it reads, whether our predictor knows its categories (a kfmlops
+    bundle), and why ``inference_service.runtime`` cannot serve it (None when it can)."""
+
+    scores: np.ndarray
+    signature: list[tuple[str, str, bool]]
+    knows_categories: bool
+    runtime_problem: str | None
+
+
 def deploy(
     test_path: str | Path,
-    label: str,
+    task: Task,
     config: DeployConfig,
     mlflow_config: MlflowConfig,
     provenance: ProvenanceConfig = ProvenanceConfig(),
@@ -96,8 +114,6 @@ def deploy(
     on a model whose signed provenance does not verify (the validation then fails).
     """
     import mlflow
-    import mlflow.models
-    import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
     from kfmlops.provenance import verify_key
@@ -121,7 +137,7 @@ def deploy(
         previous = None if tag == "none" else tag
 
     frame = pd.read_parquet(test_path)
-    frame = frame.drop(columns=[label]) if label in frame.columns else frame
+    frame = frame.drop(columns=[task.label]) if task.label in frame.columns else frame
     if frame.empty:
         raise DeployError(f"{test_path} has no rows to validate with")
     model_uri = f"models:/{name}/{version}"
@@ -131,9 +147,8 @@ def deploy(
                                  verify_key=verify_key(provenance)).launch()
     try:
         rows = max(config.validation.probe.rows, config.canary.probe.rows)
-        expected = np.asarray(mlflow.pyfunc.load_model(model_uri, suppress_warnings=True).predict(frame.head(rows)), dtype=np.float64)
-        signature = [(c.name, c.type.name, c.required)
-                     for c in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
+        reference = _reference(model_uri, task, frame.head(rows), config.inference_service.runtime)
+        expected = reference.scores
     except BaseException:
         candidate.stop()
         raise
@@ -145,6 +160,10 @@ def deploy(
         outcome = DeployResult(status, name, version, previous, champion, config.target, percent, validation, canary, steps, manifest)
         return _finish(client, outcome, (canary or validation).reasons)
 
+    if reference.runtime_problem is not None:
+        candidate.stop()
+        steps.append("validation failed: the model does not fit the configured runtime")
+        return result("rejected", CheckResult(False, [reference.runtime_problem], {}))
     try:
         candidate.wait_ready()
     except PredictorStartError as exc:
@@ -152,9 +171,10 @@ def deploy(
         return result("rejected", CheckResult(False, [str(exc)[-2000:]], {}))
     with candidate:
         battery = bad_requests(
-            signature, _first_valid_row(frame), max_rows=serving.max_rows, unseen_rejected=serving.unseen_categories == "reject"
+            reference.signature, _first_valid_row(frame), max_rows=serving.max_rows,
+            unseen_rejected=reference.knows_categories and serving.unseen_categories == "reject",
         )
-        validation = _check(candidate, name, frame, config.validation, expected, config.max_prediction_diff, battery)
+        validation = _check(candidate, name, frame, task, config.validation, expected, config.max_prediction_diff, battery)
         steps.append(f"validation {'passed' if validation.passed else 'failed'}")
         if not validation.passed:
             return result("rejected", validation)
@@ -170,7 +190,7 @@ def deploy(
                 poll_interval_s=config.poll_interval_s,
             )
 
-        canary, percent, rollout = _canary(target, version, name, frame, config, expected, steps)
+        canary, percent, rollout = _canary(target, version, name, frame, task, config, expected, steps)
     manifest = getattr(rollout, "manifest", None)
     if canary.passed:
         return result("promoted", validation, canary, percent, manifest)
@@ -185,10 +205,13 @@ def deploy(
 
 
 def _canary(
-    make_target, version: str, name: str, frame: pd.DataFrame, config: DeployConfig, expected: np.ndarray, steps: list[str]
+    make_target, version: str, name: str, frame: pd.DataFrame, task: Task, config: DeployConfig, expected: np.ndarray,
+    steps: list[str],
 ) -> tuple[CheckResult, int, RolloutTarget | None]:
     """Put the candidate up on the target, probe it, promote it when healthy: (the check, its share, the target)."""
     percent, target = config.canary_traffic_percent, None
+    runtime = config.inference_service.runtime if config.target == "kserve" else "kfmlops"
+    ours = runtime == "kfmlops"
     try:
         target = make_target()
         if target.live_version() is None:
@@ -196,7 +219,10 @@ def _canary(
             steps.append("first rollout: no previous version, so no canary split")
         url = target.start(version, percent)
         steps.append(f"canary: version {version} at {percent}% of traffic")
-        canary = _check_url(url, name, frame, config.canary, expected, config.max_prediction_diff)
+        if not ours:
+            steps.append(f"canary scores not compared: KServe's {runtime} runtime answers in its own format")
+        canary = _check_url(url, name, frame, task if ours else None, config.canary, expected, config.max_prediction_diff,
+                            PROTOCOL[runtime])
         steps.append(f"canary {'healthy' if canary.passed else 'unhealthy'}")
         if canary.passed:
             target.promote()
@@ -209,9 +235,32 @@ def _canary(
     return canary, 0, target
 
 
-def _check(candidate: PredictorProcess, name: str, frame: pd.DataFrame, check: Check, expected: np.ndarray, max_diff: float, battery) -> CheckResult:
+def _reference(model_uri: str, task: Task, rows: pd.DataFrame, runtime: str) -> Reference:
+    """The registry model's own scores of ``rows`` and what the checks need to know of it."""
+    import tempfile
+
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    from kfmlops import model_contract
+    from kfmlops.serving.schema import signature_of
+
+    with tempfile.TemporaryDirectory(prefix="kfmlops-deploy-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        loaded = model_contract.load(local, task)
+        mlmodel = Model.load(local)
+        scores = loaded.scores(rows)
+        knows_categories = model_contract.bundle_path(local) is not None
+    signature = signature_of(mlmodel) or [(c, "", True) for c in loaded.features]
+    if loaded.features:
+        signature = [entry for entry in signature if entry[0] in set(loaded.features)]
+    return Reference(scores, signature, knows_categories, check_runtime(runtime, mlmodel.flavors))
+
+
+def _check(candidate: PredictorProcess, name: str, frame: pd.DataFrame, task: Task, check: Check, expected: np.ndarray,
+           max_diff: float, battery) -> CheckResult:
     """The validation check: SLO probe and parity, then the malformed-request battery."""
-    result = _check_url(candidate.url, name, frame, check, expected, max_diff)
+    result = _check_url(candidate.url, name, frame, task, check, expected, max_diff)
     answers = send_bad_requests(candidate.url, name, battery)
     reasons = list(result.reasons)
     reasons += [f"bad request {a.case!r} answered {a.status}, not 4xx: {a.message[:200]}" for a in answers if not a.refused]
@@ -221,9 +270,11 @@ def _check(candidate: PredictorProcess, name: str, frame: pd.DataFrame, check: C
     return CheckResult(not reasons, reasons, result.probe, result.max_prediction_diff, answers_json)
 
 
-def _check_url(url: str, name: str, frame: pd.DataFrame, check: Check, expected: np.ndarray, max_diff: float) -> CheckResult:
-    """Probe ``url`` with test rows; judge latency, error and rejection rates and parity with ``expected``."""
-    report = probe(url, name, frame, check.probe)
+def _check_url(url: str, name: str, frame: pd.DataFrame, task: Task | None, check: Check, expected: np.ndarray,
+               max_diff: float, protocol: str = "v1") -> CheckResult:
+    """Probe ``url`` with test rows; judge latency, error and rejection rates and (with a ``task``) the
+    served scores against ``expected``."""
+    report = probe(url, name, frame, check.probe, task, protocol)
     slo, reasons = check.slo, []
     if report.requests == 0:
         reasons.append("no request completed within the probe's time")
@@ -233,8 +284,9 @@ def _check_url(url: str, name: str, frame: pd.DataFrame, check: Check, expected:
         reasons.append(f"error rate {report.error_rate:.2%} > {slo.max_error_rate:.2%} ({report.error_samples[:2]})")
     if report.rejected_rate > slo.max_rejected_rate:
         reasons.append(f"{report.rejected_rate:.2%} of test requests rejected > {slo.max_rejected_rate:.2%} ({report.error_samples[:2]})")
-    scored = ~np.isnan(report.predictions)
-    diff = float(np.max(np.abs(report.predictions[scored] - expected[: len(scored)][scored]))) if scored.any() else None
+    got = report.predictions
+    scored = ~np.isnan(got.reshape(len(got), -1)).any(axis=1)
+    diff = score_diff(task, got[scored], expected[: len(got)][scored]) if task is not None and scored.any() else None
     if diff is not None and diff > max_diff:
         reasons.append(f"predictions differ from the registry model's by up to {diff:.3g} > {max_diff}")
     return CheckResult(not reasons, reasons, report.summary(), diff)

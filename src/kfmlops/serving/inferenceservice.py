@@ -7,7 +7,9 @@ the registered model name and version (recorded as labels); produces the manifes
 - runtime ``kfmlops``: a custom predictor container running our image
   (``kfmlops serve --model-dir /mnt/models``, ``STORAGE_URI`` set, the provenance verify key from
   a Secret), with readiness/liveness probes;
-- runtime ``mlflow``: KServe's standard ``mlflow`` model format (served by MLServer, V2 protocol);
+- runtime ``mlflow``, ``sklearn`` or ``xgboost``: KServe's own runtime for that ``modelFormat``,
+  reading the model directory from ``storageUri`` (``mlflow`` on MLServer speaks V2 only; the
+  others V1). :func:`check_runtime` says whether a model's MLflow flavors fit the runtime;
 
 plus replicas and autoscaling (``scaleMetric``/``scaleTarget``), resources, ``canaryTrafficPercent``,
 the request/response logger, service account, node selector and tolerations. The tag-routing
@@ -29,6 +31,8 @@ MODEL_DIR = "/mnt/models"
 HTTP_PORT = 8080
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 VERSION_LABEL = "kfmlops.io/model-version"
+PROTOCOL = {"kfmlops": "v1", "mlflow": "v2", "sklearn": "v1", "xgboost": "v1"}
+"""The inference protocol the deploy stage probes each runtime with (ours speaks V1 and V2)."""
 NAME_LABEL = "kfmlops.io/registered-model"
 
 
@@ -61,8 +65,8 @@ def inference_service(
         predictor["containers"] = [_container(config, storage_uri, registered_model, model_version)]
     else:
         predictor["model"] = {
-            "modelFormat": {"name": "mlflow"},
-            "protocolVersion": "v2",
+            "modelFormat": {"name": config.runtime},
+            "protocolVersion": PROTOCOL[config.runtime],
             "storageUri": storage_uri,
             "resources": _resources(config),
         }
@@ -78,6 +82,15 @@ def inference_service(
         },
         "spec": {"predictor": predictor},
     }
+
+
+def check_runtime(runtime: str, flavors: dict) -> str | None:
+    """Why a model with these MLflow ``flavors`` (its MLmodel's) cannot run on ``runtime``; None when it can."""
+    needed = {"mlflow": "python_function", "sklearn": "sklearn", "xgboost": "xgboost"}.get(runtime)
+    if needed is None or needed in flavors:
+        return None
+    return (f"inference_service.runtime {runtime!r} serves models with the {needed!r} MLflow flavor; this model has "
+            f"{sorted(flavors)}: use runtime 'kfmlops' (any MLflow model)")
 
 
 def _container(config: InferenceServiceConfig, storage_uri: str, registered_model: str, model_version: str) -> dict:

@@ -1,18 +1,29 @@
-"""The KServe predictor: a kfmlops model from MLflow (or a local model directory) behind ``kserve.Model``.
+"""The KServe predictor: any kfmlops Model artifact from MLflow (or a local model directory) behind ``kserve.Model``.
 
 :func:`resolve_model` finds the model: a registry URI (``models:/NAME@ALIAS`` or
 ``models:/NAME/VERSION``; an alias is resolved to its version first, so a moving alias cannot
 change the model mid-load), any other MLflow artifact URI, or a local MLflow model directory such
-as the ``/mnt/models`` that KServe's storage initializer fills. :class:`Predictor` loads it once
-(the bundle named by the MLmodel file's ``python_function`` ``bundle`` artifact, and the
-signature), verifies the bundle's signed provenance (:func:`kfmlops.provenance.verify`: signature,
-file digests, every gate passed) when given the verify key, compiles the network (:mod:`kfmlops.serving.scorer`) and checks the compiled pass
-against the PyTorch model before it reports ready.
+as the ``/mnt/models`` that KServe's storage initializer fills. :class:`Predictor` loads it once:
 
-``predict`` takes KServe's decoded V1 body (``{"instances": [...]}``) or V2 ``InferRequest``
-(one input per column) and answers ``{"predictions": [p, ...]}`` or an ``InferResponse`` with one
-``probability`` output (FP64), ``p = P(label = 1)`` per row. Invalid input raises
-:class:`~kfmlops.serving.schema.RequestRejected` (a 4xx naming the field).
+1. verifies the signed provenance of the whole model directory when given the verify key
+   (:func:`kfmlops.provenance.verify`: signature, the digest of every file, no file missing or
+   added, every gate passed) before it reads any of it;
+2. reads the task and features from the MLmodel's kfmlops metadata
+   (:mod:`kfmlops.model_contract`) and builds the request checks from its signature
+   (:mod:`kfmlops.serving.schema`);
+3. picks a scorer (:mod:`kfmlops.serving.scorer`): a ``tabular-net`` bundle runs as a compiled
+   NumPy forward pass (checked against the PyTorch model on random inputs), a ``gbdt`` bundle as
+   XGBoost's ``inplace_predict`` on the encoded matrix, any other MLflow model (sklearn, xgboost,
+   a custom pyfunc...) through :meth:`LoadedModel.scores <kfmlops.model_contract.LoadedModel.scores>`;
+4. checks the request path end to end on the model's input example against the model's own scores
+   (:func:`~kfmlops.serving.outputs.score_diff` within ``serving.parity_tolerance``) before it
+   reports ready.
+
+``predict`` takes KServe's decoded V1 body (``{"instances": [...]}``) or V2 ``InferRequest`` (one
+input per column), scores the rows (micro-batched with ``serving.micro_batching``) and answers with
+the task's outputs (:mod:`kfmlops.serving.outputs`: V1 P(positive), ``{class: probability}`` or the
+value per row; V2 ``probability``/``probabilities`` and ``label``, or ``value``). Invalid input
+raises :class:`~kfmlops.serving.schema.RequestRejected` (a 4xx naming the field).
 """
 
 from __future__ import annotations
@@ -22,23 +33,27 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import kserve
 import numpy as np
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+import pandas as pd
+from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from kfmlops.serving.batching import MicroBatcher
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.metrics import BATCH_ROWS, MODEL_INFO, REQUEST_ROWS
+from kfmlops.serving.outputs import output_types, score_diff, v1_predictions, v2_outputs
 from kfmlops.serving.schema import RequestSchema
-from kfmlops.serving.scorer import CompiledNet, check_parity, random_inputs
+from kfmlops.tasks import Task
 
 log = logging.getLogger(__name__)
 
 REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?")
-OUTPUT = "probability"
+GENERIC = "pyfunc"
+"""The served kind of a model that is not a kfmlops bundle."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,10 @@ class ModelSource:
 
 
 def resolve_model(source: str, tracking_uri: str | None = None, download_dir: str | Path | None = None) -> ModelSource:
-    """A model URI or local directory -> a local MLflow model directory (downloaded when remote)."""
+    """A model URI or local directory -> a local MLflow model directory (downloaded when remote).
+
+    A registry version is downloaded from its source (the run's artifacts), exactly the files that
+    were signed: MLflow's ``models:/`` download would add a file of its own."""
     local = Path(source.removeprefix("file://"))
     if "://" not in source.removeprefix("file://") and ":/" not in source.removeprefix("file://"):
         if not (local / "MLmodel").is_file():
@@ -76,8 +94,84 @@ def resolve_model(source: str, tracking_uri: str | None = None, download_dir: st
     return ModelSource(source, Path(path), name, version, temporary=None if download_dir else dst)
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A model ready to serve: ``encode(columns) -> arrays`` and ``score(*arrays) -> scores``.
+
+    ``kind``: ``tabular-net``, ``gbdt`` or ``pyfunc``; ``reference(frame)``: the model's own scores
+    (its PyTorch / XGBoost / MLflow path), which the served path must match; ``parity``: the largest
+    difference the load-time checks found."""
+
+    kind: str
+    task: Task
+    schema: RequestSchema
+    encode: Callable[..., tuple[np.ndarray, ...]]
+    score: Callable[..., np.ndarray]
+    reference: Callable[[pd.DataFrame], np.ndarray]
+    parity: float = 0.0
+
+
+def load_served(model_dir: Path, config: ServingConfig) -> ServedModel:
+    """Build the :class:`ServedModel` of an MLflow model directory (already verified) and check the
+    request path on its input example; a ValueError says what does not fit."""
+    from mlflow.models import Model
+
+    from kfmlops import model_contract
+
+    info = model_contract.read_info(model_dir)
+    if info is None:
+        raise ValueError(
+            f"{model_dir}/MLmodel has no kfmlops metadata (metadata.{model_contract.METADATA_KEY}), so its task is "
+            "unknown: register it through kfmlops (the import_model step records the task)"
+        )
+    mlmodel = Model.load(str(model_dir))
+    bundle_dir = model_contract.bundle_path(model_dir)
+    served = _bundle(bundle_dir, mlmodel, config) if bundle_dir else _generic(model_dir, mlmodel, info.task, config)
+    example = mlmodel.load_input_example(str(model_dir))
+    if example is None:
+        return served
+    example = pd.DataFrame(example)
+    got = served.score(*served.encode(served.schema.columns_from_v1({"instances": records(example)})))
+    diff = max(served.parity, score_diff(served.task, got, served.reference(example)))
+    if diff > config.parity_tolerance:
+        raise ValueError(
+            f"served scores differ from the model's own by {diff:.3g} on its input example "
+            f"(> serving.parity_tolerance {config.parity_tolerance})"
+        )
+    return ServedModel(served.kind, served.task, served.schema, served.encode, served.score, served.reference, diff)
+
+
+def _bundle(bundle_dir: Path, mlmodel, config: ServingConfig) -> ServedModel:
+    from kfmlops.serving.schema import BundleEncoder, signature_of
+    from kfmlops.serving.scorer import CompiledNet, GbdtScorer, check_parity, random_inputs
+    from kfmlops.train.bundles import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    schema = RequestSchema.for_bundle(bundle.preprocessor, signature_of(mlmodel), config.max_rows)
+    encode = BundleEncoder(bundle.preprocessor, schema, config.unseen_categories)
+
+    def reference(frame: pd.DataFrame) -> np.ndarray:
+        return bundle.scores({c: frame[c].to_numpy() for c in frame.columns})
+
+    if bundle.kind == "tabular-net":
+        net = CompiledNet.of(bundle)
+        diff = check_parity(net, bundle.net, *random_inputs(bundle.net, 256), config.parity_tolerance)
+        return ServedModel(bundle.kind, bundle.task, schema, encode, net, reference, diff)
+    return ServedModel(bundle.kind, bundle.task, schema, encode, GbdtScorer(bundle), reference)
+
+
+def _generic(model_dir: Path, mlmodel, task: Task, config: ServingConfig) -> ServedModel:
+    from kfmlops import model_contract
+    from kfmlops.serving.schema import FrameEncoder, signature_of
+    from kfmlops.serving.scorer import ModelScorer
+
+    loaded = model_contract.load(model_dir, task)
+    schema = RequestSchema.for_model(signature_of(mlmodel), loaded.features, config.max_rows)
+    return ServedModel(GENERIC, task, schema, FrameEncoder(schema), ModelScorer(loaded, schema.features), loaded.scores)
+
+
 class Predictor(kserve.Model):
-    """``kserve.Model`` serving one kfmlops model (see the module docstring)."""
+    """``kserve.Model`` serving one kfmlops Model artifact (see the module docstring)."""
 
     def __init__(
         self, name: str, source: str, config: ServingConfig, tracking_uri: str | None = None, verify_key: bytes | None = None
@@ -88,8 +182,7 @@ class Predictor(kserve.Model):
         self.config = config
         self.tracking_uri = tracking_uri
         self.source: ModelSource | None = None
-        self.schema: RequestSchema | None = None
-        self.net: CompiledNet | None = None
+        self.served: ServedModel | None = None
         self._rows = REQUEST_ROWS.labels(name)
         self._batcher: MicroBatcher | None = None
 
@@ -104,61 +197,40 @@ class Predictor(kserve.Model):
         return self.ready
 
     def _load(self, model_dir: Path) -> None:
-        from mlflow.models import Model
-
         from kfmlops.provenance import verify
-        from kfmlops.pyfunc import BUNDLE_ARTIFACT
-        from kfmlops.train.model import ModelBundle
 
-        mlmodel = Model.load(model_dir)
-        try:
-            bundle_path = mlmodel.flavors["python_function"]["artifacts"][BUNDLE_ARTIFACT]["path"]
-        except KeyError:
-            raise ValueError(f"{model_dir}/MLmodel has no python_function '{BUNDLE_ARTIFACT}' artifact") from None
         if self.verify_key is not None:  # signature, file digests and gate verdicts, before any byte is loaded
-            verify(model_dir / bundle_path, self.verify_key)
+            verify(model_dir, self.verify_key)
         else:
             log.warning("serving %s without verifying its provenance", self.source.uri)
-        bundle = ModelBundle.load(model_dir / bundle_path)
-        signature = None
-        if mlmodel.signature is not None:
-            signature = [(c.name, c.type.name, c.required) for c in mlmodel.signature.inputs.inputs]
-        self.schema = RequestSchema.from_model(
-            bundle.preprocessor, signature, self.config.unseen_categories, self.config.max_rows
-        )
-        self.net = CompiledNet(bundle.net)
-        diff = check_parity(self.net, bundle.net, *random_inputs(bundle.net, 256), self.config.parity_tolerance)
-        example = mlmodel.load_input_example(model_dir)
-        if example is not None:  # the request path end to end, against the bundle's own predict_proba
-            columns = self.schema.columns_from_v1({"instances": records(example)})
-            expected = bundle.predict_proba({c: example[c].to_numpy() for c in example.columns})
-            diff = max(diff, float(np.max(np.abs(self.net(*self.schema.encode(columns)) - expected))))
-            if diff > self.config.parity_tolerance:
-                raise ValueError(f"served predictions differ from the model's by {diff:.3g} on its input example")
+        self.served = load_served(model_dir, self.config)
         if self.config.micro_batching:
             batch_rows = BATCH_ROWS.labels(self.name)
             self._batcher = MicroBatcher(
-                self.net, self.config.batch_max_rows, self.config.batch_wait_ms / 1000, batch_rows.observe
+                self.served.score, self.config.batch_max_rows, self.config.batch_wait_ms / 1000, batch_rows.observe
             )
         MODEL_INFO.labels(self.name, self.source.registered_model or "", self.source.version or "").set(1)
-        log.info("loaded %s (version %s) as %r; compiled pass within %.2g of PyTorch", self.source.uri, self.source.version, self.name, diff)
+        log.info("loaded %s (version %s) as %r: a %s %s model; served path within %.2g of the model's own",
+                 self.source.uri, self.source.version, self.name, self.served.task.kind, self.served.kind,
+                 self.served.parity)
 
     async def predict(self, payload, headers=None, response_headers=None):
+        served = self.served
         v2 = isinstance(payload, InferRequest)
-        columns = self.schema.columns_from_v2(payload.inputs) if v2 else self.schema.columns_from_v1(payload)
-        codes, numbers = self.schema.encode(columns)
-        self._rows.observe(len(codes))
-        probabilities = await self._batcher.score(codes, numbers) if self._batcher else self.net(codes, numbers)
+        columns = served.schema.columns_from_v2(payload.inputs) if v2 else served.schema.columns_from_v1(payload)
+        arrays = served.encode(columns)
+        self._rows.observe(len(arrays[0]))
+        scores = await self._batcher.score(*arrays) if self._batcher else served.score(*arrays)
         if v2:
-            output = InferOutput(OUTPUT, [len(probabilities)], "FP64", probabilities.tolist())
-            return InferResponse(payload.id or str(uuid.uuid4()), self.name, [output])
-        return {"predictions": probabilities.tolist()}
+            outputs = v2_outputs(served.task, scores, self.config.decision_threshold)
+            return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs)
+        return {"predictions": v1_predictions(served.task, scores)}
 
     def get_input_types(self) -> list[dict]:
-        return self.schema.input_types()
+        return self.served.schema.input_types()
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": OUTPUT, "datatype": "FP64", "shape": [-1]}]
+        return output_types(self.served.task)
 
 
 def records(frame) -> list[dict]:

@@ -1,9 +1,11 @@
 """Probing a running predictor: SLO traffic from the test split, and a battery of malformed requests.
 
 :func:`probe` consumes a predictor's base URL, the model name, test rows (a DataFrame of the
-feature columns) and a :class:`~kfmlops.serving.config.Probe`; it sends the rows as V1 requests
-from ``concurrency`` concurrent clients, bounded in count and time, and produces a
-:class:`ProbeReport` (status counts, p50/p99 latency, and each row's prediction).
+feature columns), a :class:`~kfmlops.serving.config.Probe`, the model's task and the protocol; it
+sends the rows as V1 (or V2, :func:`v2_body`) requests from ``concurrency`` concurrent clients,
+bounded in count and time, and produces a :class:`ProbeReport` (status counts, p50/p99 latency, and
+each row's scores read back from kfmlops's outputs, :mod:`kfmlops.serving.outputs`; without a task,
+as for KServe's own runtimes, the answers are not read).
 
 :func:`bad_requests` builds requests that a correct predictor must refuse with a 4xx (missing
 column, wrong type, unseen category, null in a required column, empty and oversized batches,
@@ -22,14 +24,18 @@ import orjson
 import pandas as pd
 
 from kfmlops.serving.config import Probe
+from kfmlops.serving.outputs import scores_from_v1, scores_from_v2
 from kfmlops.serving.predictor import records
+from kfmlops.serving.schema import NUMERIC_TYPES
+from kfmlops.tasks import Task
 
 JSON = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True)
 class ProbeReport:
-    """What a predictor answered to the probe; ``predictions`` has one entry per row (NaN if not scored)."""
+    """What a predictor answered to the probe; ``predictions``: the scores of each row (``[n, K]`` or
+    ``[n]``; NaN where a row was not scored or its answer not read)."""
 
     requests: int
     rows: int
@@ -44,6 +50,7 @@ class ProbeReport:
 
     @property
     def error_rate(self) -> float:
+        """5xx answers, transport errors and 200 answers that are not the task's outputs, per request."""
         return self.errors / self.requests if self.requests else 1.0
 
     @property
@@ -65,22 +72,52 @@ class ProbeReport:
         }
 
 
-def probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe) -> ProbeReport:
-    """Send ``frame``'s first ``config.rows`` rows to ``url`` as V1 requests; see the module docstring."""
-    return asyncio.run(_probe(url, model_name, frame.head(config.rows), config))
+def probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe, task: Task | None, protocol: str = "v1") -> ProbeReport:
+    """Send ``frame``'s first ``config.rows`` rows to ``url``; see the module docstring."""
+    return asyncio.run(_probe(url, model_name, frame.head(config.rows).reset_index(drop=True), config, task, protocol))
 
 
-async def _probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe) -> ProbeReport:
-    rows = records(frame)
+def v2_body(frame: pd.DataFrame) -> dict:
+    """An Open Inference request for ``frame``: one tensor per column (BYTES for text, INT64, FP64 or
+    BOOL by the column's dtype; missing values as null)."""
+    inputs = []
+    for column in frame.columns:
+        kind = frame[column].dtype.kind
+        datatype = {"i": "INT64", "u": "INT64", "f": "FP64", "b": "BOOL"}.get(kind, "BYTES")
+        values = frame[column].astype(object).where(frame[column].notna(), None).tolist()
+        inputs.append({"name": column, "shape": [len(frame)], "datatype": datatype, "data": values})
+    return {"inputs": inputs}
+
+
+async def _probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe, task: Task | None, protocol: str) -> ProbeReport:
     step = config.rows_per_request
-    chunks = [(start, orjson.dumps({"instances": rows[start : start + step]})) for start in range(0, len(rows), step)]
-    predictions = np.full(len(rows), np.nan)
+    if protocol == "v2":
+        path = f"/v2/models/{model_name}/infer"
+        chunks = [(start, orjson.dumps(v2_body(frame.iloc[start : start + step]))) for start in range(0, len(frame), step)]
+    else:
+        path = f"/v1/models/{model_name}:predict"
+        rows = records(frame)
+        chunks = [(start, orjson.dumps({"instances": rows[start : start + step]})) for start in range(0, len(rows), step)]
+    width = (len(frame), len(task.classes)) if task is not None and task.is_classification else (len(frame),)
+    predictions = np.full(width, np.nan)
     latencies: list[float] = []
     counts = {"ok": 0, "rejected": 0, "errors": 0}
     samples: list[str] = []
     deadline = time.monotonic() + config.timeout_s
     pending = iter(chunks)
-    path = f"/v1/models/{model_name}:predict"
+
+    def read(start: int, response: httpx.Response) -> bool:
+        """Record the answer's scores; False (an error) when it is not kfmlops's output for the task."""
+        if task is None:
+            return True
+        try:
+            body = response.json()
+            scored = scores_from_v2(task, body["outputs"]) if protocol == "v2" else scores_from_v1(task, body["predictions"])
+        except (KeyError, TypeError, ValueError) as exc:
+            samples.append(f"unreadable answer: {type(exc).__name__}: {exc}")
+            return False
+        predictions[start : start + len(scored)] = scored
+        return True
 
     async def worker(client: httpx.AsyncClient) -> None:
         for start, body in pending:
@@ -95,9 +132,7 @@ async def _probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe) 
                 continue
             latencies.append(time.perf_counter() - began)
             if response.status_code == 200:
-                counts["ok"] += 1
-                scored = response.json()["predictions"]
-                predictions[start : start + len(scored)] = scored
+                counts["ok" if read(start, response) else "errors"] += 1
             else:
                 counts["rejected" if response.status_code < 500 else "errors"] += 1
                 samples.append(f"{response.status_code}: {response.text[:300]}")
@@ -111,7 +146,7 @@ async def _probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe) 
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99)) if latencies else (float("nan"),) * 2
     return ProbeReport(
         requests=sent,
-        rows=min(len(rows), sent * step),
+        rows=min(len(frame), sent * step),
         ok=counts["ok"],
         rejected=counts["rejected"],
         errors=counts["errors"],
@@ -145,9 +180,11 @@ class BadRequestResult:
 def bad_requests(
     signature: list[tuple[str, str, bool]], row: dict, *, max_rows: int, unseen_rejected: bool = True
 ) -> list[BadRequest]:
-    """Requests a predictor must refuse, built from the signature (``[(name, type, required)]``) and a valid row."""
-    numeric = next((name for name, type_, _ in signature if type_ != "string"), None)
-    required_numeric = next((name for name, type_, required in signature if type_ != "string" and required), None)
+    """Requests a predictor must refuse, built from the signature (``[(name, type, required)]``, the
+    columns the model reads) and a valid row; ``unseen_rejected``: the predictor knows the categories
+    (a kfmlops bundle with ``serving.unseen_categories: reject``)."""
+    numeric = next((name for name, type_, _ in signature if type_ in NUMERIC_TYPES), None)
+    required_numeric = next((name for name, type_, required in signature if type_ in NUMERIC_TYPES and required), None)
     categorical = next((name for name, type_, _ in signature if type_ == "string"), None)
 
     def v1(rows) -> bytes:

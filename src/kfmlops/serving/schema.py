@@ -1,21 +1,28 @@
 """The served model's input contract: request payloads in, checked and encoded feature arrays out.
 
-A :class:`RequestSchema` is built once, at load time, from the model's fitted
-:class:`~kfmlops.train.preprocess.Preprocessor` (vocabularies, imputation and scaling) and its
-MLflow signature (column order and which columns are required). It turns
+A :class:`RequestSchema` is built once, at load time, from the model's MLflow signature (column
+order, types, which columns are required) and the features the model reads. It turns
 
 - V1 ``instances`` (a list of objects keyed by column, or a list of value lists in signature order),
-- V2 / Open Inference ``inputs`` (one input tensor per column, ``BYTES`` for categorical columns),
+- V2 / Open Inference ``inputs`` (one input tensor per column, ``BYTES`` for string columns),
 
-into the arrays the network takes: ``(int64 codes [n, n_categorical], float32 values [n, n_numeric])``,
-with exactly the numbers :meth:`Preprocessor.transform` produces. Work is per column over the whole
-batch; no DataFrame is built.
+into ``{feature: values}``, checking presence, shape and size. An encoder then turns those columns
+into the arrays the model's scorer takes (:mod:`kfmlops.serving.scorer`), checking each value:
+
+- :class:`BundleEncoder` (kfmlops bundles, ``tabular-net`` and ``gbdt``): ``(int64 codes [n,
+  n_categorical], float32 values [n, n_numeric])``, exactly the numbers the bundle's fitted
+  :meth:`Preprocessor.transform <kfmlops.train.preprocess.Preprocessor.transform>` produces; work is
+  per column over the whole batch, no DataFrame is built. Nulls are allowed in categorical columns
+  (the model has a missing bucket) and in numeric columns the signature marks optional
+  (``required: false``; imputed with the train median); an unseen category is refused or scored
+  as unknown (``serving.unseen_categories``).
+- :class:`FrameEncoder` (any other MLflow model): one array per feature, strings for ``string``
+  columns, numbers for numeric ones (int64 for ``long``/``integer`` columns given whole numbers),
+  as given for other types; nulls only in columns the signature marks optional.
 
 Every problem raises :class:`RequestRejected`, whose message names the column (and row): a missing
 column, a value of the wrong type, an unseen category, a null where none is allowed, an empty or
-oversized batch. Nulls are allowed in categorical columns (the model has a missing bucket) and in
-numeric columns the signature marks optional (``required: false``; imputed with the train median);
-optional columns may also be left out.
+oversized batch. Optional columns may be left out.
 """
 
 from __future__ import annotations
@@ -30,15 +37,20 @@ from kserve.errors import InvalidInput
 from kfmlops.train.preprocess import Preprocessor
 
 NUMERIC_TYPES = {"long", "integer", "double", "float"}
+INTEGER_TYPES = {"long", "integer"}
 V2_NUMERIC = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"}
 _NUMBER = {int, float}
+
+Signature = list[tuple[str, str, bool]]
+"""A model signature's inputs as ``[(column, MLflow type name, required)]``."""
 
 
 class RequestRejected(InvalidInput):
     """A request the model cannot score: ``status`` is the HTTP answer, ``kind`` a metric label.
 
     Kinds: ``malformed``, ``empty``, ``too_large``, ``missing_column``, ``wrong_type``,
-    ``unseen_category``, ``missing_value``.
+    ``unseen_category``, ``missing_value``, ``refused_by_model`` (the model's own input checks,
+    e.g. MLflow's schema enforcement, refused the rows).
     """
 
     def __init__(self, message: str, kind: str, status: int = HTTPStatus.BAD_REQUEST):
@@ -49,64 +61,82 @@ class RequestRejected(InvalidInput):
 
 @dataclass(frozen=True)
 class Column:
-    """One signature column: ``kind`` is ``categorical``, ``numeric`` or ``unused`` (not a model feature)."""
+    """One signature column: ``kind`` is ``string``, ``numeric``, ``any`` (checked by the model
+    itself) or ``unused`` (not a model feature); ``type`` is the MLflow type name."""
 
     name: str
     kind: str
+    type: str
     required: bool
     nullable: bool
 
 
-class RequestSchema:
-    """Checks request columns against the model and encodes them (see the module docstring)."""
+def signature_of(mlmodel) -> Signature | None:
+    """An ``mlflow.models.Model``'s column signature, or None when it has none (or a tensor one)."""
+    signature = mlmodel.signature
+    if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
+        return None
+    return [(c.name, c.type.name, c.required) for c in signature.inputs.inputs]
 
-    def __init__(self, preprocessor: Preprocessor, columns: list[Column], unseen: str, max_rows: int):
-        self.preprocessor = preprocessor
+
+class RequestSchema:
+    """Checks request columns against the model's signature (see the module docstring)."""
+
+    def __init__(self, columns: list[Column], features: list[str], max_rows: int):
         self.columns = columns
-        self.unseen = unseen
+        self.features = features
         self.max_rows = max_rows
         self.names = [c.name for c in columns]
-        by_name = {c.name: c for c in columns}
-        self._categorical = [(by_name[f.name], _lookup(f.vocabulary)) for f in preprocessor.categorical]
-        numeric = preprocessor.numeric
-        self._numeric = [by_name[f.name] for f in numeric]
-        self._nullable = np.array([c.nullable for c in self._numeric], dtype=bool)
-        self._median = np.array([f.median for f in numeric], dtype=np.float64)
-        self._log = np.array([f.log for f in numeric], dtype=bool)
-        self._mean = np.array([f.mean for f in numeric], dtype=np.float64)
-        self._std = np.array([f.std for f in numeric], dtype=np.float64)
+        self.by_name = {c.name: c for c in columns}
 
     @classmethod
-    def from_model(
-        cls, preprocessor: Preprocessor, signature_inputs: list[tuple[str, str, bool]] | None, unseen: str, max_rows: int
-    ) -> "RequestSchema":
-        """Columns from the signature (``[(name, mlflow type, required)]``), else the model's features."""
+    def for_bundle(cls, preprocessor: Preprocessor, signature: Signature | None, max_rows: int) -> "RequestSchema":
+        """Columns of a kfmlops bundle: kinds from its preprocessor, order and ``required`` from the
+        signature (else the features, all required)."""
         categorical = {f.name for f in preprocessor.categorical}
         numeric = {f.name for f in preprocessor.numeric}
-        if signature_inputs is None:
-            signature_inputs = [(n, "string" if n in categorical else "double", True) for n in preprocessor.feature_names]
-        columns, seen = [], set()
-        for name, type_, required in signature_inputs:
-            seen.add(name)
+        if signature is None:
+            signature = [(n, "string" if n in categorical else "double", True) for n in preprocessor.feature_names]
+        columns = []
+        for name, type_, required in signature:
             if name in categorical:
                 if type_ != "string":
                     raise ValueError(f"signature column {name!r} is {type_} but the model encodes it as categorical")
-                columns.append(Column(name, "categorical", required, True))
+                columns.append(Column(name, "string", type_, required, True))
             elif name in numeric:
                 if type_ not in NUMERIC_TYPES:
                     raise ValueError(f"signature column {name!r} is {type_} but the model scales it as numeric")
-                columns.append(Column(name, "numeric", required, not required))
+                columns.append(Column(name, "numeric", type_, required, not required))
             else:
-                columns.append(Column(name, "unused", required, True))
-        absent = [n for n in preprocessor.feature_names if n not in seen]
+                columns.append(Column(name, "unused", type_, required, True))
+        absent = [n for n in preprocessor.feature_names if n not in {c.name for c in columns}]
         if absent:
             raise ValueError(f"the model's features {absent} are not in its signature")
-        return cls(preprocessor, columns, unseen, max_rows)
+        return cls(columns, preprocessor.feature_names, max_rows)
+
+    @classmethod
+    def for_model(cls, signature: Signature | None, features: list[str], max_rows: int) -> "RequestSchema":
+        """Columns of any other model: kinds from the signature's types; the model reads ``features``
+        (its kfmlops metadata; empty: every signature column). Without a signature every feature is
+        required and of kind ``any``."""
+        if signature is None:
+            if not features:
+                raise ValueError("the model has neither a column signature nor a feature list: its inputs are unknown")
+            return cls([Column(n, "any", "", True, True) for n in features], list(features), max_rows)
+        used = set(features or [name for name, *_ in signature])
+        absent = [n for n in features if n not in {name for name, *_ in signature}]
+        if absent:
+            raise ValueError(f"the model's features {absent} are not in its signature")
+        columns = [
+            Column(name, _kind(type_) if name in used else "unused", type_, required, not required)
+            for name, type_, required in signature
+        ]
+        return cls(columns, [c.name for c in columns if c.kind != "unused"], max_rows)
 
     # ---- payloads -> columns -------------------------------------------------------------------
 
     def columns_from_v1(self, payload: object) -> dict[str, Sequence]:
-        """``{"instances": [...]}`` -> ``{column: values}``; rows are objects or lists in signature order."""
+        """``{"instances": [...]}`` -> ``{feature: values}``; rows are objects or lists in signature order."""
         if not isinstance(payload, dict) or "instances" not in payload:
             raise RequestRejected('the body must be a JSON object with an "instances" list', "malformed")
         rows = payload["instances"]
@@ -124,7 +154,7 @@ class RequestSchema:
         )
 
     def columns_from_v2(self, inputs: Sequence) -> dict[str, Sequence]:
-        """Open Inference ``inputs`` (one tensor per column, shape ``[n]`` or ``[n, 1]``) -> ``{column: values}``."""
+        """Open Inference ``inputs`` (one tensor per column, shape ``[n]`` or ``[n, 1]``) -> ``{feature: values}``."""
         if not inputs:
             raise RequestRejected('"inputs" is empty: send one input per column', "empty")
         by_name = {tensor.name: tensor for tensor in inputs}
@@ -148,17 +178,11 @@ class RequestSchema:
                 self._check_size(n, f"input {column.name!r}")
             elif len(values) != n:
                 raise RequestRejected(f"input {column.name!r} has {len(values)} values; other inputs have {n}", "malformed")
-            expected = "BYTES" if column.kind == "categorical" else "a numeric datatype (INT64, FP64, ...)"
-            if (tensor.datatype == "BYTES") != (column.kind == "categorical") or (
-                column.kind == "numeric" and tensor.datatype not in V2_NUMERIC
-            ):
-                raise RequestRejected(
-                    f"input {column.name!r} has datatype {tensor.datatype}; expected {expected}", "wrong_type"
-                )
+            _check_datatype(column, tensor.datatype)
             columns[column.name] = values
         if n is None:
             raise RequestRejected("no input carries a model feature", "empty")
-        return {name: columns.get(name, [None] * n) for name in self.preprocessor.feature_names}
+        return {name: columns.get(name, [None] * n) for name in self.features}
 
     def _check_size(self, n: int, where: str) -> None:
         if n == 0:
@@ -172,10 +196,8 @@ class RequestSchema:
 
     def _from_objects(self, rows: list) -> dict[str, Sequence]:
         columns = {}
-        for column in self.columns:
-            if column.kind == "unused":
-                continue
-            name = column.name
+        for name in self.features:
+            column = self.by_name[name]
             try:
                 columns[name] = [row[name] for row in rows] if column.required else [row.get(name) for row in rows]
             except (KeyError, TypeError, AttributeError):
@@ -199,13 +221,33 @@ class RequestSchema:
                 raise RequestRejected(
                     f"instances[{i}] has {got}; a list row takes {width} values in the order {self.names}", "malformed"
                 )
-        by_position = list(zip(*rows))
-        return {c.name: by_position[j] for j, c in enumerate(self.columns) if c.kind != "unused"}
+        by_position = dict(zip(self.names, zip(*rows)))
+        return {name: by_position[name] for name in self.features}
 
-    # ---- columns -> arrays ---------------------------------------------------------------------
+    # ---- V2 metadata ---------------------------------------------------------------------------
 
-    def encode(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
-        """Checked columns -> (int64 codes ``[n, n_categorical]``, float32 values ``[n, n_numeric]``)."""
+    def input_types(self) -> list[dict]:
+        """V2 model metadata: one tensor per signature column."""
+        datatype = {"numeric": "FP64", "string": "BYTES"}
+        return [{"name": c.name, "datatype": datatype.get(c.kind, "BYTES"), "shape": [-1]} for c in self.columns]
+
+
+class BundleEncoder:
+    """Checked columns -> ``(int64 codes [n, n_categorical], float32 values [n, n_numeric])`` as the
+    bundle's preprocessor encodes them; ``unseen``: ``reject`` or ``unknown`` (the missing bucket)."""
+
+    def __init__(self, preprocessor: Preprocessor, schema: RequestSchema, unseen: str):
+        self.unseen = unseen
+        self._categorical = [(schema.by_name[f.name], _lookup(f.vocabulary)) for f in preprocessor.categorical]
+        numeric = preprocessor.numeric
+        self._numeric = [schema.by_name[f.name] for f in numeric]
+        self._nullable = np.array([c.nullable for c in self._numeric], dtype=bool)
+        self._median = np.array([f.median for f in numeric], dtype=np.float64)
+        self._log = np.array([f.log for f in numeric], dtype=bool)
+        self._mean = np.array([f.mean for f in numeric], dtype=np.float64)
+        self._std = np.array([f.std for f in numeric], dtype=np.float64)
+
+    def __call__(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
         n = len(next(iter(columns.values())))
         codes = np.empty((n, len(self._categorical)), dtype=np.int64)
         for j, (column, lookup) in enumerate(self._categorical):
@@ -216,23 +258,8 @@ class RequestSchema:
                 codes[:, j] = self._codes_slow(column, lookup, values)
         raw = np.empty((n, len(self._numeric)), dtype=np.float64)
         for j, column in enumerate(self._numeric):
-            values = columns[column.name]
-            if not set(map(type, values)) <= _NUMBER:
-                values = _numbers_slow(column, values)
-            try:
-                raw[:, j] = values
-            except OverflowError:
-                raise RequestRejected(f"column {column.name!r}: a value is too large for a float", "wrong_type") from None
-        missing = np.isnan(raw)
-        if missing.any() and (missing & ~self._nullable).any():
-            i, j = (int(k[0]) for k in np.nonzero(missing & ~self._nullable))
-            raise RequestRejected(
-                f"column {self._numeric[j].name!r}, row {i}: null/NaN is not allowed (the signature marks it required)",
-                "missing_value",
-            )
-        if np.isinf(raw).any():
-            j = int(np.nonzero(np.isinf(raw))[1][0])
-            raise RequestRejected(f"column {self._numeric[j].name!r}: values must be finite", "wrong_type")
+            raw[:, j] = _numbers(column, columns[column.name])
+        _check_nulls(raw, self._numeric, self._nullable)
         raw = np.where(np.isnan(raw), self._median, raw)
         if self._log.any():
             raw[:, self._log] = np.log1p(np.maximum(raw[:, self._log], 0.0))
@@ -242,10 +269,7 @@ class RequestSchema:
     def _codes_slow(self, column: Column, lookup: dict, values: Sequence) -> list[int]:
         out = []
         for i, value in enumerate(values):
-            if value is not None and not isinstance(value, str):
-                raise RequestRejected(
-                    f"column {column.name!r}, row {i}: expected a string, got {type(value).__name__} {value!r}", "wrong_type"
-                )
+            _check_string(column, i, value)
             code = lookup.get(value)
             if code is None:
                 if self.unseen == "reject":
@@ -257,13 +281,71 @@ class RequestSchema:
             out.append(code)
         return out
 
-    # ---- V2 metadata ---------------------------------------------------------------------------
 
-    def input_types(self) -> list[dict]:
-        """V2 model metadata: one tensor per signature column."""
-        return [
-            {"name": c.name, "datatype": "FP64" if c.kind == "numeric" else "BYTES", "shape": [-1]} for c in self.columns
-        ]
+class FrameEncoder:
+    """Checked columns -> one array per feature (in ``schema.features`` order) for a generic model:
+    object arrays of strings, float64 (or int64) numbers, other types as given."""
+
+    def __init__(self, schema: RequestSchema):
+        self._columns = [schema.by_name[name] for name in schema.features]
+
+    def __call__(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, ...]:
+        return tuple(self._array(column, columns[column.name]) for column in self._columns)
+
+    def _array(self, column: Column, values: Sequence) -> np.ndarray:
+        if column.kind == "numeric":
+            numbers = np.asarray(_numbers(column, values), dtype=np.float64)
+            _check_nulls(numbers[:, None], [column], np.array([column.nullable]))
+            whole = column.type in INTEGER_TYPES and not np.isnan(numbers).any() and bool((numbers == np.round(numbers)).all())
+            return numbers.astype(np.int64) if whole else numbers
+        array = np.empty(len(values), dtype=object)
+        array[:] = list(values)
+        if column.kind == "string" and all(type(v) is str for v in values):
+            return array
+        for i, value in enumerate(values):
+            if value is None:
+                if not column.nullable:
+                    raise RequestRejected(
+                        f"column {column.name!r}, row {i}: null is not allowed (the signature marks it required)",
+                        "missing_value",
+                    )
+            elif column.kind == "string":
+                _check_string(column, i, value)
+        return array
+
+
+def _kind(type_: str) -> str:
+    return "string" if type_ == "string" else "numeric" if type_ in NUMERIC_TYPES else "any"
+
+
+def _check_datatype(column: Column, datatype: str) -> None:
+    if column.kind == "string" and datatype != "BYTES":
+        raise RequestRejected(f"input {column.name!r} has datatype {datatype}; expected BYTES", "wrong_type")
+    if column.kind == "numeric" and datatype not in V2_NUMERIC:
+        raise RequestRejected(
+            f"input {column.name!r} has datatype {datatype}; expected a numeric datatype (INT64, FP64, ...)", "wrong_type"
+        )
+
+
+def _check_string(column: Column, row: int, value) -> None:
+    if value is not None and not isinstance(value, str):
+        raise RequestRejected(
+            f"column {column.name!r}, row {row}: expected a string, got {type(value).__name__} {value!r}", "wrong_type"
+        )
+
+
+def _check_nulls(raw: np.ndarray, columns: list[Column], nullable: np.ndarray) -> None:
+    """Refuse a null/NaN in a column not ``nullable``, and any infinity; ``raw``: ``[n, len(columns)]``."""
+    missing = np.isnan(raw)
+    if missing.any() and (missing & ~nullable).any():
+        i, j = (int(k[0]) for k in np.nonzero(missing & ~nullable))
+        raise RequestRejected(
+            f"column {columns[j].name!r}, row {i}: null/NaN is not allowed (the signature marks it required)",
+            "missing_value",
+        )
+    if np.isinf(raw).any():
+        j = int(np.nonzero(np.isinf(raw))[1][0])
+        raise RequestRejected(f"column {columns[j].name!r}: values must be finite", "wrong_type")
 
 
 def _lookup(vocabulary: list[str]) -> dict:
@@ -271,8 +353,13 @@ def _lookup(vocabulary: list[str]) -> dict:
     return {None: 0} | {value: i + 1 for i, value in enumerate(vocabulary)}
 
 
-def _numbers_slow(column: Column, values: Sequence) -> list[float]:
-    """Numbers and nulls (as NaN, checked by the caller) from a column with non-float values; else rejects."""
+def _numbers(column: Column, values: Sequence) -> Sequence:
+    """A numeric column's values, nulls as NaN (checked by the caller); rejects anything else."""
+    if set(map(type, values)) <= _NUMBER:
+        try:
+            return np.asarray(values, dtype=np.float64)
+        except OverflowError:
+            raise RequestRejected(f"column {column.name!r}: a value is too large for a float", "wrong_type") from None
     out = []
     for i, value in enumerate(values):
         if value is None:
@@ -283,7 +370,7 @@ def _numbers_slow(column: Column, values: Sequence) -> list[float]:
             raise RequestRejected(
                 f"column {column.name!r}, row {i}: expected a number, got {type(value).__name__} {value!r}", "wrong_type"
             )
-    return out
+    return _numbers(column, out)
 
 
 def _tensor_values(tensor) -> list:
