@@ -33,7 +33,7 @@ from kfmlops.tracking import start_run
 from kfmlops.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = TrainConfig(epochs=2, cpu_threads=1)
+FAST = TrainConfig(trainer="tabular-net", epochs=2, cpu_threads=1)
 BLESSED = Lineage("fp", "hash", "data", gates={"evaluate": GateVerdict(True, ["blessed"])})
 
 

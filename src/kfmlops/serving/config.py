@@ -44,7 +44,7 @@ class ServingConfig(SettingsModel):
     parity_tolerance: float = Field(
         default=1e-5, gt=0.0, description="Largest score difference allowed between the served path and the model's own "
         "scores (its PyTorch forward pass, XGBoost or MLflow) in the load-time self-check: absolute for probabilities, "
-        "relative to the value for regression.",
+        "relative to the largest value for regression (kfmlops.serving.outputs.score_diff).",
     )
     decision_threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Binary task: P(positive) at or above which V2's 'label' output is the "
@@ -146,7 +146,9 @@ class DeployConfig(SettingsModel):
     model_version: str | None = Field(default=None, description="The version to deploy; unset: the 'champion' alias.")
     canary_traffic_percent: int = Field(default=10, ge=1, le=99)
     max_prediction_diff: float = Field(
-        default=1e-5, gt=0.0, description="Largest difference from the registry model's own predictions on the test rows."
+        default=1e-5, gt=0.0, description="Largest difference between the served scores (class probabilities, or values) "
+        "and the registry model's own on the test rows: absolute for probabilities, relative to the largest value for "
+        "regression (kfmlops.serving.outputs.score_diff)."
     )
     validation: Check = Check()
     canary: Check = Check(probe=Probe(rows=1000, concurrency=4))

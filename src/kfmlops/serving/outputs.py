@@ -104,11 +104,10 @@ def scores_from_v2(task: Task, outputs: Sequence[dict]) -> np.ndarray:
 
 
 def score_diff(task: Task, got: np.ndarray, expected: np.ndarray) -> float:
-    """The largest difference between two score arrays of the same shape: absolute for probabilities,
-    relative to the value's size (``|a - b| / max(1, |b|)``) for regression, where values carry units."""
+    """The largest difference between two score arrays of the same shape: absolute for probabilities;
+    for regression, where values carry units, relative to the largest expected value
+    (``max |a - b| / max(1, max |b|)``: float32 arithmetic errs in proportion to the values' scale)."""
     if got.size == 0:
         return 0.0
-    diff = np.abs(np.asarray(got, dtype=np.float64) - expected)
-    if not task.is_classification:
-        diff = diff / np.maximum(1.0, np.abs(expected))
-    return float(np.max(diff))
+    diff = float(np.max(np.abs(np.asarray(got, dtype=np.float64) - expected)))
+    return diff if task.is_classification else diff / max(1.0, float(np.max(np.abs(expected))))
