@@ -2,6 +2,9 @@
 
 The rollout runs against the local predictor: healthy canary -> promoted; failing canary ->
 rolled back with the champion alias restored; failing validation -> rejected before any push.
+A multiclass scikit-learn model and a regression bundle deploy the same way, their served score
+vectors compared with the model's own; a model whose flavors do not fit KServe's runtime is
+rejected.
 The KServe target's API calls are checked against an in-memory stand-in for the cluster; a real
 cluster is used only by the ``cluster``-marked test.
 """
@@ -15,15 +18,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from schemas import validate_crd
-from serving_fixtures import reset_champion, served_store  # noqa: F401  (fixture)
+from serving_fixtures import reset_champion, served_store, task_models  # noqa: F401  (fixtures)
 
 from kfmlops import IMAGE
-from kfmlops.config import ProvenanceConfig
+from kfmlops.config import MlflowConfig, ProvenanceConfig
 from kfmlops.register import current_champion
 from kfmlops.serving.config import Check, DeployConfig, InferenceServiceConfig, Probe, RequestLogger, Slo, Toleration
 from kfmlops.register import DEPLOY_REASONS_TAG, DEPLOY_STATUS_TAG
 from kfmlops.serving.deploy import deploy
-from kfmlops.serving.inferenceservice import VERSION_LABEL, inference_service, to_yaml
+from kfmlops.serving.inferenceservice import VERSION_LABEL, check_runtime, inference_service, to_yaml
 from kfmlops.serving.rollout import KServeTarget, RolloutError
 
 FULL = InferenceServiceConfig(
@@ -43,7 +46,7 @@ FULL = InferenceServiceConfig(
 )
 
 
-@pytest.mark.parametrize("runtime", ["kfmlops", "mlflow"])
+@pytest.mark.parametrize("runtime", ["kfmlops", "mlflow", "sklearn", "xgboost"])
 def test_inference_service_matches_the_crd_schema(runtime):
     config = FULL.model_copy(update={"runtime": runtime})
     manifest = inference_service(config, storage_uri="s3://models/adult/3", registered_model="adult", model_version="3", canary_traffic_percent=10)
@@ -63,9 +66,21 @@ def test_inference_service_matches_the_crd_schema(runtime):
         assert container["args"][:2] == ["--model-dir", "/mnt/models"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/adult/ready"
     else:
-        assert predictor["model"]["modelFormat"] == {"name": "mlflow"}
+        assert "containers" not in predictor
+        assert predictor["model"]["modelFormat"] == {"name": runtime}
         assert predictor["model"]["storageUri"] == "s3://models/adult/3"
-        assert predictor["model"]["protocolVersion"] == "v2"
+        assert predictor["model"]["protocolVersion"] == ("v2" if runtime == "mlflow" else "v1")
+
+
+def test_kserve_runtimes_take_only_models_of_their_flavor(task_models):
+    from mlflow.models import Model
+
+    sklearn = Model.load(str(task_models["penguins-sklearn"].model_dir)).flavors
+    bundle = Model.load(str(task_models["penguins-gbdt"].model_dir)).flavors
+    assert check_runtime("sklearn", sklearn) is None and check_runtime("mlflow", sklearn) is None
+    assert check_runtime("mlflow", bundle) is None and check_runtime("kfmlops", bundle) is None
+    assert "'xgboost' MLflow flavor" in check_runtime("xgboost", bundle)  # our gbdt bundle is a pyfunc
+    assert "use runtime 'kfmlops'" in check_runtime("sklearn", bundle)
 
 
 def test_the_schema_check_catches_a_misplaced_field():
@@ -190,7 +205,7 @@ def _deploy(store, **overrides):
     config = DeployConfig(**{"model_version": store.challenger, "validation": QUICK, "canary": QUICK, **overrides})
     os.environ["KFMLOPS_VERIFY_KEY"] = store.verify_key.decode()
     try:
-        return deploy(store.test_path, "y", config, store.mlflow, ProvenanceConfig(development_keys=False))
+        return deploy(store.test_path, store.task, config, store.mlflow, ProvenanceConfig(development_keys=False))
     finally:
         del os.environ["KFMLOPS_VERIFY_KEY"]
 
@@ -231,6 +246,39 @@ def test_failing_validation_is_rejected_before_any_push(served_store):
     assert result.status == "rejected" and result.canary is None
     assert "differ from the registry model" in result.validation.reasons[0]
     assert current_champion(served_store.mlflow) == served_store.champion
+
+
+def _deploy_task_model(model, **overrides):
+    store = MlflowConfig(tracking_uri=model.tracking_uri, experiment="tasks", model_name=model.name)
+    config = DeployConfig(**{"model_version": "1", "validation": QUICK, "canary": QUICK, **overrides})
+    os.environ["KFMLOPS_VERIFY_KEY"] = model.verify_key.decode()
+    try:
+        return deploy(model.test_path, model.task, config, store, ProvenanceConfig(development_keys=False))
+    finally:
+        del os.environ["KFMLOPS_VERIFY_KEY"]
+
+
+@pytest.mark.parametrize("name", ["penguins-sklearn", "cps1988-tabular-net"])
+def test_a_multiclass_sklearn_model_and_a_regression_bundle_deploy(task_models, name):
+    model = task_models[name]
+    result = _deploy_task_model(model)
+    assert result.status == "promoted", result
+    assert "first rollout: no previous version, so no canary split" in result.steps
+    assert result.validation.passed and result.canary.passed
+    assert result.validation.max_prediction_diff <= 1e-5  # over the whole score vector (regression: relative)
+    assert result.validation.probe["ok"] == result.validation.probe["requests"] > 0
+    cases = {answer["case"] for answer in result.validation.bad_requests}
+    assert all(answer["refused"] for answer in result.validation.bad_requests)
+    assert ("unseen_category" in cases) == (name != "penguins-sklearn")  # a generic model's categories are unknown
+    assert {"string_in_numeric_column", "number_in_categorical_column", "v2_wrong_datatype"} <= cases
+
+
+def test_a_model_that_does_not_fit_the_kserve_runtime_is_rejected(task_models):
+    model = task_models["penguins-gbdt"]
+    service = InferenceServiceConfig(runtime="sklearn")
+    result = _deploy_task_model(model, target="kserve", inference_service=service)
+    assert result.status == "rejected" and result.canary is None
+    assert "'sklearn' MLflow flavor" in result.validation.reasons[0]
 
 
 def _kubeconfig() -> bool:
