@@ -13,8 +13,9 @@ import pytest
 
 from kfmlops import cli
 from kfmlops.config import MlflowConfig
-from kfmlops.register import DEPLOY_STATUS_TAG, GateVerdict, Lineage, promote
+from kfmlops.register import DEPLOY_STATUS_TAG, GateVerdict, Lineage, promote, task_tags
 from kfmlops.registry import main
+from kfmlops.tasks import Task
 
 PASSED = {"evaluate": GateVerdict(True, []), "fairness": GateVerdict(True, [])}
 UNFAIR = {"evaluate": GateVerdict(True, []), "fairness": GateVerdict(False, ["demographic parity difference 0.21 > 0.1"])}
@@ -22,8 +23,8 @@ UNFAIR = {"evaluate": GateVerdict(True, []), "fairness": GateVerdict(False, ["de
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    """adult v1..v3 promoted in turn (v1 the first champion), v4 failed fairness (challenger);
-    'other' has one version with no kfmlops tags and no aliases."""
+    """adult (binary, primary metric roc_auc) v1..v3 promoted in turn (v1 the first champion), v4
+    failed fairness (challenger); 'other' has one version with no kfmlops tags and no aliases."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -46,8 +47,10 @@ def built(tmp_path_factory) -> Path:
     for roc, gates, champion in [(0.88, PASSED, True), (0.90, PASSED, True), (0.91, PASSED, True), (0.93, UNFAIR, False)]:
         v = version("adult")
         lineage = Lineage(dataset_fingerprint=f"sha256:data{v}", config_hash=f"cfg{v}", train_data=f"/data/train{v}.parquet",
-                          code_commit="abc123", metrics={"roc_auc": roc, "pr_auc": roc - 0.2}, gates=gates)
-        for key, value in lineage.tags().items():
+                          code_commit="abc123", metrics={"roc_auc": roc, "pr_auc": roc - 0.2}, gates=gates,
+                          primary_metric="roc_auc")
+        tags = lineage.tags() | task_tags(Task("binary", "y", ("<=50K", ">50K")), "gbdt")
+        for key, value in tags.items():
             client.set_model_version_tag("adult", v, key, value)
         client.set_registered_model_alias("adult", "challenger", v)
         if champion:
@@ -79,12 +82,19 @@ def test_list_shows_models_versions_and_aliases(registry, capsys):
         ("4", ["challenger"], False, None), ("3", ["champion"], True, "promoted"),
         ("2", [], True, "promoted"), ("1", [], True, "promoted"),
     ]
+    assert [(v["task"], v["primary_metric"], v["primary_value"]) for v in adult["versions"]] == [
+        ("binary", "roc_auc", 0.93), ("binary", "roc_auc", 0.91), ("binary", "roc_auc", 0.9), ("binary", "roc_auc", 0.88)]
     assert other == {"name": "other", "aliases": {}, "versions": [{**other["versions"][0], "version": "1", "aliases": [],
-                                                                    "all_gates_passed": None, "deploy_status": None}]}
+                                                                    "task": None, "primary_metric": None,
+                                                                    "primary_value": None, "all_gates_passed": None,
+                                                                    "deploy_status": None}]}
     code, out, _ = models(capsys, registry, "list")
     lines = out.splitlines()
     assert lines[0] == "adult: challenger v4, champion v3" and lines[-3] == "other: no aliases"
-    assert lines[2].split()[:4] == ["4", "challenger", "failed", "-"] and lines[3].split()[:4] == ["3", "champion", "passed", "promoted"]
+    assert lines[1].split()[:5] == ["version", "aliases", "task", "primary", "metric"]
+    assert lines[2].split()[:6] == ["4", "challenger", "binary", "roc_auc", "0.93", "failed"]
+    assert lines[3].split()[:7] == ["3", "champion", "binary", "roc_auc", "0.91", "passed", "promoted"]
+    assert lines[-1].split()[:5] == ["1", "-", "-", "-", "unknown"]
 
 
 def test_show_defaults_to_the_champion(registry, capsys):
@@ -95,21 +105,30 @@ def test_show_defaults_to_the_champion(registry, capsys):
     assert shown["gates"] == {"evaluate": {"passed": True, "reasons": []}, "fairness": {"passed": True, "reasons": []}}
     assert shown["all_gates_passed"] is True and shown["deploy_status"] == "promoted" and shown["previous_champion"] == "2"
     assert shown["lineage"]["dataset_fingerprint"] == "sha256:data3" and shown["lineage"]["code_commit"] == "abc123"
+    assert (shown["task"], shown["label"], shown["classes"], shown["trainer"], shown["primary_metric"]) == (
+        "binary", "y", ["<=50K", ">50K"], "gbdt", "roc_auc")
+    assert not {"task", "classes", "primary_metric"} & set(shown["lineage"])
     code, out, _ = models(capsys, registry, "show", "adult", "4")
     assert code == 0 and out.startswith("adult version 4 (challenger), created ")
     assert "  fairness: failed (demographic parity difference 0.21 > 0.1)\n" in out and "gates: failed\n" in out
     assert "deploy: not deployed\n" in out and "previous champion: none\n" in out and "  config_hash: cfg4\n" in out
+    assert "task: binary (label y, classes <=50K, >50K), trainer gbdt\n" in out and "primary metric: roc_auc 0.93\n" in out
+    code, out, _ = models(capsys, registry, "show", "other", "1")
+    assert code == 0 and "task: not recorded\n" in out and "primary metric: -\n" in out
 
 
 def test_compare_puts_metrics_side_by_side_with_deltas(registry, capsys):
     code, out, _ = models(capsys, registry, "--json", "compare", "adult", "2", "4")
     compared = json.loads(out)
     assert code == 0 and compared["versions"] == ["2", "4"] and compared["all_gates_passed"] == [True, False]
+    assert compared["tasks"] == ["binary", "binary"] and compared["primary_metric"] == ["roc_auc", "roc_auc"]
     roc = next(r for r in compared["metrics"] if r["metric"] == "roc_auc")
     assert roc["2"] == 0.9 and roc["4"] == 0.93 and roc["delta"] == pytest.approx(0.03)
     code, out, _ = models(capsys, registry, "compare", "adult", "2", "4")
-    assert out.splitlines()[0] == "adult: version 2 vs 4 (gates passed / failed)"
-    assert out.splitlines()[-1].split() == ["roc_auc", "0.9000", "0.9300", "+0.0300"]
+    assert out.splitlines()[0] == ("adult: version 2 vs 4 (binary (label y, classes <=50K, >50K) / binary (label y, "
+                                   "classes <=50K, >50K); gates passed / failed)")
+    assert out.splitlines()[2].split() == ["roc_auc", "*", "0.9000", "0.9300", "+0.0300"]  # the primary metric first
+    assert out.splitlines()[3].split()[0] == "pr_auc"
 
 
 def _tags(uri: str, version: str) -> dict[str, str]:
