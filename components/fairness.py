@@ -7,6 +7,7 @@ from kfmlops.components._base import component
 def fairness(
     test_data: Input[Dataset],
     predictions: Input[Dataset],
+    task: dict,
     sensitive_features: list,
     settings: dict,
     run_id: str,
@@ -18,42 +19,36 @@ def fairness(
 
     Args:
         test_data: Test split from ingest (the sensitive columns are read from it).
-        predictions: Per-row label and prediction from evaluate.
+        predictions: The candidate's predictions dataset of the test split, from predict.
+        task: kfmlops.tasks.Task as JSON, from ingest (which figures are computed and which thresholds apply).
         sensitive_features: Normalised names of the columns to slice by.
-        settings: kfmlops.config.Settings as JSON (the `fairness` and `mlflow` sections are read).
+        settings: kfmlops.config.Settings as JSON (the `fairness` and `mlflow` sections are read; a
+            threshold of another task than this one is an error).
         run_id: The MLflow run to record the figures and verdict in.
 
     Returns:
-        verdict: JSON: passed, reasons, per-feature figures by group.
-        metrics: Demographic parity difference/ratio and equalized odds difference per feature (those computed).
+        verdict: JSON: passed, reasons, per-feature figures by group and each check.
+        metrics: The task's disparity figures per feature, those computed (binary: demographic parity
+            difference/ratio, equalized odds difference; multiclass: accuracy difference; regression:
+            MAE ratio, mean prediction difference).
         report: HTML tables by group with each check's verdict.
         Output: Whether the candidate passed the fairness gate.
     """
-    import json
-    from pathlib import Path
-
     import pandas as pd
 
-    from kfmlops.config import Settings
-    from kfmlops.fairness import assess
-    from kfmlops.register import gate_tags
-    from kfmlops.residency import enforce
-    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
+    from kfmlops.fairness import assess, check_config
+    from kfmlops.step import step
+    from kfmlops.tasks import Task
 
-    cfg = Settings.parse(settings)
-    with failed_on_error(cfg.mlflow, run_id):
-        enforce({"read": [test_data.uri, predictions.uri], "write": [verdict.uri, report.uri],
-                 "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
+    with step(settings, run_id, read=[test_data.uri, predictions.uri], write=[verdict.uri, report.uri]) as s:
+        the_task = Task.from_json(task)
+        check_config(the_task, s.settings.fairness)
         scored = pd.read_parquet(predictions.path)
         sensitive = pd.read_parquet(test_data.path, columns=list(sensitive_features))
-        result = assess(scored["label"].to_numpy(), scored["prediction"].to_numpy(), sensitive, cfg.fairness)
-        Path(verdict.path).write_text(json.dumps(result.to_json(), indent=1))
-        Path(report.path).write_text(result.to_html())
-        verdict.metadata.update({"passed": result.passed, "reasons": result.reasons})
-        figures = result.figures()
-        for name, value in figures.items():
-            metrics.log_metric(name, value)
-        log_to_run(cfg.mlflow, run_id, metrics={f"fairness.{k}": v for k, v in figures.items()},
-                   tags=gate_tags("fairness", result.passed),
-                   documents={"fairness.json": result.to_json()})
+        result = assess(the_task, scored, sensitive, s.settings.fairness)
+        document = result.to_json()
+        s.write_json(verdict, document, passed=result.passed, reasons=result.reasons)
+        s.write_html(report, result.to_html())
+        s.log(kfp_metrics=metrics, metrics=result.figures(), prefix="fairness.", documents={"fairness.json": document},
+              gate=("fairness", result.passed))
         return result.passed

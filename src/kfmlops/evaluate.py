@@ -1,12 +1,32 @@
-"""Evaluate: score a candidate's test-set probabilities and decide whether it is blessed.
+"""Evaluate: judge a candidate's test-set predictions against a trivial baseline, a reference model and
+the champion, for any task, and decide whether it is blessed.
 
-:func:`score` turns labels and positive-class probabilities into :class:`Scores` (JSON-safe scalar
-metrics, a confusion matrix and a downsampled ROC curve ready for KFP's ``ClassificationMetrics``).
-:func:`bless` compares them with the absolute minimums in :class:`~kfmlops.config.EvaluateConfig`
-and, when there is one, with the current champion's scores on the same test set, giving a
-:class:`Blessing` whose reasons name every failed check with its figures.
-:func:`champion_probabilities` loads the MLflow registered model behind the ``champion`` alias and
-predicts on the test frame, so both models are scored on the same rows.
+Consumes the candidate's predictions dataset (written by :mod:`kfmlops.predict`; columns in
+:mod:`kfmlops.tasks`), the train split (the baseline's prior; the reference model's fit), the test
+split (scored by the reference model and the champion; its labels must be the predictions
+dataset's), the data's :class:`~kfmlops.tasks.Task` and an :class:`~kfmlops.config.EvaluateConfig`;
+produces a :class:`Blessing`: every model's :class:`Scores` side by side, each check with its figures
+and the verdict, as JSON and as an HTML page.
+
+The models compared, all on the same test rows:
+
+- the candidate;
+- the trivial **baseline**: the prior (the train labels' class shares) or, for regression, the
+  train labels' mean, for every row (:func:`baseline_predictions`);
+- a **reference model**: a regularised linear model (LogisticRegression or Ridge, C/alpha 1.0) on
+  one-hot categories (at most :data:`MAX_CATEGORIES` per column) and standardised numbers, fitted on
+  at most :data:`REFERENCE_MAX_ROWS` train rows (:func:`reference_predictions`); reported, not gated;
+- the **champion**, the registered model version behind the ``champion`` alias
+  (:func:`champion_scores`), loaded through :func:`kfmlops.model_contract.load` with the data's task; a
+  champion that cannot score this task (another task or classes, missing columns) is reported and
+  skipped, with the reason.
+
+The checks (:func:`bless`), each in the metric's direction (:mod:`kfmlops.tasks.binary` ...): the
+primary metric (``primary_metric`` or the task's default) and every metric in ``limits`` against its
+bound; the baseline rule: the candidate closes at least ``min_baseline_improvement`` of the gap
+between the baseline's primary metric and its ideal value (a constant predictor, one that gives
+every row the same scores, fails it outright); the champion: the primary metric worsens by at most
+``max_regression``. The reasons name every check, passed or failed, with its figures; failures first.
 
 sklearn and mlflow are imported inside the functions that use them, so importing this module is
 cheap (KFP components import it at start-up).
@@ -14,303 +34,363 @@ cheap (KFP components import it at start-up).
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from kfmlops import report
+from kfmlops import model_contract, report
 from kfmlops.config import EvaluateConfig
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+from kfmlops.tasks import LABEL, Task, metrics_module
 
 CHAMPION_ALIAS = "champion"
-MAX_CURVE_POINTS = 200
-# Float slack for the regression check: 0.86 - 0.85 is 0.010000000000000009, not above 0.01.
-_EPS = 1e-12
-_SCALARS = ("n", "threshold", "roc_auc", "pr_auc", "accuracy", "f1", "log_loss", "brier")
+REFERENCE_MAX_ROWS = 100_000
+"""The reference model fits on a seeded sample of this many train rows at most."""
+MAX_CATEGORIES = 100
+"""The reference model's one-hot columns per categorical feature; rarer categories share one column."""
+_EPS = 1e-12  # float slack: 0.86 - 0.85 is 0.010000000000000009, not above 0.01
+
+
+class EvaluateConfigError(ValueError):
+    """An evaluate setting does not fit the task; the message names the setting and the metrics there are."""
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Test-set metrics of one model at one decision threshold; every field is JSON-safe.
+    """One model's test-set figures: ``metrics`` (scalars, in the task module's :data:`DIRECTIONS`) and
+    ``details`` (``n``, the confusion matrix, a binary ROC curve...; see :mod:`kfmlops.tasks.binary` ...)."""
 
-    ``pr_auc`` is average precision (sklearn ``average_precision_score``), the step-wise area under
-    the precision-recall curve. ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]``. ``roc_curve`` has
-    keys ``fpr``, ``tpr``, ``thresholds``: at most :data:`MAX_CURVE_POINTS` points, all finite.
-    """
-
-    n: int
-    threshold: float
-    roc_auc: float
-    pr_auc: float
-    accuracy: float
-    f1: float
-    log_loss: float
-    brier: float
-    confusion_matrix: list[list[int]]
-    roc_curve: dict[str, list[float]]
-
-    def metrics(self) -> dict[str, float]:
-        """The scalar metrics, for MLflow ``log_metrics`` and KFP ``Metrics.log_metric``."""
-        return {name: float(getattr(self, name)) for name in _SCALARS}
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Scores":
-        return cls(**data)
+        """Metrics and details in one JSON-safe mapping."""
+        return {**self.metrics, **self.details}
 
 
-def _check_inputs(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true)
-    p = np.asarray(proba)
-    if y.ndim != 1 or p.ndim != 1:
-        raise ValueError(f"y_true and proba must be 1-D; got shapes {y.shape} and {p.shape}")
-    if len(y) != len(p):
-        raise ValueError(f"length mismatch: {len(y)} labels but {len(p)} probabilities")
-    if len(y) == 0:
-        raise ValueError("cannot score an empty test set")
-    try:
-        y_float = y.astype(float)
-    except (TypeError, ValueError):
-        raise ValueError(f"labels must be 0/1, got values such as {y[:3].tolist()}") from None
-    if np.isnan(y_float).any() or not np.isin(y_float, (0.0, 1.0)).all():
-        bad = sorted({v for v in y.tolist() if v not in (0, 1)}, key=str)[:5]
-        raise ValueError(f"labels must be 0/1; found {bad}")
-    labels = y_float.astype(np.int64)
-    present = np.unique(labels)
-    if len(present) < 2:
-        raise ValueError(
-            f"the test labels hold one class only ({int(present[0])}, {len(labels)} rows): "
-            "ROC AUC and PR AUC need both classes"
-        )
-    try:
-        probs = p.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError("probabilities must be numbers") from None
-    nan = int(np.isnan(probs).sum())
-    if nan:
-        raise ValueError(f"{nan} probabilities are NaN")
-    out = int(((probs < 0.0) | (probs > 1.0)).sum())  # also catches +/-inf
-    if out:
-        raise ValueError(
-            f"{out} probabilities lie outside [0, 1] (min {probs.min():.4g}, max {probs.max():.4g}); "
-            "pass positive-class probabilities, not logits or scores"
-        )
-    if not (isinstance(threshold, numbers.Real) and 0.0 < float(threshold) < 1.0):
-        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
-    return labels, probs
+@dataclass(frozen=True)
+class Champion:
+    """The registered champion: its ``version`` and its ``scores``, or why it was ``skipped``."""
+
+    version: str
+    scores: Scores | None = None
+    skipped: str | None = None
 
 
-def _downsample_curve(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray) -> dict[str, list[float]]:
-    fpr, tpr, thresholds = (np.asarray(a, dtype=np.float64) for a in (fpr, tpr, thresholds))
-    # sklearn's first point (fpr=tpr=0) has threshold +inf ("predict nothing positive"). A threshold
-    # of 1.0 means the same when no probability reaches 1.0; otherwise the point is dropped.
-    if len(thresholds) and not np.isfinite(thresholds[0]):
-        if len(thresholds) > 1 and thresholds[1] < 1.0:
-            thresholds = thresholds.copy()
-            thresholds[0] = 1.0
-    keep = np.isfinite(thresholds) & np.isfinite(fpr) & np.isfinite(tpr)
-    fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
-    if len(thresholds) > MAX_CURVE_POINTS:
-        idx = np.unique(np.round(np.linspace(0, len(thresholds) - 1, MAX_CURVE_POINTS)).astype(np.int64))
-        fpr, tpr, thresholds = fpr[idx], tpr[idx], thresholds[idx]
-    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()}
+@dataclass(frozen=True)
+class Check:
+    """One blessing check: its ``name`` (``limit:<metric>``, ``baseline``, ``champion``), verdict and figures."""
 
+    name: str
+    passed: bool
+    detail: str
 
-def score(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> Scores:
-    """Score positive-class probabilities against 0/1 labels; rows with ``proba >= threshold`` are positive."""
-    from sklearn import metrics as skm
-
-    labels, probs = _check_inputs(y_true, proba, threshold)
-    pred = (probs >= threshold).astype(np.int64)
-    cm = skm.confusion_matrix(labels, pred, labels=[0, 1])
-    fpr, tpr, thr = skm.roc_curve(labels, probs, drop_intermediate=True)
-    values = {
-        "roc_auc": skm.roc_auc_score(labels, probs),
-        "pr_auc": skm.average_precision_score(labels, probs),
-        "accuracy": skm.accuracy_score(labels, pred),
-        "f1": skm.f1_score(labels, pred, zero_division=0.0),
-        "log_loss": skm.log_loss(labels, probs, labels=[0, 1]),
-        "brier": skm.brier_score_loss(labels, probs),
-    }
-    values = {k: float(v) for k, v in values.items()}
-    for name, value in values.items():  # JSON-safe: sklearn can return NaN with a warning
-        if not math.isfinite(value):
-            raise ValueError(f"{name} is not finite ({value}) for these inputs")
-    return Scores(
-        n=int(len(labels)),
-        threshold=float(threshold),
-        confusion_matrix=[[int(v) for v in row] for row in cm],
-        roc_curve=_downsample_curve(fpr, tpr, thr),
-        **values,
-    )
+    @property
+    def reason(self) -> str:
+        return f"{'passed' if self.passed else 'failed'}: {self.detail}"
 
 
 @dataclass(frozen=True)
 class Blessing:
-    """The evaluate gate's decision.
+    """The evaluate gate's decision, with every model's scores; ``reasons`` lists each check, failures first."""
 
-    ``reasons`` lists every failed check with its figures; when ``blessed`` it holds one line saying
-    why the candidate passed.
-    """
-
-    blessed: bool
-    reasons: list[str]
+    task: Task
+    primary_metric: str
+    checks: list[Check]
     candidate: Scores
-    champion: Scores | None = None
-    champion_version: str | None = None
+    baseline: Scores
+    reference: Scores | None = None
+    champion: Champion | None = None
+
+    @property
+    def blessed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [c.reason for c in sorted(self.checks, key=lambda c: c.passed)]
+
+    @property
+    def champion_version(self) -> str | None:
+        return self.champion.version if self.champion else None
 
     def to_json(self) -> dict[str, Any]:
+        champion = self.champion
         return {
             "blessed": self.blessed,
-            "reasons": list(self.reasons),
+            "reasons": self.reasons,
+            "task": self.task.to_json(),
+            "primary_metric": self.primary_metric,
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
             "candidate": self.candidate.to_json(),
-            "champion": self.champion.to_json() if self.champion is not None else None,
+            "baseline": self.baseline.to_json(),
+            "reference": self.reference.to_json() if self.reference else None,
+            "champion": champion.scores.to_json() if champion and champion.scores else None,
             "champion_version": self.champion_version,
+            "champion_skipped": champion.skipped if champion else None,
         }
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Blessing":
-        champion = data.get("champion")
-        return cls(
-            blessed=bool(data["blessed"]),
-            reasons=list(data["reasons"]),
-            candidate=Scores.from_json(data["candidate"]),
-            champion=Scores.from_json(champion) if champion is not None else None,
-            champion_version=data.get("champion_version"),
-        )
+    def _columns(self) -> list[tuple[str, Scores]]:
+        columns = [("candidate", self.candidate)]
+        if self.reference is not None:
+            columns.append(("reference (linear)", self.reference))
+        columns.append(("baseline (prior)" if self.task.is_classification else "baseline (mean)", self.baseline))
+        if self.champion is not None and self.champion.scores is not None:
+            columns.append((f"champion (v{self.champion.version})", self.champion.scores))
+        return columns
 
     def to_html(self) -> str:
-        """A self-contained page: the verdict and reasons, then candidate vs champion side by side."""
+        """A self-contained page: the verdict and every check, then each model's metrics side by side."""
         import html
 
-        champ = self.champion
-        champ_label = f"champion (v{self.champion_version})" if self.champion_version else "champion"
+        directions = metrics_module(self.task).DIRECTIONS
+        columns = self._columns()
         rows = []
-        for name in _SCALARS:
-            cand_value = getattr(self.candidate, name)
-            row: dict[str, Any] = {"metric": name, "candidate": cand_value}
-            if champ is not None:
-                champ_value = getattr(champ, name)
-                row[champ_label] = champ_value
-                row["candidate − champion"] = (
-                    float(cand_value - champ_value) if name not in ("n", "threshold") else ""
-                )
+        for name, direction in directions.items():
+            if name not in self.candidate.metrics:
+                continue
+            row: dict[str, Any] = {"metric": name + (" (primary)" if name == self.primary_metric else ""),
+                                   "better": "higher" if direction == "max" else "lower"}
+            row |= {label: scores.metrics.get(name, "n/a") for label, scores in columns}
             rows.append(row)
-
-        def cm_rows(s: Scores) -> list[dict[str, Any]]:
-            (tn, fp), (fn, tp) = s.confusion_matrix
-            return [
-                {"": "actual negative", "predicted negative": tn, "predicted positive": fp},
-                {"": "actual positive", "predicted negative": fn, "predicted positive": tp},
-            ]
-
-        reasons = "".join(f"<li>{html.escape(r)}</li>" for r in self.reasons)
+        reasons = "".join(f"<li>{report.verdict(c.passed)} {html.escape(c.detail)}</li>"
+                          for c in sorted(self.checks, key=lambda c: c.passed))
         sections = [
-            ("Verdict", f"<p>{report.verdict(self.blessed)} {'blessed' if self.blessed else 'not blessed'}</p>"
-                        f"<ul>{reasons}</ul>"),
-            ("Metrics: candidate vs champion" if champ is not None else "Metrics (no champion)", report.table(rows)),
-            ("Candidate confusion matrix", report.table(cm_rows(self.candidate))),
+            ("Verdict", f"<p>{report.verdict(self.blessed)} {'blessed' if self.blessed else 'not blessed'} "
+                        f"({html.escape(self.task.kind)} task, label {html.escape(self.task.label)})</p><ul>{reasons}</ul>"),
+            ("Metrics on the test split", report.table(rows)),
         ]
-        if champ is not None:
-            sections.append((f"{champ_label.capitalize()} confusion matrix", report.table(cm_rows(champ))))
+        if self.champion is not None and self.champion.skipped:
+            sections.append((f"Champion v{self.champion.version} not compared",
+                             f"<p>{html.escape(self.champion.skipped)}</p>"))
+        if self.task.is_classification:
+            for label, scores in columns:
+                sections.append((f"Confusion matrix: {label}", report.table(_confusion_rows(self.task, scores))))
         return report.page("Model evaluation", sections)
 
 
-def bless(
-    candidate: Scores,
-    config: EvaluateConfig,
-    champion: Scores | None = None,
-    champion_version: str | None = None,
-) -> Blessing:
-    """Bless the candidate when it meets ``min_roc_auc`` and ``min_pr_auc`` and its ROC AUC is at most
-    ``max_regression`` below the champion's (when there is a champion; score both on the same rows)."""
-    if champion_version is not None:
-        champion_version = str(champion_version)
-    failed: list[str] = []
-    passed: list[str] = []
-    for name, minimum in (("roc_auc", config.min_roc_auc), ("pr_auc", config.min_pr_auc)):
-        value = getattr(candidate, name)
-        if value < minimum:
-            failed.append(f"{name} {value:.4f} < min_{name} {minimum:.4g}")
-        else:
-            passed.append(f"{name} {value:.4f} >= min_{name} {minimum:.4g}")
-    if champion is None:
-        passed.append("no champion to compare with")
+def _confusion_rows(task: Task, scores: Scores) -> list[dict[str, Any]]:
+    matrix = scores.details["confusion_matrix"]
+    return [{"actual \\ predicted": actual, **dict(zip(task.classes, counts))} for actual, counts in zip(task.classes, matrix)]
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+def primary_metric(task: Task, config: EvaluateConfig) -> str:
+    """The metric the blessing compares: ``config.primary_metric`` or the task's default; an
+    :class:`EvaluateConfigError` when the setting, or a ``limits`` entry, is no metric of the task."""
+    module = metrics_module(task)
+    known = list(module.DIRECTIONS)
+    primary = config.primary_metric or module.PRIMARY
+    if primary not in module.DIRECTIONS:
+        raise EvaluateConfigError(f"evaluate.primary_metric {primary!r} is not a {task.kind} metric; {task.kind} "
+                                  f"metrics are {known}")
+    unknown = sorted(set(config.limits) - set(known))
+    if unknown:
+        raise EvaluateConfigError(f"evaluate.limits names {unknown}, not {task.kind} metrics; {task.kind} metrics "
+                                  f"are {known}")
+    return primary
+
+
+# --- the models compared -------------------------------------------------------------------------
+
+def score(task: Task, predictions: pd.DataFrame) -> Scores:
+    """The metrics and details of a predictions dataset (with labels)."""
+    module = metrics_module(task)
+    return Scores(module.metrics(task, predictions), module.details(task, predictions))
+
+
+def is_constant(task: Task, predictions: pd.DataFrame) -> bool:
+    """Whether every row has the same scores (probabilities, or predicted value)."""
+    values = model_contract.scores_of(predictions, task).reshape(len(predictions), -1)
+    return len(values) == 0 or bool(np.ptp(values, axis=0).max() <= _EPS)
+
+
+def baseline_predictions(task: Task, train_labels: Any, test_labels: Any, threshold: float = 0.5) -> pd.DataFrame:
+    """The trivial baseline's predictions dataset on the test rows (see the module docstring)."""
+    test_labels = np.asarray(test_labels)
+    scores = metrics_module(task).baseline(task, train_labels, len(test_labels))
+    return model_contract.predictions(task, scores, threshold, test_labels)
+
+
+def _as_text(frame: pd.DataFrame) -> np.ndarray:
+    return frame.astype(object).where(frame.notna(), "(missing)").astype(str).to_numpy()
+
+
+def _as_float(frame: pd.DataFrame) -> np.ndarray:
+    return frame.astype(np.float64).to_numpy()
+
+
+def reference_model(task: Task, train: pd.DataFrame, exclude: tuple[str, ...] = ()):
+    """The reference model (see the module docstring), fitted on ``train``'s feature columns (all but the
+    label and ``exclude``) to the task's class codes or values; a scikit-learn Pipeline."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+    features = [c for c in train.columns if c != task.label and c not in exclude]
+    if not features:
+        raise ValueError(f"the train split has no feature columns besides the label {task.label!r}")
+    numeric = [c for c in features if is_numeric_dtype(train[c]) and not is_bool_dtype(train[c])]
+    categorical = [c for c in features if c not in numeric]
+    sample = train.sample(n=REFERENCE_MAX_ROWS, random_state=0) if len(train) > REFERENCE_MAX_ROWS else train
+    encode = ColumnTransformer([
+        ("numeric", make_pipeline(FunctionTransformer(_as_float), SimpleImputer(strategy="median"), StandardScaler()),
+         numeric),
+        ("categorical", make_pipeline(FunctionTransformer(_as_text),
+                                      OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=MAX_CATEGORIES)),
+         categorical),
+    ])
+    head = LogisticRegression(C=1.0, max_iter=1000) if task.is_classification else Ridge(alpha=1.0)
+    return make_pipeline(encode, head).fit(sample[features], task.encode(sample[task.label]))
+
+
+def reference_predictions(task: Task, train: pd.DataFrame, test: pd.DataFrame, threshold: float = 0.5,
+                          exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The reference model's predictions dataset on ``test`` (fitted on ``train``)."""
+    model = reference_model(task, train, exclude)
+    features = test.drop(columns=[task.label])
+    if task.is_classification:
+        scores = np.zeros((len(test), len(task.classes)))
+        scores[:, model.classes_] = model.predict_proba(features)  # a class absent from train keeps 0
     else:
-        who = f"champion v{champion_version}" if champion_version else "champion"
-        drop = champion.roc_auc - candidate.roc_auc
-        if drop > config.max_regression + _EPS:
-            failed.append(
-                f"roc_auc {candidate.roc_auc:.4f} is {drop:.4f} below {who} ({champion.roc_auc:.4f}) "
-                f"> max_regression {config.max_regression:.4g}"
-            )
-        elif drop > 0:
-            passed.append(
-                f"roc_auc {candidate.roc_auc:.4f} is {drop:.4f} below {who} ({champion.roc_auc:.4f}), "
-                f"within max_regression {config.max_regression:.4g}"
-            )
-        else:
-            passed.append(f"roc_auc {candidate.roc_auc:.4f} >= {who} ({champion.roc_auc:.4f})")
-    reasons = failed if failed else ["blessed: " + "; ".join(passed)]
-    return Blessing(
-        blessed=not failed,
-        reasons=reasons,
-        candidate=candidate,
-        champion=champion,
-        champion_version=champion_version,
-    )
+        scores = np.asarray(model.predict(features), dtype=np.float64)
+    return model_contract.predictions(task, scores, threshold, test[task.label].to_numpy())
 
 
-def _as_probabilities(raw: Any, rows: int) -> np.ndarray:
-    import pandas as pd
-
-    if isinstance(raw, pd.DataFrame):
-        if "probability" not in raw.columns:
-            raise ValueError(
-                f"champion predict returned a DataFrame without a 'probability' column: {list(raw.columns)}"
-            )
-        raw = raw["probability"]
-    values = np.asarray(raw, dtype=np.float64)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    if values.ndim != 1:
-        raise ValueError(f"champion predict returned shape {values.shape}; expected one probability per row")
-    if len(values) != rows:
-        raise ValueError(f"champion predict returned {len(values)} values for {rows} rows")
-    return values
-
-
-def champion_probabilities(model_name: str, frame: "pd.DataFrame") -> tuple[str, np.ndarray] | None:
-    """The current champion's version and its positive-class probabilities on ``frame``.
-
-    Reads the registry at mlflow's current tracking URI (the caller sets it). Returns ``None`` when
-    ``model_name`` is not registered or has no ``champion`` alias; any other error propagates.
-    ``frame`` holds raw feature columns (no label). The model is loaded as a pyfunc from the version
-    the alias points at, so the version returned is the one that predicted.
-    """
+def champion_version(model_name: str) -> str | None:
+    """The version behind ``model_name``'s ``champion`` alias at mlflow's current registry, or None when
+    the model is not registered or has no champion; any other registry error propagates."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-    client = mlflow.MlflowClient()
     try:
-        registered = client.get_registered_model(model_name)
+        registered = mlflow.MlflowClient().get_registered_model(model_name)
     except MlflowException as exc:  # RestException is a subclass
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None
         raise
     # A missing alias is INVALID_PARAMETER_VALUE from get_model_version_by_alias, which other faults
     # share; the registered model's own alias map tells absence apart without guessing.
-    aliases = registered.aliases or {}
-    if CHAMPION_ALIAS not in aliases:
+    version = (registered.aliases or {}).get(CHAMPION_ALIAS)
+    return None if version is None else str(version)
+
+
+def champion_scores(task: Task, model_name: str, test: pd.DataFrame, threshold: float = 0.5) -> Champion | None:
+    """The champion's scores on ``test`` (None without a champion). The version the alias points at is
+    loaded by number, so the version reported is the one that scored; one that cannot score this task
+    comes back ``skipped``, with the model contract's reason."""
+    from kfmlops.predict import predict
+
+    version = champion_version(model_name)
+    if version is None:
         return None
-    version = str(aliases[CHAMPION_ALIAS])
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}", suppress_warnings=True)
-    return version, _as_probabilities(model.predict(frame), len(frame))
+    try:
+        predictions = predict(f"models:/{model_name}/{version}", test, task, threshold)
+    except model_contract.ModelContractError as exc:
+        return Champion(version, skipped=f"champion v{version} cannot score this test split: {exc}")
+    return Champion(version, scores=score(task, predictions))
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+def _worse_by(direction: str, value: float, other: float) -> float:
+    """How much worse ``value`` is than ``other`` in the metric's direction (negative: better)."""
+    return other - value if direction == "max" else value - other
+
+
+def _limit_checks(task: Task, config: EvaluateConfig, primary: str, candidate: Scores) -> list[Check]:
+    directions = metrics_module(task).DIRECTIONS
+    checks = []
+    for name, bound in config.limits.items():
+        direction = directions[name]
+        op_ok, op_bad = (">=", "<") if direction == "max" else ("<=", ">")
+        if name not in candidate.metrics:
+            checks.append(Check(f"limit:{name}", False, f"{name} (evaluate.limits {op_ok} {bound:g}) could not be "
+                                "computed on this test split, so the limit is not met"))
+            continue
+        value = candidate.metrics[name]
+        ok = _worse_by(direction, value, bound) <= _EPS
+        role = "primary metric " if name == primary else ""
+        checks.append(Check(f"limit:{name}", ok, f"{role}{name} {value:.4f} {op_ok if ok else op_bad} "
+                                                 f"evaluate.limits.{name} {bound:g}"))
+    return checks
+
+
+def _baseline_check(task: Task, config: EvaluateConfig, primary: str, candidate: Scores, baseline: Scores,
+                    constant: bool) -> Check:
+    need = config.min_baseline_improvement
+    if constant:
+        return Check("baseline", False, "the candidate gives every test row the same scores (a constant predictor), "
+                                        "so it learned nothing over the baseline")
+    if primary not in candidate.metrics or primary not in baseline.metrics:
+        return Check("baseline", False, f"{primary} could not be computed on this test split, so the candidate "
+                                        "cannot be compared with the baseline")
+    value, base = candidate.metrics[primary], baseline.metrics[primary]
+    ideal = metrics_module(task).IDEAL[primary]
+    if abs(ideal - base) <= _EPS:
+        ok = abs(ideal - value) <= _EPS
+        return Check("baseline", ok, f"the baseline's {primary} is already the ideal {ideal:g}; the candidate's is "
+                                     f"{value:.4f}")
+    share = (value - base) / (ideal - base)
+    ok = share >= need - _EPS
+    return Check("baseline", ok, f"{primary} {value:.4f} closes {share:.1%} of the gap between the baseline "
+                                 f"({base:.4f}) and the ideal {ideal:g}; min_baseline_improvement {need:.1%}")
+
+
+def _champion_check(task: Task, config: EvaluateConfig, primary: str, candidate: Scores,
+                    champion: Champion | None) -> Check:
+    if champion is None:
+        return Check("champion", True, "no champion to compare with")
+    who = f"champion v{champion.version}"
+    if champion.scores is None:
+        return Check("champion", True, f"{who} not compared: {champion.skipped}")
+    if primary not in candidate.metrics or primary not in champion.scores.metrics:
+        return Check("champion", False, f"{primary} could not be computed for both the candidate and {who}")
+    direction = metrics_module(task).DIRECTIONS[primary]
+    value, theirs = candidate.metrics[primary], champion.scores.metrics[primary]
+    worse = _worse_by(direction, value, theirs)
+    side = "below" if direction == "max" else "above"
+    if worse <= 0:
+        return Check("champion", True, f"{primary} {value:.4f} is no worse than {who} ({theirs:.4f})")
+    ok = worse <= config.max_regression + _EPS
+    limit = f"within max_regression {config.max_regression:g}" if ok else f"> max_regression {config.max_regression:g}"
+    return Check("champion", ok, f"{primary} {value:.4f} is {worse:.4f} {side} {who} ({theirs:.4f}), {limit}")
+
+
+def bless(task: Task, config: EvaluateConfig, candidate: Scores, baseline: Scores, *, reference: Scores | None = None,
+          champion: Champion | None = None, constant: bool = False) -> Blessing:
+    """Run every check (see the module docstring) on scores of the same test rows; ``constant``: the
+    candidate gave every row the same scores (:func:`is_constant`)."""
+    primary = primary_metric(task, config)
+    checks = _limit_checks(task, config, primary, candidate)
+    checks.append(_baseline_check(task, config, primary, candidate, baseline, constant))
+    checks.append(_champion_check(task, config, primary, candidate, champion))
+    return Blessing(task, primary, checks, candidate, baseline, reference, champion)
+
+
+def evaluate(task: Task, predictions: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, config: EvaluateConfig,
+             *, model_name: str | None = None, exclude: tuple[str, ...] = ()) -> Blessing:
+    """The whole evaluation: the candidate's ``predictions`` of the ``test`` rows against the baseline and
+    the reference model (both from ``train``) and, when ``model_name`` is given, the champion in mlflow's
+    current registry. ``exclude``: columns the reference model does not read (``train.exclude_features``)."""
+    primary_metric(task, config)  # a setting that does not fit the task fails before any work
+    if task.label not in test.columns:
+        raise ValueError(f"the test split has no label column {task.label!r}")
+    if len(predictions) != len(test) or LABEL not in predictions.columns or \
+            not np.array_equal(predictions[LABEL].to_numpy(), test[task.label].to_numpy()):
+        raise ValueError(f"the predictions dataset ({len(predictions)} rows) is not of this test split "
+                         f"({len(test)} rows): its {LABEL!r} column must be the test split's {task.label!r} column, "
+                         "row for row")
+    threshold = config.decision_threshold
+    candidate = score(task, predictions)
+    baseline = score(task, baseline_predictions(task, train[task.label], test[task.label], threshold))
+    reference = score(task, reference_predictions(task, train, test, threshold, exclude))
+    champion = champion_scores(task, model_name, test, threshold) if model_name else None
+    return bless(task, config, candidate, baseline, reference=reference, champion=champion,
+                 constant=is_constant(task, predictions))

@@ -1,29 +1,32 @@
-"""Fairness gate: slice test-set predictions by each sensitive feature and check group disparities.
+"""Fairness gate: slice a candidate's test predictions by each sensitive feature and check group disparities.
 
-For every sensitive column, fairlearn's ``MetricFrame`` gives per-group count, selection rate, true
-and false positive rates and accuracy. Groups with fewer than ``min_group_size`` rows are reported
-but excluded ("not gated"); over the gated groups the module computes
+Consumes the data's :class:`~kfmlops.tasks.Task`, the predictions dataset of the test split (with
+labels; columns in :mod:`kfmlops.tasks`), the sensitive columns of the same rows and a
+:class:`~kfmlops.config.FairnessConfig`; produces a :class:`FairnessResult` (figures by group, every
+disparity figure, each check's verdict) as JSON and as an HTML page.
 
-* demographic parity difference: largest minus smallest selection rate,
-* demographic parity ratio: smallest over largest selection rate (1.0 when all are 0),
-* equalized odds difference: the larger of the TPR difference and the FPR difference (fairlearn's
-  ``worst_case`` definition),
+What a group's figures are, and which disparities are computed over the groups, is the task's
+(:func:`group_columns` and :data:`DISPARITIES` in :mod:`kfmlops.tasks.binary` ...): binary
+selection rate, TPR, FPR and accuracy, gated on demographic parity difference and ratio and
+equalized odds difference; multiclass accuracy and each class's selection rate, gated on the
+accuracy difference; regression MAE, mean prediction and mean label, gated on the MAE ratio and the
+mean prediction difference. A group's figure is the mean of its rows' values (rows where a value is
+undefined, a TPR on a negative row, are skipped: a group with no positive rows has no TPR, NaN).
 
-and compares each with its threshold in :class:`~kfmlops.config.FairnessConfig` (``None`` = not
-checked). A group with no positive (negative) rows has no defined TPR (FPR): NaN, skipped by the
-differences. With fewer than two gated groups to compare a figure is NaN. The gate fails closed: a
-threshold that is set but checks nothing (no sensitive features, or a figure that cannot be computed
-because too few groups reach ``min_group_size``) fails it, saying why. Null sensitive values form
-their own group, ``"(missing)"``.
-
-fairlearn is imported inside :func:`assess`, so importing this module is cheap.
+Groups with fewer than ``min_group_size`` rows are reported but excluded ("not gated"); a disparity
+over fewer than two gated groups with a value is NaN. Each figure is compared with its threshold
+(``None`` = reported, not checked; ``max_*`` fails above, ``min_*`` below). A threshold set for
+another task is a configuration error (:class:`FairnessConfigError`, raised before anything is
+computed). The gate fails closed: a threshold that is set but checks nothing (no sensitive features,
+or a figure that cannot be computed) fails it, saying why. Null sensitive values form their own
+group, ``"(missing)"``.
 """
 
 from __future__ import annotations
 
 import html
+import importlib
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,15 +35,15 @@ import pandas as pd
 
 from kfmlops import report
 from kfmlops.config import FairnessConfig
+from kfmlops.tasks import Task, metrics_module
 
 MISSING_GROUP = "(missing)"
 _EPS = 1e-12
-# (figure, threshold field, kind): "max" fails above the threshold, "min" below it.
-_CHECKS = (
-    ("demographic_parity_difference", "max_demographic_parity_difference", "max"),
-    ("demographic_parity_ratio", "min_demographic_parity_ratio", "min"),
-    ("equalized_odds_difference", "max_equalized_odds_difference", "max"),
-)
+_KINDS = ("binary", "multiclass", "regression")
+
+
+class FairnessConfigError(ValueError):
+    """A fairness threshold does not fit the task; the message names it and the task's own thresholds."""
 
 
 def _json_float(value: Any) -> Any:
@@ -54,60 +57,45 @@ def _json_float(value: Any) -> Any:
     return value
 
 
+def _thresholds(kind: str) -> list[str]:
+    """The FairnessConfig thresholds that gate a task of ``kind``."""
+    module = importlib.import_module(f"kfmlops.tasks.{kind}")
+    return [threshold for _, _, threshold in module.DISPARITIES.values()]
+
+
+def check_config(task: Task, config: FairnessConfig) -> None:
+    """A :class:`FairnessConfigError` when a threshold is set that gates another task than ``task``'s."""
+    own = _thresholds(task.kind)
+    foreign = {name: kind for kind in _KINDS if kind != task.kind for name in _thresholds(kind)
+               if getattr(config, name) is not None and name not in own}
+    if foreign:
+        listed = ", ".join(f"fairness.{name} (a {kind} threshold)" for name, kind in sorted(foreign.items()))
+        raise FairnessConfigError(f"{listed} set, but this is a {task.kind} task, whose thresholds are "
+                                  f"{', '.join(own)}: unset it or set the {task.kind} ones")
+
+
 @dataclass(frozen=True)
 class FeatureFairness:
-    """One sensitive feature: rows by group and the three disparity figures over gated groups.
+    """One sensitive feature: rows by group and the task's disparity figures over the gated groups.
 
-    ``by_group`` rows: ``group``, ``count``, ``selection_rate``, ``tpr``, ``fpr``, ``accuracy``,
-    ``gated`` (``count >= min_group_size``). Figures are NaN where they cannot be computed.
+    ``by_group`` rows: ``group``, ``count``, the task's figures (see the module docstring), ``gated``
+    (``count >= min_group_size``), largest group first. ``figures``: NaN where a figure cannot be
+    computed. ``checks``: each figure against its threshold (see :func:`assess`).
     """
 
     feature: str
     by_group: list[dict]
-    demographic_parity_difference: float
-    demographic_parity_ratio: float
-    equalized_odds_difference: float
+    figures: dict[str, float]
+    checks: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe: NaN becomes ``None``."""
+        """JSON-safe: NaN and infinity become ``None``."""
         return {
             "feature": self.feature,
             "by_group": [{k: _json_float(v) for k, v in row.items()} for row in self.by_group],
-            **{name: _json_float(getattr(self, name)) for name, _, _ in _CHECKS},
+            **{name: _json_float(value) for name, value in self.figures.items()},
+            "checks": [{k: _json_float(v) for k, v in check.items()} for check in self.checks],
         }
-
-    def checks(self, config: FairnessConfig) -> list[dict[str, Any]]:
-        """Each figure against its threshold: ``figure, value, threshold_name, threshold, status``
-        where status is ``"pass"``, ``"fail"``, ``"not set"`` (threshold None) or ``"not computed"`` (NaN)."""
-        out = []
-        for name, limit_name, kind in _CHECKS:
-            value = float(getattr(self, name))
-            limit = getattr(config, limit_name)
-            if limit is None:
-                status = "not set"
-            elif math.isnan(value):
-                status = "not computed"
-            elif kind == "max":
-                status = "fail" if value > limit + _EPS else "pass"
-            else:
-                status = "fail" if value < limit - _EPS else "pass"
-            out.append({"figure": name, "value": value, "threshold_name": limit_name, "threshold": limit,
-                        "kind": kind, "status": status})
-        return out
-
-    def _extremes(self, column: str) -> str:
-        rows = [r for r in self.by_group if r["gated"] and not math.isnan(r[column])]
-        if len(rows) < 2:
-            return ""
-        lo = min(rows, key=lambda r: r[column])
-        hi = max(rows, key=lambda r: r[column])
-        return f"{column} {hi['group']} {hi[column]:.4f} vs {lo['group']} {lo[column]:.4f}"
-
-    def _explain(self, figure: str) -> str:
-        if figure != "equalized_odds_difference":
-            return self._extremes("selection_rate")
-        tpr, fpr = _spread(_gated(self.by_group, "tpr")), _spread(_gated(self.by_group, "fpr"))
-        return self._extremes("tpr" if not math.isnan(tpr) and (math.isnan(fpr) or tpr >= fpr) else "fpr")
 
 
 @dataclass(frozen=True)
@@ -118,32 +106,32 @@ class FairnessResult:
     passed: bool
     reasons: list[str]
     features: list[FeatureFairness]
+    task: str
     config: FairnessConfig = field(default_factory=FairnessConfig)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "reasons": list(self.reasons),
+            "task": self.task,
             "thresholds": self.config.model_dump(mode="json"),
             "features": [f.to_json() for f in self.features],
         }
 
     def figures(self) -> dict[str, float]:
-        """Every disparity figure that could be computed, as ``{"feature.figure": value}`` (metric
-        stores refuse NaN: a figure that is NaN is left out; ``reasons`` say why)."""
-        return {
-            f"{f.feature}.{name}": float(getattr(f, name))
-            for f in self.features
-            for name, _, _ in _CHECKS
-            if not math.isnan(getattr(f, name))
-        }
+        """Every disparity figure that is finite, as ``{"feature.figure": value}`` (metric stores refuse
+        NaN: one left out is explained in ``reasons`` when it was gated)."""
+        return {f"{f.feature}.{name}": float(value) for f in self.features for name, value in f.figures.items()
+                if math.isfinite(value)}
 
     def to_html(self) -> str:
         reasons = "".join(f"<li>{html.escape(r)}</li>" for r in self.reasons)
         c = self.config
-        limits = [{"setting": k, "value": "not checked" if v is None else v} for k, v in c.model_dump().items()]
+        own = _thresholds(self.task)
+        limits = [{"setting": name, "value": "not checked" if getattr(c, name) is None else getattr(c, name)}
+                  for name in [*own, "min_group_size"]]
         sections = [
-            ("Verdict", f"<p>{report.verdict(self.passed)}</p><ul>{reasons}</ul>"),
+            ("Verdict", f"<p>{report.verdict(self.passed)} ({html.escape(self.task)} task)</p><ul>{reasons}</ul>"),
             ("Thresholds", report.table(limits)),
         ]
         for f in self.features:
@@ -151,13 +139,13 @@ class FairnessResult:
                 {**row, "gated": "yes" if row["gated"] else f"no (< {c.min_group_size} rows)"} for row in f.by_group
             ]
             figures = []
-            for check in f.checks(c):
+            for check in f.checks:
                 status = check["status"]
                 badge = report.verdict(status == "pass") if status in ("pass", "fail") else html.escape(status)
                 op = "<=" if check["kind"] == "max" else ">="
                 figures.append({
                     "figure": check["figure"],
-                    "value": check["value"] if not math.isnan(check["value"]) else "n/a",
+                    "value": check["value"] if math.isfinite(check["value"]) else str(check["value"]),
                     "threshold": "—" if check["threshold"] is None else f"{op} {check['threshold']}",
                     "result": badge,
                 })
@@ -166,138 +154,115 @@ class FairnessResult:
         return report.page("Fairness", sections)
 
 
-def _binary(values: np.ndarray, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
-    try:
-        as_float = arr.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be 0/1, got values such as {arr[:3].tolist()}") from None
-    if np.isnan(as_float).any() or not np.isin(as_float, (0.0, 1.0)).all():
-        bad = sorted({v for v in arr.tolist() if v not in (0, 1)}, key=str)[:5]
-        raise ValueError(f"{what} must be 0/1; found {bad}")
-    return as_float.astype(np.int64)
-
-
 def _groups(column: pd.Series) -> np.ndarray:
     return column.astype("string").fillna(MISSING_GROUP).to_numpy(dtype=object)
 
 
-def _gated(rows: list[dict], column: str) -> np.ndarray:
-    return np.array([r[column] for r in rows if r["gated"]], dtype=np.float64)
+def _by_group(columns: dict[str, np.ndarray], groups: np.ndarray, min_group_size: int) -> list[dict]:
+    frame = pd.DataFrame(columns).assign(_group=groups).groupby("_group", sort=False)
+    counts, means = frame.size(), frame.mean()  # mean skips NaN: a rate over the rows it is defined on
+    rows = [{"group": str(group), "count": int(counts[group]), **{k: float(v) for k, v in means.loc[group].items()},
+             "gated": int(counts[group]) >= min_group_size} for group in counts.index]
+    return sorted(rows, key=lambda row: (-row["count"], row["group"]))
 
 
-def _spread(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    return float(values.max() - values.min()) if len(values) >= 2 else math.nan
+def _values(rows: list[dict], column: str) -> list[tuple[float, str]]:
+    """(value, group) of the gated groups where ``column`` is defined."""
+    return [(r[column], r["group"]) for r in rows if r["gated"] and not math.isnan(r[column])]
 
 
-def _ratio(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    if len(values) < 2:
-        return math.nan
-    top = values.max()
-    return 1.0 if top == 0 else float(values.min() / top)
+def _statistic(statistic: str, rows: list[dict], columns: tuple[str, ...]) -> float:
+    """``difference``: the largest max-minus-min over ``columns``; ``min_over_max`` (1.0 when all are 0) and
+    ``max_over_min`` (1.0 when all are 0, inf when only the smallest is) of the one column; NaN with fewer
+    than two gated groups to compare."""
+    spreads = []
+    for column in columns:
+        values = [v for v, _ in _values(rows, column)]
+        if len(values) < 2:
+            continue
+        low, high = min(values), max(values)
+        if statistic == "difference":
+            spreads.append(high - low)
+        elif statistic == "min_over_max":
+            spreads.append(1.0 if high == 0 else low / high)
+        else:
+            spreads.append(1.0 if high == 0 else (math.inf if low == 0 else high / low))
+    return max(spreads) if spreads else math.nan
 
 
-def _positives(y_true, y_pred) -> int:
-    return int(np.sum(y_true))
+def _extremes(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """The groups at either end of the column (of ``columns``) that spreads most, e.g. ``tpr Male 0.6 vs Female 0.4``."""
+    best = ""
+    widest = -math.inf
+    for column in columns:
+        values = _values(rows, column)
+        if len(values) < 2:
+            continue
+        (low, low_group), (high, high_group) = min(values), max(values)
+        if high - low > widest:
+            widest = high - low
+            best = f"{column} {high_group} {high:.4f} vs {low_group} {low:.4f}"
+    return best
 
 
-def _feature(name: str, y: np.ndarray, pred: np.ndarray, column: pd.Series, min_group_size: int) -> FeatureFairness:
-    from fairlearn.metrics import MetricFrame, count, false_positive_rate, selection_rate, true_positive_rate
-    from sklearn.metrics import accuracy_score
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # single-class groups: handled below, not worth a warning per group
-        frame = MetricFrame(
-            metrics={
-                "count": count,
-                "positives": _positives,
-                "selection_rate": selection_rate,
-                "tpr": true_positive_rate,
-                "fpr": false_positive_rate,
-                "accuracy": accuracy_score,
-            },
-            y_true=y,
-            y_pred=pred,
-            sensitive_features=pd.Series(_groups(column), name=name),
-        )
-    rows = []
-    for group, r in frame.by_group.iterrows():
-        n, positives = int(r["count"]), int(r["positives"])
-        rows.append({
-            "group": str(group),
-            "count": n,
-            "selection_rate": float(r["selection_rate"]),
-            # fairlearn reports 0 for a rate whose denominator is 0; it is undefined.
-            "tpr": float(r["tpr"]) if positives > 0 else math.nan,
-            "fpr": float(r["fpr"]) if n - positives > 0 else math.nan,
-            "accuracy": float(r["accuracy"]),
-            "gated": n >= min_group_size,
-        })
-    rows.sort(key=lambda row: (-row["count"], row["group"]))
-    selection = _gated(rows, "selection_rate")
-    tpr_diff, fpr_diff = _spread(_gated(rows, "tpr")), _spread(_gated(rows, "fpr"))
-    eo = math.nan if math.isnan(tpr_diff) and math.isnan(fpr_diff) else float(np.nanmax([tpr_diff, fpr_diff]))
-    return FeatureFairness(
-        feature=name,
-        by_group=rows,
-        demographic_parity_difference=_spread(selection),
-        demographic_parity_ratio=_ratio(selection),
-        equalized_odds_difference=eo,
-    )
+def _feature(name: str, task: Task, columns: dict[str, np.ndarray], sensitive: pd.Series,
+             config: FairnessConfig) -> tuple[FeatureFairness, list[str], list[str], list[str]]:
+    """One feature's figures and checks, with its (failed, passed, unchecked) reasons."""
+    rows = _by_group(columns, _groups(sensitive), config.min_group_size)
+    gated = sum(r["gated"] for r in rows)
+    figures, checks, failed, passed, unchecked = {}, [], [], [], []
+    for figure, (statistic, used, threshold_name) in metrics_module(task).DISPARITIES.items():
+        value = _statistic(statistic, rows, used)
+        figures[figure] = value
+        limit = getattr(config, threshold_name)
+        kind = "min" if threshold_name.startswith("min_") else "max"
+        if limit is None:
+            status = "not set"
+        elif math.isnan(value):
+            status = "not computed"
+            why = (f"only {gated} of its {len(rows)} groups have >= {config.min_group_size} test rows "
+                   "(fairness.min_group_size) and the figure compares two; lower fairness.min_group_size or test on "
+                   "more rows" if gated < 2 else f"no two gated groups have a value of {' or '.join(used)} to compare")
+            unchecked.append(f"not checked, so failed: {name}: {figure} ({threshold_name} {limit:.4g}) cannot be "
+                             f"computed: {why}")
+        else:
+            bad = value > limit + _EPS if kind == "max" else value < limit - _EPS
+            status = "fail" if bad else "pass"
+            if bad:
+                detail = _extremes(rows, used)
+                op = ">" if kind == "max" else "<"
+                failed.append(f"{name}: {figure} {value:.4f} {op} {threshold_name} {limit:.4g}"
+                              + (f" ({detail})" if detail else ""))
+            else:
+                passed.append(f"{name} {figure} {value:.4f} {'<=' if kind == 'max' else '>='} {limit:.4g}")
+        checks.append({"figure": figure, "value": value, "threshold_name": threshold_name, "threshold": limit,
+                       "kind": kind, "status": status})
+    return FeatureFairness(name, rows, figures, checks), failed, passed, unchecked
 
 
-def assess(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame | None, config: FairnessConfig) -> FairnessResult:
-    """Check group disparities of 0/1 predictions for every column of ``sensitive`` (rows aligned by position)."""
-    y = _binary(y_true, "y_true")
-    pred = _binary(y_pred, "y_pred")
-    if len(y) != len(pred):
-        raise ValueError(f"length mismatch: {len(y)} labels but {len(pred)} predictions")
+def assess(task: Task, predictions: pd.DataFrame, sensitive: pd.DataFrame | None, config: FairnessConfig) -> FairnessResult:
+    """Check the group disparities of ``predictions`` (a predictions dataset with labels) for every column
+    of ``sensitive`` (rows aligned by position); see the module docstring."""
+    check_config(task, config)
+    own = [name for name in _thresholds(task.kind) if getattr(config, name) is not None]
     if sensitive is None or sensitive.shape[1] == 0:
-        thresholds = [name for _, name, _ in _CHECKS if getattr(config, name) is not None]
-        if thresholds:
-            reason = (f"fairness thresholds {thresholds} are set but no sensitive features were given, so nothing "
-                      "could be checked: list the columns to slice by in data.sensitive_features")
-            return FairnessResult(passed=False, reasons=[reason], features=[], config=config)
-        return FairnessResult(
-            passed=True, reasons=["no sensitive features configured: nothing was checked"], features=[], config=config
-        )
-    if len(sensitive) != len(y):
-        raise ValueError(f"length mismatch: {len(y)} labels but {len(sensitive)} sensitive-feature rows")
-    if len(y) == 0:
-        raise ValueError("cannot assess fairness on an empty test set")
+        if own:
+            reason = (f"fairness thresholds {own} are set but no sensitive features were given, so nothing could be "
+                      "checked: list the columns to slice by in data.sensitive_features")
+            return FairnessResult(False, [reason], [], task.kind, config)
+        return FairnessResult(True, ["no sensitive features configured: nothing was checked"], [], task.kind, config)
+    if len(sensitive) != len(predictions):
+        raise ValueError(f"length mismatch: {len(predictions)} predictions but {len(sensitive)} sensitive-feature rows")
     if sensitive.columns.duplicated().any():
         raise ValueError(f"duplicate sensitive columns: {list(sensitive.columns[sensitive.columns.duplicated()])}")
-
-    features = [
-        _feature(str(name), y, pred, sensitive[name], config.min_group_size) for name in sensitive.columns
-    ]
-    failed, passed, unchecked = [], [], []
-    for f in features:
-        gated = sum(r["gated"] for r in f.by_group)
-        for check in f.checks(config):
-            figure, value, limit_name, limit = check["figure"], check["value"], check["threshold_name"], check["threshold"]
-            if check["status"] == "fail":
-                op = ">" if check["kind"] == "max" else "<"
-                detail = f._explain(figure)
-                failed.append(
-                    f"{f.feature}: {figure} {value:.4f} {op} {limit_name} {limit:.4g}" + (f" ({detail})" if detail else "")
-                )
-            elif check["status"] == "pass":
-                op = "<=" if check["kind"] == "max" else ">="
-                passed.append(f"{f.feature} {figure} {value:.4f} {op} {limit:.4g}")
-            elif check["status"] == "not computed":
-                why = (
-                    f"only {gated} of its {len(f.by_group)} groups have >= {config.min_group_size} test rows "
-                    "(fairness.min_group_size) and the figure compares two; lower fairness.min_group_size or test "
-                    "on more rows" if gated < 2 else
-                    "no two gated groups have both positive and negative rows to compare rates over"
-                )
-                unchecked.append(f"not checked, so failed: {f.feature}: {figure} ({limit_name} {limit:.4g}) cannot be "
-                                 f"computed: {why}")
+    columns = metrics_module(task).group_columns(task, predictions)
+    features, failed, passed, unchecked = [], [], [], []
+    for name in sensitive.columns:
+        feature, f_failed, f_passed, f_unchecked = _feature(str(name), task, columns, sensitive[name], config)
+        features.append(feature)
+        failed += f_failed
+        passed += f_passed
+        unchecked += f_unchecked
     names = ", ".join(f.feature for f in features)
     if failed or unchecked:
         reasons = failed + unchecked
@@ -305,4 +270,4 @@ def assess(y_true: np.ndarray, y_pred: np.ndarray, sensitive: pd.DataFrame | Non
         reasons = [f"passed over {names} (groups with >= {config.min_group_size} rows): " + "; ".join(passed)]
     else:
         reasons = [f"no fairness thresholds set: figures for {names} reported, nothing was checked"]
-    return FairnessResult(passed=not (failed or unchecked), reasons=reasons, features=features, config=config)
+    return FairnessResult(not (failed or unchecked), reasons, features, task.kind, config)
