@@ -1,13 +1,16 @@
-"""Serving benchmark: our KServe predictor (V1, V2) against `mlflow models serve` and MLServer (mlserver-mlflow).
+"""Serving benchmark: our KServe predictor (V1, V2) on each kind of model, against `mlflow models serve` and MLServer.
 
-All servers serve the same registered model (Adult, built here: ingest, train 2 epochs, register,
-promote) on 127.0.0.1, one at a time, and take the same load from `wrk` (Debian's package) with a
-fixed request body per scenario:
+The models are built here on Adult (binary): ingest, then a tabular-net bundle (2 epochs), a gbdt
+bundle and a scikit-learn pipeline (one-hot + logistic regression, the "any MLflow model" path),
+each registered (signed) as its own model and promoted. All servers run on 127.0.0.1, one at a
+time, and take the same load from `wrk` (Debian's package) with a fixed request body per scenario:
 
 - 1 row per request at concurrency 1 and 16;
 - 100 rows per request at concurrency 4.
 
-Each server's answer is checked against the MLflow pyfunc in process before it is loaded. Prints a
+Our predictor serves every kind (V1; V2 and micro-batching for tabular-net); `mlflow models serve`
+and MLServer (mlserver-mlflow) serve the tabular-net model. Each server's answer is checked
+against the model's own scores (:func:`kfmlops.model_contract.load`) before it is loaded. Prints a
 table (requests/s, rows/s, p50/p99 latency, non-2xx answers) and writes it as JSON.
 
     .venv/bin/python benchmarks/serving.py [--duration 10] [--mlserver-venv /tmp/mlserver-venv]
@@ -43,15 +46,16 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = [(1, 1), (1, 16), (100, 4)]  # (rows per request, concurrency)
-MODEL = "adult"
+KINDS = ("tabular-net", "gbdt", "sklearn")
 
 
-def build_model(work: Path):
-    """Ingest Adult, train, register two-epoch model as version 1 and make it champion."""
+def build_models(work: Path):
+    """Ingest Adult; train and register one model of each kind (``adult-<kind>``), each promoted."""
     from kfmlops.config import DataSpec, IngestConfig, MlflowConfig, TrainConfig
     from kfmlops.ingest import ingest
     from kfmlops.provenance import generate_keypair
     from kfmlops.register import GateVerdict, Lineage, promote, register
+    from kfmlops.tasks import Task
     from kfmlops.tracking import start_run
     from kfmlops.train import train
 
@@ -62,15 +66,44 @@ def build_model(work: Path):
         positive_labels=[">50K", ">50K."],
         sensitive_features=["sex", "race"],
     )
-    ingest(spec, IngestConfig(format="csv", na_values=["?"]), work / "train.parquet", work / "test.parquet")
-    train(work / "train.parquet", "y", TrainConfig(epochs=2), work / "bundle")
-    config = MlflowConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment="bench", model_name=MODEL)
-    features = pd.read_parquet(work / "test.parquet").drop(columns=["y"])
+    done = ingest(spec, IngestConfig(format="csv", na_values=["?"]), work / "train.parquet", work / "test.parquet")
+    task = Task.from_json(done.task)
+    features = pd.read_parquet(work / "test.parquet").drop(columns=[task.label])
     private, public = generate_keypair()
     lineage = Lineage("bench", "bench", "adult", gates={"bench": GateVerdict(True, ["benchmark model"])})
-    ref = register(work / "bundle", start_run(config, "bench", {}), config, lineage, features, signing_key=private)
-    promote(config, ref.version)
-    return config, features, public, ref
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    refs = {}
+    for kind in KINDS:
+        out = work / kind
+        if kind == "sklearn":
+            sklearn_model(work / "train.parquet", task, out)
+        else:
+            train(work / "train.parquet", task, TrainConfig(trainer=kind, epochs=2), out)
+        config = MlflowConfig(tracking_uri=uri, experiment="bench", model_name=f"adult-{kind}")
+        refs[kind] = register(out, start_run(config, kind, {}), config, lineage, features, task=task, signing_key=private)
+        promote(config, refs[kind].version)
+    return uri, task, features, public, refs
+
+
+def sklearn_model(train_path: Path, task, out: Path) -> None:
+    """One-hot categories and scaled numbers into a logistic regression, saved as an MLflow sklearn model."""
+    from sklearn.compose import make_column_selector, make_column_transformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from kfmlops.model_contract import ModelInfo, save_estimator
+
+    frame = pd.read_parquet(train_path)
+    x = frame.drop(columns=[task.label])
+    encode = make_column_transformer(
+        (StandardScaler(), make_column_selector(dtype_include="number")),
+        (make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"), OneHotEncoder(handle_unknown="ignore")),
+         make_column_selector(dtype_exclude="number")),
+    )
+    estimator = make_pipeline(encode, LogisticRegression(max_iter=1000)).fit(x, frame[task.label])
+    save_estimator(estimator, out, ModelInfo(task, list(x.columns), "sklearn"), x)
 
 
 def wrk(url: str, body: bytes, concurrency: int, duration: int, work: Path) -> dict:
@@ -141,6 +174,7 @@ def v2_inputs(frame: pd.DataFrame, string_parameters: bool) -> list[dict]:
 
 
 def bodies(rows: pd.DataFrame) -> dict[str, bytes]:
+    """One request body per protocol for ``rows``."""
     from kfmlops.serving.predictor import records
 
     return {
@@ -151,21 +185,23 @@ def bodies(rows: pd.DataFrame) -> dict[str, bytes]:
     }
 
 
-def predictions(kind: str, body: dict) -> list[float]:
+def predictions(kind: str, body: dict, positive: str) -> list[float]:
+    """P(positive) per row from each server's answer (MLflow's pyfunc answers ``proba:<class>`` columns)."""
     if kind == "v1":
         return body["predictions"]
     if kind == "mlflow":
-        return body["predictions"]
-    return body["outputs"][0]["data"]
+        return [row[f"proba:{positive}"] for row in body["predictions"]]
+    outputs = {o["name"]: o["data"] for o in body["outputs"]}
+    return outputs.get("probability") or outputs[f"proba:{positive}"]
 
 
-def run_server(name, kind, start, url, ready_url, rows_by_n, expected, duration, work, results):
+def run_server(name, kind, start, url, ready_url, rows_by_n, expected, positive, duration, work, results):
     process = start()
     try:
         wait_http(ready_url, process)
         check = httpx.post(url, content=bodies(rows_by_n[100])[kind], headers={"content-type": "application/json"}, timeout=60)
         check.raise_for_status()
-        diff = float(np.max(np.abs(np.asarray(predictions(kind, check.json()), dtype=float) - expected)))
+        diff = float(np.max(np.abs(np.asarray(predictions(kind, check.json(), positive), dtype=float) - expected)))
         print(f"{name}: ready; max |prediction - pyfunc| on 100 rows = {diff:.2g}", flush=True)
         wrk(url, bodies(rows_by_n[1])[kind], 4, 2, work)  # warm-up
         for n, concurrency in SCENARIOS:
@@ -185,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
     parser.add_argument("--mlserver-venv", default="/tmp/mlserver-venv")
     parser.add_argument("--out", default="benchmarks/serving-results.json")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "ours-batching", "mlflow", "mlserver"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "ours-batching", "mlflow", "mlserver", *KINDS])
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
@@ -193,42 +229,50 @@ def main(argv: list[str] | None = None) -> int:
     from kfmlops.serving.process import free_port
 
     work = Path(tempfile.mkdtemp(prefix="kfmlops-serving-bench-"))
-    config, features, public_key, ref = build_model(work)
+    tracking_uri, task, features, public_key, refs = build_models(work)
     complete = features.dropna().reset_index(drop=True)  # every server's codec takes these rows
     rows_by_n = {1: complete.head(1), 100: complete.head(100)}
-    import mlflow.pyfunc
+    from kfmlops import model_contract
 
-    expected = np.asarray(mlflow.pyfunc.load_model(ref.model_uri).predict(rows_by_n[100]))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": config.tracking_uri, "KFMLOPS_VERIFY_KEY": public_key.decode(),
+    expected = {kind: model_contract.load(ref.model_uri).scores(rows_by_n[100])[:, 1] for kind, ref in refs.items()}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "KFMLOPS_VERIFY_KEY": public_key.decode(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow execs uvicorn
     results: list[dict] = []
     skipped: list[str] = []
+    positive = task.positive
 
-    def ours(batching: bool):
+    def ours(model: str, batching: bool):
         port = free_port()
         serving = json.dumps({"micro_batching": batching})
-        command = [sys.executable, "-m", "kfmlops.serving.server", "--model-uri", f"models:/{MODEL}@champion",
-                   "--tracking-uri", config.tracking_uri, "--http-port", str(port), "--serving", serving]
+        command = [sys.executable, "-m", "kfmlops.serving.server", "--model-uri", f"models:/{model}@champion",
+                   "--tracking-uri", tracking_uri, "--http-port", str(port), "--serving", serving]
         start = lambda: subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: E731
         return port, start
 
-    for label, batching in (("ours", False), ("ours-batching", True)):
-        if label in args.skip:
+    for kind, batching in (("tabular-net", False), ("tabular-net", True), ("gbdt", False), ("sklearn", False)):
+        label = "ours-batching" if batching else "ours"
+        if label in args.skip or kind in args.skip:
             continue
-        port, start = ours(batching)
+        model = refs[kind].name
+        port, start = ours(model, batching)
         base = f"http://127.0.0.1:{port}"
         suffix = " + micro-batching" if batching else ""
-        run_server(f"kfmlops V1{suffix}", "v1", start, f"{base}/v1/models/{MODEL}:predict", f"{base}/v2/models/{MODEL}/ready", rows_by_n, expected, args.duration, work, results)
-        if not batching:
-            run_server("kfmlops V2", "v2", start, f"{base}/v2/models/{MODEL}/infer", f"{base}/v2/models/{MODEL}/ready", rows_by_n, expected, args.duration, work, results)
+        ready = f"{base}/v2/models/{model}/ready"
+        run_server(f"kfmlops {kind} V1{suffix}", "v1", start, f"{base}/v1/models/{model}:predict", ready, rows_by_n,
+                   expected[kind], positive, args.duration, work, results)
+        if kind == "tabular-net" and not batching:
+            run_server(f"kfmlops {kind} V2", "v2", start, f"{base}/v2/models/{model}/infer", ready, rows_by_n,
+                       expected[kind], positive, args.duration, work, results)
 
+    net = refs["tabular-net"]
     if "mlflow" not in args.skip:
         port = free_port()
-        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", ref.model_uri, "--env-manager", "local",
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", net.model_uri, "--env-manager", "local",
                    "-h", "127.0.0.1", "-p", str(port)]
         start = lambda: subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: E731
         base = f"http://127.0.0.1:{port}"
-        run_server("mlflow models serve", "mlflow", start, f"{base}/invocations", f"{base}/ping", rows_by_n, expected, args.duration, work, results)
+        run_server("mlflow models serve (tabular-net)", "mlflow", start, f"{base}/invocations", f"{base}/ping", rows_by_n,
+                   expected["tabular-net"], positive, args.duration, work, results)
 
     mlserver = Path(args.mlserver_venv) / "bin" / "mlserver"
     if "mlserver" in args.skip:
@@ -238,19 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import mlflow.artifacts
 
-        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.model_uri, dst_path=str(work / "mlserver-model"), tracking_uri=config.tracking_uri))
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=net.model_uri, dst_path=str(work / "mlserver-model"), tracking_uri=tracking_uri))
         repo = work / "mlserver"
-        (repo / MODEL).mkdir(parents=True)
+        (repo / net.name).mkdir(parents=True)
         port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         (repo / "settings.json").write_text(json.dumps({
             "host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port,
         }))
-        (repo / MODEL / "model-settings.json").write_text(json.dumps({
-            "name": MODEL, "implementation": "mlserver_mlflow.MLflowRuntime", "parameters": {"uri": str(model_dir)},
+        (repo / net.name / "model-settings.json").write_text(json.dumps({
+            "name": net.name, "implementation": "mlserver_mlflow.MLflowRuntime", "parameters": {"uri": str(model_dir)},
         }))
         start = lambda: subprocess.Popen([str(mlserver), "start", str(repo)], env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: E731
         base = f"http://127.0.0.1:{port}"
-        run_server("MLServer (mlserver-mlflow)", "mlserver", start, f"{base}/v2/models/{MODEL}/infer", f"{base}/v2/models/{MODEL}/ready", rows_by_n, expected, args.duration, work, results)
+        run_server("MLServer (mlserver-mlflow, tabular-net)", "mlserver", start, f"{base}/v2/models/{net.name}/infer",
+                   f"{base}/v2/models/{net.name}/ready", rows_by_n, expected["tabular-net"], positive, args.duration, work,
+                   results)
 
     print("\n| server | rows/req | concurrency | req/s | rows/s | p50 ms | p99 ms | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
