@@ -18,7 +18,7 @@ from kfmlops import model_contract
 from kfmlops.serving.batching import MicroBatcher
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.outputs import score_diff, scores_from_v1, v1_predictions
-from kfmlops.serving.predictor import GENERIC, Predictor, load_served, records
+from kfmlops.serving.predictor import GENERIC, Predictor, load_served, records, resolve_model
 from kfmlops.serving.schema import BundleEncoder, FrameEncoder, RequestRejected, RequestSchema
 from kfmlops.serving.scorer import CompiledNet, UnsupportedNet, check_parity, random_inputs
 from kfmlops.train.bundles import load_bundle
@@ -34,7 +34,9 @@ def bundle(served_store) -> ModelBundle:
 def signature(served_store):
     import mlflow.models
 
-    info = mlflow.models.get_model_info(f"models:/adult/{served_store.champion}")
+    # resolved in the store explicitly: other fixtures' stores may be mlflow's current one
+    source = resolve_model(f"models:/adult/{served_store.champion}", served_store.mlflow.tracking_uri)
+    info = mlflow.models.get_model_info(str(source.model_dir))
     return [(c.name, c.type.name, c.required) for c in info.signature.inputs.inputs]
 
 

@@ -23,7 +23,7 @@ from serving_fixtures import served_store, task_models  # noqa: F401  (fixtures)
 from kfmlops import model_contract
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.outputs import scores_from_v1, scores_from_v2
-from kfmlops.serving.predictor import records
+from kfmlops.serving.predictor import records, resolve_model
 from kfmlops.serving.probe import bad_requests, send_bad_requests, v2_body
 from kfmlops.serving.process import PredictorProcess, PredictorStartError
 
@@ -46,7 +46,9 @@ def expected(served_store) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def signature(served_store):
-    info = mlflow.models.get_model_info(f"models:/adult/{served_store.champion}")
+    # resolved in the store explicitly: other fixtures' stores may be mlflow's current one
+    source = resolve_model(f"models:/adult/{served_store.champion}", served_store.mlflow.tracking_uri)
+    info = mlflow.models.get_model_info(str(source.model_dir))
     return [(c.name, c.type.name, c.required) for c in info.signature.inputs.inputs]
 
 

@@ -161,10 +161,9 @@ def register(
     version, tag it and alias it ``challenger`` (see the module docstring). ``input_example``: test
     rows without the label; ``residency``: the policy and verdicts recorded in the provenance."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from kfmlops.provenance import sign_model_dir
-    from kfmlops.tracking import use
+    from kfmlops.tracking import client, use
 
     use(mlflow_config)
     name = mlflow_config.model_name
@@ -177,7 +176,7 @@ def register(
             mlflow.log_artifacts(str(copy), MODEL_ARTIFACT)
     tags = {**lineage.tags(), **task_tags(info.task, info.trainer), TAG_PREFIX + "provenance_key_id": signed.key_id}
     version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags=tags).version)
-    MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
+    client(mlflow_config).set_registered_model_alias(name, CHALLENGER, version)
     return ModelVersionRef(name, version, f"models:/{name}/{version}")
 
 
@@ -206,12 +205,11 @@ def complete_model_dir(model_dir: Path, task: Task, rows: pd.DataFrame):
 def aliases(mlflow_config: MlflowConfig) -> dict[str, str]:
     """Alias -> version of the registered model (versions as str: sqlite gives ints, REST strings); {} if none."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    from kfmlops.tracking import tracking_uri
+    from kfmlops.tracking import client
 
     try:
-        model = MlflowClient(tracking_uri(mlflow_config)).get_registered_model(mlflow_config.model_name)
+        model = client(mlflow_config).get_registered_model(mlflow_config.model_name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return {}
@@ -226,13 +224,11 @@ def current_champion(mlflow_config: MlflowConfig) -> str | None:
 
 def promote(mlflow_config: MlflowConfig, version: str) -> Promotion:
     """Point ``champion`` at ``version``; the replaced champion is recorded on the new version."""
-    from mlflow.tracking import MlflowClient
-
-    from kfmlops.tracking import tracking_uri
+    from kfmlops.tracking import client
 
     previous = current_champion(mlflow_config)
-    client = MlflowClient(tracking_uri(mlflow_config))
+    registry = client(mlflow_config)
     name = mlflow_config.model_name
-    client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, previous or "none")
-    client.set_registered_model_alias(name, CHAMPION, version)
+    registry.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, previous or "none")
+    registry.set_registered_model_alias(name, CHAMPION, version)
     return Promotion(name, str(version), previous)

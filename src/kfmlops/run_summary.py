@@ -27,7 +27,7 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(mlflow_config)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, uri)
     mlflow.set_tracking_uri(uri)
     mv = client.get_model_version(mlflow_config.model_name, version)
     documents = {name: mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{name}.json")

@@ -40,6 +40,15 @@ def tracking_uri(config: MlflowConfig) -> str:
     return uri
 
 
+def client(config: MlflowConfig):
+    """An ``MlflowClient`` on the configured store for both tracking and the registry (never an
+    ``MLFLOW_REGISTRY_URI`` left in the environment)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(config)
+    return MlflowClient(uri, uri)
+
+
 def use(config: MlflowConfig) -> str:
     """Make the configured store and experiment mlflow's current ones; returns the experiment id."""
     import mlflow
@@ -61,13 +70,12 @@ def use(config: MlflowConfig) -> str:
 def epoch_logger(config: MlflowConfig, run_id: str):
     """A callback ``(epoch, metrics)`` that logs per-epoch metrics to ``run_id`` in one batch call."""
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(config))
+    store = client(config)
 
     def log(epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
+        store.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
 
     return log
 
@@ -93,18 +101,17 @@ def log_to_run(
 ) -> None:
     """Record a stage's figures in the pipeline's run; ``documents`` are JSON artifacts by file name."""
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(config))
+    store = client(config)
     now = int(time.time() * 1000)
-    client.log_batch(
+    store.log_batch(
         run_id,
         metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
         params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
         tags=[RunTag(k, v) for k, v in (tags or {}).items()],
     )
     for name, document in (documents or {}).items():
-        client.log_dict(run_id, document, name)
+        store.log_dict(run_id, document, name)
 
 
 @contextmanager
@@ -126,6 +133,4 @@ def failed_on_error(config: MlflowConfig, run_id: str) -> Iterator[None]:
 
 
 def end_run(config: MlflowConfig, run_id: str, status: str = "FINISHED") -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri(config)).set_terminated(run_id, status)
+    client(config).set_terminated(run_id, status)

@@ -50,7 +50,7 @@ def served_model(config: MlflowConfig, version: str | None, alias: str) -> Serve
     from kfmlops.tracking import tracking_uri
 
     uri = tracking_uri(config)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, uri)
     name = config.model_name
     try:
         registered = client.get_registered_model(name)
