@@ -9,6 +9,8 @@ from kfmlops.components.ingest import ingest
 from kfmlops.components.validate import validate
 from kfmlops.components.train import train
 from kfmlops.components.train_job import train_job
+from kfmlops.components.import_model import import_model
+from kfmlops.components.predict import predict
 from kfmlops.components.evaluate import evaluate
 from kfmlops.components.fairness import fairness
 from kfmlops.components.register import register
@@ -16,4 +18,4 @@ from kfmlops.components.promote import promote
 from kfmlops.components.deploy import deploy
 from kfmlops.components.drift import drift
 
-__all__ = ["ingest", "validate", "train", "train_job", "evaluate", "fairness", "register", "promote", "deploy", "drift"]
+__all__ = ["ingest", "validate", "train", "train_job", "import_model", "predict", "evaluate", "fairness", "register", "promote", "deploy", "drift"]

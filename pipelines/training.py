@@ -41,7 +41,7 @@ def release(
     scored = predict(model=model, data=test_data, task=task, settings=settings, run_id=run_id)
     judged = evaluate(predictions=scored.outputs["predictions"], train_data=train_data, test_data=test_data,
                       task=task, settings=settings, run_id=run_id)
-    fair = fairness(test_data=test_data, predictions=scored.outputs["predictions"],
+    fair = fairness(test_data=test_data, predictions=scored.outputs["predictions"], task=task,
                     sensitive_features=sensitive_columns, settings=settings, run_id=run_id)
     version = register(model=model, test_data=test_data, blessing=judged.outputs["blessing"],
                        fairness_verdict=fair.outputs["verdict"], task=task, source=source,
@@ -59,6 +59,14 @@ def release(
     for step in (scored, judged, fair, version, promoted, rollout):
         step.set_caching_options(False)  # each step records into MLflow: never replay it from cache
     return version.outputs["version"]
+
+
+def _release_inputs(splits, settings: dict, kfp_run_id: str) -> dict:
+    """What release takes from ingest, besides the model."""
+    return dict(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
+                task=splits.outputs["task"], sensitive_columns=splits.outputs["sensitive_columns"],
+                source=splits.outputs["source"], fingerprint=splits.outputs["fingerprint"], settings=settings,
+                run_id=splits.outputs["run_id"], pipeline_run_id=kfp_run_id)
 
 
 @dsl.pipeline(
@@ -132,10 +140,3 @@ def bring_your_own_model(data: dict, model_uri: str, settings: dict = {}, run_ta
         step.set_caching_options(False)
     return release(model=imported.outputs["model"], **_release_inputs(splits, settings, kfp_run_id)).output
 
-
-def _release_inputs(splits, settings: dict, kfp_run_id: str) -> dict:
-    """What release takes from ingest, besides the model."""
-    return dict(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
-                task=splits.outputs["task"], sensitive_columns=splits.outputs["sensitive_columns"],
-                source=splits.outputs["source"], fingerprint=splits.outputs["fingerprint"], settings=settings,
-                run_id=splits.outputs["run_id"], pipeline_run_id=kfp_run_id)
