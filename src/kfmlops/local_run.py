@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-uri", help="release this MLflow model (a path, an artifact URI, models:/NAME/VERSION) "
                                             "through the gates instead of training one")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per step, no download bars
     out = sys.stderr if args.json else sys.stdout
     try:
         config = PipelineConfig.from_yaml(args.config)

@@ -12,27 +12,28 @@ from pathlib import Path
 from typing import Any
 
 from kfmlops.config import MlflowConfig
-from kfmlops.register import CHAMPION, DEPLOY_REASONS_TAG, DEPLOY_STATUS_TAG
+from kfmlops.register import CHAMPION, DEPLOY_REASONS_TAG, DEPLOY_STATUS_TAG, TRAINER_TAG
 from kfmlops.register import aliases as registry_aliases
+from kfmlops.tasks import Task, metrics_module
 from kfmlops.tracking import tracking_uri
-
-METRICS = ("roc_auc", "pr_auc", "accuracy", "f1", "log_loss", "brier")
-
 
 def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps: list[dict],
             run_dir: Path, logs: Path | None) -> dict[str, Any]:
-    """A succeeded run's summary: what the run of model ``version`` recorded in MLflow (model,
-    data, metrics, fairness, gates, deploy), its steps and where its files are."""
+    """A succeeded run's summary: what the run of model ``version`` recorded in MLflow (model, task,
+    data, metrics of the candidate, reference, baseline and champion, fairness, gates, deploy), its
+    steps and where its files are."""
     import mlflow
-    from mlflow.tracking import MlflowClient
+
+    from kfmlops.tracking import client
 
     uri = tracking_uri(mlflow_config)
-    client = MlflowClient(uri, uri)
     mlflow.set_tracking_uri(uri)
-    mv = client.get_model_version(mlflow_config.model_name, version)
+    mv = client(mlflow_config).get_model_version(mlflow_config.model_name, version)
     documents = {name: mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{name}.json")
                  for name in ("ingest", "validation", "evaluation", "fairness")}
     evaluation, fairness, validation = documents["evaluation"], documents["fairness"], documents["validation"]
+    task = Task.from_json(evaluation["task"])
+    names = list(metrics_module(task).DIRECTIONS)
     aliases = registry_aliases(mlflow_config)
     champion = aliases.get(CHAMPION)
     gates = [
@@ -48,17 +49,20 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
         "model": {
             "name": mlflow_config.model_name,
             "version": version,
+            "trainer": mv.tags.get(TRAINER_TAG),
             "aliases": sorted(a for a, v in aliases.items() if v == version),
             "champion": champion,
             "promoted": champion == version,
             "mlflow_run_id": mv.run_id,
         },
+        "task": task.to_json(),
         "data": {k: documents["ingest"].get(k) for k in ("label", "train_rows", "test_rows", "fingerprint",
-                                                          "dropped_unlabelled", "label_mapping")},
+                                                          "dropped_unlabelled", "label_mapping", "label_counts")},
         "metrics": {
-            "candidate": {k: evaluation["candidate"][k] for k in (*METRICS, "confusion_matrix")},
-            "champion": ({k: evaluation["champion"][k] for k in METRICS} if evaluation.get("champion") else None),
+            "primary": evaluation["primary_metric"],
+            **{role: _metrics(evaluation.get(role), names) for role in ("candidate", "reference", "baseline", "champion")},
             "champion_version": evaluation.get("champion_version"),
+            "confusion_matrix": evaluation["candidate"].get("confusion_matrix"),
         },
         "fairness": fairness["features"],
         "gates": gates,
@@ -67,6 +71,11 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
         "mlflow": {"tracking_uri": uri},
         "paths": paths(run_dir, logs),
     }
+
+
+def _metrics(scores: dict[str, Any] | None, names: list[str]) -> dict[str, float | None] | None:
+    """The task's scalar metrics out of a recorded scores document (``None`` for a model not scored)."""
+    return {name: scores.get(name) for name in names} if scores else None
 
 
 def failed(*, step: str | None, reason: str, log: Path | None, seconds: float, steps: list[dict],
@@ -99,40 +108,12 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"  every step's log:  {summary['paths']['logs']}")
         return "\n".join(lines + ["", _error_line(error)])
 
-    model, metrics = summary["model"], summary["metrics"]
-    cand, champ = metrics["candidate"], metrics["champion"]
-    out = [f"kfmlops training run: {model['name']} version {model['version']} ({summary['seconds']:.1f} s)", ""]
-    data = summary["data"]
-    out.append(f"Data: {data['train_rows']:,} train rows, {data['test_rows']:,} test rows; "
-               f"{data.get('dropped_unlabelled') or 0:,} rows dropped for a missing label")
-    for name, values in (data.get("label_mapping") or {}).items():
-        shown = ", ".join(f"{v!r} {n:,}" for v, n in sorted(values.items(), key=lambda kv: -kv[1])[:4])
-        more = f" and {len(values) - 4} more values" if len(values) > 4 else ""
-        out.append(f"  label {data['label']} {name}: {shown}{more}")
-    out.append("")
-    out.append("Test metrics" + (f" (vs champion v{metrics['champion_version']})" if champ else " (no champion yet)"))
-    for name in METRICS:
-        line = f"  {name:<9} {cand[name]:.4f}"
-        if champ:
-            line += f"   champion {champ[name]:.4f}   delta {cand[name] - champ[name]:+.4f}"
-        out.append(line)
-    (tn, fp), (fn, tp) = cand["confusion_matrix"]
-    out += [f"  confusion  tn={tn} fp={fp} fn={fn} tp={tp}", ""]
-
-    out.append("Fairness by group (selection rate / TPR / FPR / accuracy / rows)")
-    if not summary["fairness"]:
-        out.append("  not assessed: data.sensitive_features is empty")
-    for feature in summary["fairness"]:
-        out.append(
-            f"  {feature['feature']}: DP diff {_f(feature['demographic_parity_difference'])}, "
-            f"DP ratio {_f(feature['demographic_parity_ratio'])}, EO diff {_f(feature['equalized_odds_difference'])}"
-        )
-        for g in feature["by_group"]:
-            gated = "" if g["gated"] else "  (too few rows: not gated)"
-            out.append(
-                f"    {str(g['group']):<20} {_f(g['selection_rate'])} / {_f(g['tpr'])} / {_f(g['fpr'])} / "
-                f"{_f(g['accuracy'])} / {g['count']}{gated}"
-            )
+    model, metrics, task = summary["model"], summary["metrics"], Task.from_json(summary["task"])
+    trainer = f", trainer {model['trainer']}" if model.get("trainer") else ""
+    out = [f"kfmlops training run: {model['name']} version {model['version']}{trainer} ({summary['seconds']:.1f} s)", ""]
+    out += _data_lines(summary["data"], task) + [""]
+    out += _metric_lines(metrics) + [""]
+    out += _fairness_lines(summary["fairness"])
     out += ["", "Gates"]
     for gate in summary["gates"]:
         out.append(f"  {gate['name']:<9} {'PASS' if gate['passed'] else 'FAIL'}")
@@ -156,7 +137,7 @@ def render(summary: dict[str, Any]) -> str:
         "",
         "Where things are",
         f"  run directory   {paths['run_dir']}",
-        "    validate/report, evaluate/report, fairness/report are HTML; evaluate/predictions is Parquet",
+        "    validate/report, evaluate/report, fairness/report are HTML; predict/predictions is Parquet",
         *([f"  step logs       {paths['logs']}"] if paths["logs"] else []),
         f"  summary (JSON)  {paths['summary']}",
         f"  MLflow store    {uri}  (browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)",
@@ -164,10 +145,62 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _data_lines(data: dict[str, Any], task: Task) -> list[str]:
+    out = [f"Data: {data['train_rows']:,} train rows, {data['test_rows']:,} test rows; "
+           f"{data.get('dropped_unlabelled') or 0:,} rows dropped for a missing label"]
+    classes = f", classes {', '.join(map(str, task.classes[:6]))}" + (" ..." if len(task.classes) > 6 else "")
+    out.append(f"  task {task.kind} (label {task.label}{classes if task.classes else ''}): {task.reason}")
+    for name, values in (data.get("label_mapping") or {}).items():
+        shown = ", ".join(f"{v!r} {n:,}" for v, n in sorted(values.items(), key=lambda kv: -kv[1])[:4])
+        more = f" and {len(values) - 4} more values" if len(values) > 4 else ""
+        out.append(f"  label {data['label']} {name}: {shown}{more}")
+    return out
+
+
+def _metric_lines(metrics: dict[str, Any]) -> list[str]:
+    """The task's test metrics, the primary one first: candidate, reference, baseline, champion."""
+    primary, champion = metrics["primary"], metrics["champion"]
+    roles = [r for r in ("candidate", "reference", "baseline", "champion") if metrics[r]]
+    heads = [f"champion v{metrics['champion_version']}" if r == "champion" else r for r in roles]
+    out = [f"Test metrics (primary {primary}; " + (f"vs champion v{metrics['champion_version']})" if champion
+                                                    else "no champion yet)"),
+           f"  {'':<12}" + "".join(f"{h:>14}" for h in heads)]
+    names = [primary, *(n for n in metrics["candidate"] if n != primary)]
+    for name in names:
+        cells = "".join(f"{_f(metrics[r].get(name), 4):>14}" for r in roles)
+        mark = "*" if name == primary else " "
+        out.append(f"  {name + mark:<12}{cells}")
+    matrix = metrics.get("confusion_matrix")
+    if matrix and len(matrix) == 2:
+        (tn, fp), (fn, tp) = matrix
+        out.append(f"  confusion   tn={tn} fp={fp} fn={fn} tp={tp}")
+    elif matrix and len(matrix) <= 8:
+        out.append("  confusion (a row per true class, a column per predicted class)")
+        out += ["    " + " ".join(f"{n:>7}" for n in row) for row in matrix]
+    return out
+
+
+def _fairness_lines(features: list[dict[str, Any]]) -> list[str]:
+    """Each sensitive feature's disparity figures, then its groups' figures."""
+    out = ["Fairness by group"]
+    if not features:
+        return out + ["  not assessed: data.sensitive_features is empty"]
+    for feature in features:
+        figures = ", ".join(f"{c['figure']} {_f(c['value'], 3)}" for c in feature["checks"])
+        out.append(f"  {feature['feature']}: {figures}")
+        columns = [k for k in feature["by_group"][0] if k not in ("group", "count", "gated")] if feature["by_group"] else []
+        out.append(f"    {'group':<20} " + " / ".join(columns) + " / rows")
+        for g in feature["by_group"]:
+            gated = "" if g["gated"] else "  (too few rows: not gated)"
+            values = " / ".join(_f(g[c], 3) for c in columns)
+            out.append(f"    {str(g['group']):<20} {values} / {g['count']}{gated}")
+    return out
+
+
 def _error_line(error: dict[str, Any]) -> str:
     where = f" at step {error['step']}" if error.get("step") else " before any step ran"
     return f"kfmlops run failed{where}: {error['reason']}"
 
 
-def _f(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _f(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
