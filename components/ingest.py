@@ -40,7 +40,9 @@ def ingest(
 
     from kfmlops.config import DataSpec, Settings
     from kfmlops.ingest import ingest as run_ingest, normalise_name
+    from kfmlops.preflight import check_task_settings
     from kfmlops.residency import enforce
+    from kfmlops.tasks import Task
     from kfmlops.tracking import failed_on_error, log_to_run, start_run, tracking_uri
 
     cfg = Settings.parse(settings)
@@ -48,6 +50,7 @@ def ingest(
     enforce({"read": [spec.source, spec.test_source], "write": [train_data.uri, test_data.uri],
              "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
     result = run_ingest(spec, cfg.ingest, train_data.path, test_data.path)
+    check_task_settings(Task.from_json(result.task), cfg)  # a metric or threshold of another task: stop now
     run_id = start_run(cfg.mlflow, run_name=f"train-{pipeline_run_id}", tags={
         **{str(k): str(v) for k, v in run_tags.items()},
         "kfmlops.pipeline_run_id": pipeline_run_id, "kfmlops.dataset_fingerprint": result.fingerprint})

@@ -11,13 +11,17 @@ nothing, or raises with one line that says what is wrong, where, and what to do:
   a source lacks, a test source lacking the train source's columns;
 - :class:`~kfmlops.typed.ConfigError`: a declared expectation or ``train.exclude_features`` naming
   a column the data does not have.
+
+The task is known only once ingest has read the label: :func:`check_task_settings` is ingest's
+check that the evaluate and fairness sections fit it, before any model is trained.
 """
 
 from __future__ import annotations
 
-from kfmlops.config import IngestConfig, PipelineConfig
+from kfmlops.config import IngestConfig, PipelineConfig, Settings
 from kfmlops.ingest import check_columns, header, normalise_name, normalised_names, required_columns
 from kfmlops.residency import enforce
+from kfmlops.tasks import Task
 from kfmlops.tracking import configured_tracking_uri
 from kfmlops.typed import ConfigError
 from kfmlops.validate import check_expectation_columns
@@ -40,6 +44,16 @@ def check(config: PipelineConfig) -> None:
             f"train.exclude_features names {unknown}, which {data.source!r} does not have; it has {sorted(columns)} "
             "(use the normalised snake_case names)"
         )
+
+
+def check_task_settings(task: Task, settings: Settings) -> None:
+    """Raise :class:`~kfmlops.evaluate.EvaluateConfigError` or :class:`~kfmlops.fairness.FairnessConfigError`
+    when ``evaluate.primary_metric``, ``evaluate.limits`` or a fairness threshold belongs to another task."""
+    from kfmlops.evaluate import primary_metric
+    from kfmlops.fairness import check_config
+
+    primary_metric(task, settings.evaluate)
+    check_config(task, settings.fairness)
 
 
 def kept_columns(uri: str, config: IngestConfig) -> list[str]:
