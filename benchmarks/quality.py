@@ -253,7 +253,8 @@ def print_verdict(rows: list[Row], trainers: list[str]) -> None:
             verdicts.append(ok)
             print(f"{trainer} on {data}: {unit} behind {best.model} ({'within' if ok else 'OUTSIDE'} the aim)")
         if verdicts:
-            print(f"{trainer}: {'meets' if all(verdicts) else 'misses'} the aim on {sum(verdicts)} of {len(verdicts)} data sets\n")
+            print(f"{trainer}: {'meets' if all(verdicts) else 'misses'} the aim: within it on {sum(verdicts)} of "
+                  f"{len(verdicts)} data sets\n")
 
 
 if __name__ == "__main__":
