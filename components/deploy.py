@@ -25,22 +25,16 @@ def deploy(
         rollout: JSON account: status, validation and canary checks with their figures, steps, manifest.
         Output: "promoted", "rolled_back" (champion alias and traffic restored) or "rejected" (failed validation).
     """
-    import json
-    from pathlib import Path
-
-    from kfmlops.config import Settings
-    from kfmlops.residency import enforce
     from kfmlops.serving.deploy import deploy as run_deploy
+    from kfmlops.step import step
     from kfmlops.tasks import Task
-    from kfmlops.tracking import tracking_uri
 
-    cfg = Settings.parse(settings)
-    enforce({"read": test_data.uri, "write": rollout.uri, "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-    service = cfg.deploy.inference_service
-    serving = service.serving.model_copy(update={"decision_threshold": cfg.evaluate.decision_threshold})
-    config = cfg.deploy.model_copy(update={
-        "model_version": version, "inference_service": service.model_copy(update={"serving": serving})})
-    result = run_deploy(test_data.path, Task.from_json(task), config, cfg.mlflow, cfg.provenance)
-    Path(rollout.path).write_text(json.dumps(result.to_json(), indent=1, default=str))
-    rollout.metadata.update({"status": result.status, "target": result.target, "version": result.version})
-    return result.status
+    with step(settings, read=test_data.uri, write=rollout.uri) as s:
+        cfg = s.settings
+        service = cfg.deploy.inference_service
+        serving = service.serving.model_copy(update={"decision_threshold": cfg.evaluate.decision_threshold})
+        config = cfg.deploy.model_copy(update={
+            "model_version": version, "inference_service": service.model_copy(update={"serving": serving})})
+        result = run_deploy(test_data.path, Task.from_json(task), config, cfg.mlflow, cfg.provenance)
+        s.write_json(rollout, result.to_json(), status=result.status, target=result.target, version=result.version)
+        return result.status

@@ -15,13 +15,11 @@ def promote(model_name: str, version: str, settings: dict) -> NamedTuple("Promot
     Returns:
         previous_champion: The version that was champion before, or "none"; recorded on the new version for rollback.
     """
-    from kfmlops.config import Settings
     from kfmlops.register import promote as run_promote
-    from kfmlops.residency import enforce
-    from kfmlops.tracking import tracking_uri
+    from kfmlops.step import step
 
-    cfg = Settings.parse(settings)
-    enforce({"mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-    if model_name != cfg.mlflow.model_name:
-        raise ValueError(f"model_name {model_name!r} differs from settings.mlflow.model_name {cfg.mlflow.model_name!r}")
-    return (run_promote(cfg.mlflow, version).previous_champion or "none",)
+    with step(settings) as s:
+        if model_name != s.settings.mlflow.model_name:
+            raise ValueError(f"model_name {model_name!r} differs from settings.mlflow.model_name "
+                             f"{s.settings.mlflow.model_name!r}")
+        return (run_promote(s.settings.mlflow, version).previous_champion or "none",)

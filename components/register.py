@@ -43,19 +43,16 @@ def register(
     import mlflow
     import pandas as pd
 
-    from kfmlops.config import Settings
-    from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
     from kfmlops.provenance import signing_key
-    from kfmlops.residency import enforce, residency_record
+    from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
+    from kfmlops.step import step
     from kfmlops.tasks import Task
-    from kfmlops.tracking import end_run, failed_on_error, tracking_uri, use
+    from kfmlops.tracking import end_run
 
-    cfg = Settings.parse(settings)
     data_task = Task.from_json(task)
-    with failed_on_error(cfg.mlflow, run_id):
-        use(cfg.mlflow)
-        verdicts = enforce({"read": [model.uri, test_data.uri, source], "mlflow": tracking_uri(cfg.mlflow),
-                            "model storage": mlflow.get_run(run_id).info.artifact_uri}, cfg.residency)
+    with step(settings, run_id, read=[model.uri, test_data.uri, source]) as s:
+        cfg = s.settings
+        s.enforce(**{"model storage": mlflow.get_run(run_id).info.artifact_uri})
         evaluation = json.loads(Path(blessing.path).read_text())
         fair = json.loads(Path(fairness_verdict.path).read_text())
         lineage = Lineage(
@@ -65,12 +62,12 @@ def register(
             code_commit=code_commit(),
             pipeline_run_id=pipeline_run_id,
             metrics={k: v for k, v in evaluation["candidate"].items() if isinstance(v, float)},
-            primary_metric=evaluation.get("primary_metric") or cfg.evaluate.primary_metric,
+            primary_metric=evaluation["primary_metric"],
             gates={"evaluate": GateVerdict(evaluation["blessed"], evaluation["reasons"]),
                    "fairness": GateVerdict(fair["passed"], fair["reasons"])},
         )
         example = pd.read_parquet(test_data.path).drop(columns=[data_task.label]).head(5)
         ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, task=data_task,
-                           signing_key=signing_key(cfg.provenance), residency=residency_record(cfg.residency, verdicts))
+                           signing_key=signing_key(cfg.provenance), residency=s.residency_record())
         end_run(cfg.mlflow, run_id)
         return (ref.name, ref.version)

@@ -32,23 +32,18 @@ def train(
     """
     from dataclasses import asdict
 
-    from kfmlops.config import Settings
-    from kfmlops.residency import enforce
+    from kfmlops.step import step
     from kfmlops.tasks import Task
-    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
     from kfmlops.train import train as run_train
 
-    cfg = Settings.parse(settings)
-    with failed_on_error(cfg.mlflow, run_id):
-        enforce({"read": train_data.uri, "write": [model.uri, cfg.train.checkpoint_dir],
-                 "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
-        log_to_run(cfg.mlflow, run_id, params={f"train.{k}": v for k, v in cfg.train.model_dump().items()})
-        result = run_train(train_data.path, Task.from_json(task), cfg.train, model.path, mlflow=cfg.mlflow, run_id=run_id)
-        figures = {f"val_{result.metric}": result.val_score, "best_iteration": result.best_iteration,
-                   "train_rows": result.train_rows, "train_seconds": result.seconds}
-        for name, value in figures.items():
-            metrics.log_metric(name, value)
+    with step(settings, run_id, read=train_data.uri, write=model.uri) as s:
+        cfg = s.settings.train
+        s.enforce(write=cfg.checkpoint_dir)
+        s.log(params={f"train.{k}": v for k, v in cfg.model_dump().items()})
+        result = run_train(train_data.path, Task.from_json(task), cfg, model.path, mlflow=s.settings.mlflow, run_id=run_id)
         model.metadata.update({"framework": result.framework, "format": "mlflow", "trainer": result.trainer,
                                "task": task, "device": result.device, "world_size": result.world_size})
-        log_to_run(cfg.mlflow, run_id, metrics=figures, documents={"train.json": asdict(result)})
+        s.log(kfp_metrics=metrics, metrics={f"val_{result.metric}": result.val_score, "best_iteration": result.best_iteration,
+                                            "train_rows": result.train_rows, "train_seconds": result.seconds},
+              documents={"train.json": asdict(result)})
         return (result.val_score,)

@@ -45,10 +45,9 @@ def train_job(
     import shutil
     from pathlib import Path
 
-    from kfmlops.config import Settings
-    from kfmlops.residency import enforce
+    from kfmlops.step import step
     from kfmlops.tasks import Task
-    from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri
+    from kfmlops.tracking import tracking_uri
     from kfmlops.train import read_head, save_model_dir
     from kfmlops.train.cluster import ClusterTrainConfig, train_on_cluster
     from kfmlops.typed import parse
@@ -56,13 +55,12 @@ def train_job(
     if backend != "cluster":
         raise ValueError(f"training_backend must be 'in-pod' or 'cluster', got {backend!r}")
     mount = "/mnt/kfmlops"
-    cfg = Settings.parse(settings)
-    with failed_on_error(cfg.mlflow, run_id):
+    with step(settings, run_id, read=train_data.uri, write=[model.uri, mount]) as s:
+        cfg = s.settings
+        s.enforce(write=cfg.train.checkpoint_dir)
         job = parse(ClusterTrainConfig, {**cluster, "storage": {"claim_name": shared_pvc, "mount_path": mount}}, "cluster")
         # the ranks are other processes: they need the store's address, not "the default"
         store = cfg.mlflow.model_copy(update={"tracking_uri": tracking_uri(cfg.mlflow)})
-        enforce({"read": train_data.uri, "write": [model.uri, mount, cfg.train.checkpoint_dir],
-                 "mlflow": store.tracking_uri}, cfg.residency)
         staged = Path(mount) / "kfmlops-runs" / run_id
         staged.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(train_data.path, staged / "train.parquet")
@@ -72,11 +70,8 @@ def train_job(
             raise RuntimeError(f"{done.job} succeeded but wrote no result under {mount}: is {shared_pvc} mounted here?")
         save_model_dir(done.model_dir, model.path, read_head(staged / "train.parquet"))
         result = done.result
-        figures = {f"val_{result.metric}": result.val_score, "best_iteration": result.best_iteration,
-                   "train_rows": result.train_rows, "train_seconds": result.seconds}
-        for name, value in figures.items():
-            metrics.log_metric(name, value)
         model.metadata.update({"framework": result.framework, "format": "mlflow", "trainer": result.trainer,
                                "task": task, "job": done.job})
-        log_to_run(cfg.mlflow, run_id, metrics=figures)
+        s.log(kfp_metrics=metrics, metrics={f"val_{result.metric}": result.val_score, "best_iteration": result.best_iteration,
+                                            "train_rows": result.train_rows, "train_seconds": result.seconds})
         return (result.val_score,)

@@ -11,22 +11,31 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kfmlops.config import Settings
-from kfmlops.residency import enforce
+from kfmlops.residency import ResidencyVerdict, enforce, residency_record
 from kfmlops.tracking import failed_on_error, log_to_run, tracking_uri, use
 
 
-@dataclass(frozen=True)
+@dataclass
 class Step:
     """One component run: its parsed settings, the MLflow run it records into, residency verdicts."""
 
     settings: Settings
     run_id: str | None
-    residency: dict[str, Any]
+    verdicts: list[ResidencyVerdict] = field(default_factory=list)
+
+    def enforce(self, **locations: Any) -> None:
+        """Residency for locations known only once the settings are parsed or MLflow is pointed at the
+        store (a checkpoint folder, the run's artifact store): refused before the body uses them."""
+        self.verdicts += enforce(locations, self.settings.residency)
+
+    def residency_record(self) -> dict[str, Any]:
+        """The policy and every verdict of this step, for a provenance record."""
+        return residency_record(self.settings.residency, self.verdicts)
 
     def write_json(self, artifact: Any, document: Any, **metadata: Any) -> None:
         """``document`` as indented JSON at the artifact's path; ``metadata`` onto the artifact."""
