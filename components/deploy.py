@@ -18,13 +18,14 @@ def deploy(
         task: The data's task (kfmlops.tasks.Task as JSON, from ingest): how served outputs are read back into
             scores, and the label column dropped from the probe rows.
         version: The registered model version to deploy (the new champion).
-        settings: kfmlops.config.Settings as JSON (the `deploy`, `mlflow`, `provenance` sections are read, and
+        settings: kfmlops.config.Settings as JSON (the `deploy`, `mlflow`, `provenance`, `audit` sections are read, and
             `evaluate.decision_threshold` becomes the served binary label's threshold).
 
     Returns:
         rollout: JSON account: status, validation and canary checks with their figures, steps, manifest.
         Output: "promoted", "rolled_back" (champion alias and traffic restored) or "rejected" (failed validation).
     """
+    from kfmlops.audit import actor, log_event
     from kfmlops.serving.deploy import deploy as run_deploy
     from kfmlops.step import step
     from kfmlops.tasks import Task
@@ -37,4 +38,5 @@ def deploy(
             "model_version": version, "inference_service": service.model_copy(update={"serving": serving})})
         result = run_deploy(test_data.path, Task.from_json(task), config, cfg.mlflow, cfg.provenance)
         s.write_json(rollout, result.to_json(), status=result.status, target=result.target, version=result.version)
+        log_event(cfg.audit, cfg.provenance, result.audit_entry(actor()))
         return result.status

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kfmlops import cli
-from kfmlops.config import MlflowConfig
+from kfmlops import audit, cli
+from kfmlops.config import AuditConfig, MlflowConfig, ProvenanceConfig
+from kfmlops.provenance import verify_key
 from kfmlops.register import DEPLOY_STATUS_TAG, GateVerdict, Lineage, promote, task_tags
 from kfmlops.registry import main
 from kfmlops.tasks import Task
@@ -61,8 +62,10 @@ def built(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def registry(built, tmp_path) -> str:
-    """A copy of the built registry for one test (the artifacts stay shared: nothing writes them)."""
+def registry(built, tmp_path, monkeypatch) -> str:
+    """A copy of the built registry for one test (the artifacts stay shared: nothing writes them);
+    KFMLOPS_HOME (the audit log, the development keys) in tmp_path."""
+    monkeypatch.setenv("KFMLOPS_HOME", str(tmp_path / "home"))
     shutil.copy(built / "mlflow.db", tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
@@ -168,6 +171,12 @@ def test_rollback_walks_the_champion_history_and_records_it_on_both_versions(reg
     code, _, _ = models(capsys, registry, "rollback", "adult", "3", "--reason", "fixed upstream", "--by", "alice")
     assert code == 0 and _champion(registry) == "3" and _tags(registry, "3")["kfmlops.previous_champion"] == "2"
     assert _tags(registry, "1")["kfmlops.rollback.from"] == "1" and _tags(registry, "1")["kfmlops.rollback.to"] == "3"
+
+    log = audit.log_path(AuditConfig(), "adult")  # every move is in the signed audit log, in order
+    assert [(r.event, r.version, r.actor, r.reason, r.details["from"]) for r in audit.read_log(log)] == [
+        ("rollback", "2", "alice", "p99 latency regression", "3"), ("rollback", "1", "bob", "still bad", "2"),
+        ("rollback", "3", "alice", "fixed upstream", "1")]
+    assert audit.verify(log, verify_key(ProvenanceConfig())).ok
 
 
 def test_rollback_refuses_a_version_whose_gates_failed_unless_forced(registry, capsys):

@@ -16,7 +16,7 @@ import mlflow.sklearn
 
 from kfmlops.config import PipelineConfig, ProvenanceConfig, Settings
 from kfmlops.provenance import PROVENANCE_FILE, verify, verify_key
-from kfmlops import run_summary
+from kfmlops import audit, run_summary
 from kfmlops.local_run import PipelineFailed, main, run_pipeline
 from kfmlops.register import aliases
 from kfmlops.serving.predictor import resolve_model
@@ -104,6 +104,10 @@ def test_pipeline_registers_a_gated_champion_then_keeps_it_from_a_weaker_model(h
     assert summary["metrics"]["champion"]["roc_auc"] == pytest.approx(float(tags["kfmlops.metric.roc_auc"]), abs=1e-6)
     text = run_summary.render(summary)
     assert "not promoted (evaluate gate failed)" in text and f"champion stays v{first.version}" in text
+
+    log = audit.log_path(good.settings.audit, cfg.model_name)  # the promotion and the rollout, signed; nothing for v2
+    assert [(r.event, r.version) for r in audit.read_log(log)] == [("alias_moved", first.version), ("deployed", first.version)]
+    assert audit.verify(log, verify_key(ProvenanceConfig())).ok
 
 
 def test_a_multiclass_label_trains_with_the_users_own_fit_function(home, monkeypatch):

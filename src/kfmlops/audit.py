@@ -46,13 +46,11 @@ from typing import Any, Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import Field
 
-from kfmlops.config import ProvenanceConfig
+from kfmlops.config import AuditConfig, ProvenanceConfig
 from kfmlops.durable import atomic_path
 from kfmlops.provenance import SigningKeyError, _private_key, _public_key, key_id, signing_key, verify_key
 from kfmlops.tracking import kfmlops_home
-from kfmlops.typed import SettingsModel
 
 AUDIT_DIR = "audit"
 GENESIS_HASH = "0" * 64
@@ -63,6 +61,9 @@ GENESIS_HASH = "0" * 64
 _SIGNING_CONTEXT = b"kfmlops.audit.v1\x00"
 # The registered-model names MlflowConfig.model_name accepts: no path separators, no leading dot.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class AuditError(ValueError):
@@ -79,14 +80,23 @@ class Event(StrEnum):
     DEPLOYED = "deployed"
 
 
-class AuditConfig(SettingsModel):
-    """Where the audit logs live: one ``<model>.jsonl`` per registered model."""
+def actor(given: str | None = None) -> str:
+    """Who acts: ``given`` (a ``--by`` flag), else ``$KFMLOPS_ACTOR``, else the Kubernetes service
+    account the pod runs as (``system:serviceaccount:NAMESPACE:NAME``, from ``$KFMLOPS_SERVICE_ACCOUNT``
+    and the mounted namespace), else the login name."""
+    import getpass
 
-    directory: str | None = Field(
-        default=None,
-        description="Folder of the audit logs; unset: $KFMLOPS_HOME/audit, beside the local registry store. On a "
-        "cluster, a volume every step that promotes, rolls back or deploys mounts.",
-    )
+    if given:
+        return given
+    if os.environ.get("KFMLOPS_ACTOR"):
+        return os.environ["KFMLOPS_ACTOR"]
+    namespace = Path(SERVICE_ACCOUNT_NAMESPACE)
+    if os.environ.get("KFMLOPS_SERVICE_ACCOUNT") and namespace.is_file():
+        return f"system:serviceaccount:{namespace.read_text().strip()}:{os.environ['KFMLOPS_SERVICE_ACCOUNT']}"
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry (a container's 10001)
+        return f"uid:{os.getuid()}"
 
 
 def audit_dir(config: AuditConfig) -> Path:

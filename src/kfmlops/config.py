@@ -248,6 +248,16 @@ class ProvenanceConfig(SettingsModel):
     )
 
 
+class AuditConfig(SettingsModel):
+    """Where the audit logs live: one ``<model>.jsonl`` per registered model."""
+
+    directory: str | None = Field(
+        default=None,
+        description="Folder of the audit logs; unset: $KFMLOPS_HOME/audit, beside the local registry store. On a "
+        "cluster, a volume every step that promotes, rolls back or deploys mounts.",
+    )
+
+
 class Settings(SettingsModel):
     """How each stage behaves; every field has a default."""
 
@@ -259,6 +269,7 @@ class Settings(SettingsModel):
     mlflow: MlflowConfig = MlflowConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
     deploy: DeployConfig = DeployConfig()
+    audit: AuditConfig = AuditConfig()
     residency: ResidencyPolicy | None = Field(
         default=None, description="Allowed regions and locations; every step refuses a URI outside them."
     )
@@ -275,10 +286,10 @@ class Settings(SettingsModel):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow``, ``provenance`` and ``deploy`` (where a run is recorded, who signs it and how it is rolled
-        out do not change the model). Integral floats count as
+        ``mlflow``, ``provenance``, ``deploy`` and ``audit`` (where a run is recorded, who signs it, how it
+        is rolled out and where that is logged do not change the model). Integral floats count as
         ints, because KFP carries every number of a parameter as a double."""
-        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy"}))
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -22,7 +22,6 @@ the deploy step rolled out until the deploy step runs again.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -124,6 +123,13 @@ class Rollback:
     reason: str
     forced: bool
     previous_champion: str | None
+
+    def audit_entry(self):
+        """The move as an audit log entry (``rollback``)."""
+        from kfmlops.audit import Entry, Event
+
+        return Entry(event=Event.ROLLBACK, model=self.name, version=self.to_version, actor=self.by, reason=self.reason,
+                     details={"alias": CHAMPION, "from": self.from_version, "forced": self.forced})
 
 
 def view(version, model_aliases: dict[str, str]) -> VersionView:
@@ -248,12 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("name")
     back.add_argument("version", nargs="?", help="default: the version the champion replaced")
     back.add_argument("--reason", required=True, help="why: recorded on both versions")
-    back.add_argument("--by", default=None, help="who: recorded on both versions (default: the login name)")
+    back.add_argument("--by", default=None, help="who: recorded on both versions and in the audit log (default: "
+                      "$KFMLOPS_ACTOR, else the pod's service account, else the login name)")
     back.add_argument("--force", action="store_true", help="allow a version whose gates did not pass")
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from kfmlops import audit
+    from kfmlops.config import PipelineConfig, Settings
     from kfmlops.typed import ConfigError
 
     try:
@@ -269,9 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             a, b, rows = compare(client, args.name, args.v1, args.v2)
             out = json.dumps(_compare_json(a, b, rows)) if args.json else _compare_text(a, b, rows)
         else:
-            move = rollback(client, args.name, args.version, reason=args.reason, by=args.by or _login(), force=args.force)
+            move = rollback(client, args.name, args.version, reason=args.reason, by=audit.actor(args.by), force=args.force)
+            settings = PipelineConfig.from_yaml(args.config).settings if args.config else Settings()
+            audit.log_event(settings.audit, settings.provenance, move.audit_entry())
             out = json.dumps(asdict(move)) if args.json else _rollback_text(move)
-    except (RegistryError, ConfigError) as exc:
+    except (RegistryError, ConfigError, audit.AuditError) as exc:
         print(f"kfmlops models: {exc}", file=sys.stderr)
         return 1
     except MlflowException as exc:
@@ -343,13 +354,6 @@ def _json_list(value: str | None) -> list[str]:
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name, e.g. a container's arbitrary uid
-        return "unknown"
 
 
 def _gates_word(v: VersionView) -> str:

@@ -88,6 +88,18 @@ class DeployResult:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def audit_entry(self, actor: str):
+        """The rollout as an audit log entry: ``deployed`` (promoted), ``rollback`` (the canary failed:
+        traffic and ``champion`` back on the previous version) or ``rejected`` (failed validation)."""
+        from kfmlops.audit import Entry, Event
+
+        event = {"promoted": Event.DEPLOYED, "rolled_back": Event.ROLLBACK, "rejected": Event.REJECTED}[self.status]
+        failed = [r for check in (self.validation, self.canary) if check and not check.passed for r in check.reasons]
+        return Entry(event=event, model=self.model_name, version=str(self.version), actor=actor,
+                     reason="; ".join(failed) or f"deploy {self.status}",
+                     details={"status": self.status, "target": self.target, "traffic_percent": self.traffic_percent,
+                              "previous_version": self.previous_version, "champion": self.champion})
+
 
 @dataclass(frozen=True)
 class Reference:
