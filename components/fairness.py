@@ -36,13 +36,12 @@ def fairness(
     """
     import pandas as pd
 
-    from kfmlops.fairness import assess, check_config
+    from kfmlops.fairness import assess
     from kfmlops.step import step
     from kfmlops.tasks import Task
 
     with step(settings, run_id, read=[test_data.uri, predictions.uri], write=[verdict.uri, report.uri]) as s:
         the_task = Task.from_json(task)
-        check_config(the_task, s.settings.fairness)
         scored = pd.read_parquet(predictions.path)
         sensitive = pd.read_parquet(test_data.path, columns=list(sensitive_features))
         result = assess(the_task, scored, sensitive, s.settings.fairness)

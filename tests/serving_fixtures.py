@@ -88,6 +88,20 @@ def served_store(tmp_path_factory, adult) -> ServedStore:
     return _STORE[0]
 
 
+@pytest.fixture(scope="session")
+def signature(served_store, tmp_path_factory) -> list[tuple[str, str, bool]]:
+    """(column, type, required) of the champion's registered signature, read from its own store
+    (another fixture's store may be mlflow's current one)."""
+    import mlflow.models
+
+    from kfmlops.serving.predictor import resolve_model
+
+    source = resolve_model(f"models:/adult/{served_store.champion}", served_store.mlflow.tracking_uri,
+                           tmp_path_factory.mktemp("champion"))
+    info = mlflow.models.get_model_info(str(source.model_dir))
+    return [(c.name, c.type.name, c.required) for c in info.signature.inputs.inputs]
+
+
 def reset_champion(store: ServedStore) -> None:
     from mlflow.tracking import MlflowClient
 

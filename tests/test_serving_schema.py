@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from kserve.protocol.infer_type import InferInput
 from kserve.protocol.infer_type import InferRequest
-from serving_fixtures import served_store, task_models  # noqa: F401  (fixtures)
+from serving_fixtures import served_store, signature, task_models  # noqa: F401  (fixtures)
 
 from kfmlops import model_contract
 from kfmlops.serving.batching import MicroBatcher
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.outputs import score_diff, scores_from_v1, v1_predictions
-from kfmlops.serving.predictor import GENERIC, Predictor, load_served, records, resolve_model
+from kfmlops.serving.predictor import GENERIC, Predictor, load_served, records
 from kfmlops.serving.schema import BundleEncoder, FrameEncoder, RequestRejected, RequestSchema
 from kfmlops.serving.scorer import CompiledNet, UnsupportedNet, check_parity, random_inputs
 from kfmlops.train.bundles import load_bundle
@@ -28,16 +28,6 @@ from kfmlops.train.model import ModelBundle
 @pytest.fixture(scope="module")
 def bundle(served_store) -> ModelBundle:
     return load_bundle(model_contract.bundle_path(served_store.model_dir))
-
-
-@pytest.fixture(scope="module")
-def signature(served_store):
-    import mlflow.models
-
-    # resolved in the store explicitly: other fixtures' stores may be mlflow's current one
-    source = resolve_model(f"models:/adult/{served_store.champion}", served_store.mlflow.tracking_uri)
-    info = mlflow.models.get_model_info(str(source.model_dir))
-    return [(c.name, c.type.name, c.required) for c in info.signature.inputs.inputs]
 
 
 @pytest.fixture(scope="module")

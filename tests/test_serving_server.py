@@ -14,16 +14,15 @@ import concurrent.futures
 import json
 
 import httpx
-import mlflow.models
 import numpy as np
 import orjson
 import pytest
-from serving_fixtures import served_store, task_models  # noqa: F401  (fixtures)
+from serving_fixtures import served_store, signature, task_models  # noqa: F401  (fixtures)
 
 from kfmlops import model_contract
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.outputs import scores_from_v1, scores_from_v2
-from kfmlops.serving.predictor import records, resolve_model
+from kfmlops.serving.predictor import records
 from kfmlops.serving.probe import bad_requests, send_bad_requests, v2_body
 from kfmlops.serving.process import PredictorProcess, PredictorStartError
 
@@ -42,14 +41,6 @@ def server(served_store):
 def expected(served_store) -> np.ndarray:
     """P(positive) of the first test rows, by the model's own (PyTorch) path."""
     return model_contract.load(served_store.model_dir).scores(served_store.features.head(ROWS))[:, 1]
-
-
-@pytest.fixture(scope="module")
-def signature(served_store):
-    # resolved in the store explicitly: other fixtures' stores may be mlflow's current one
-    source = resolve_model(f"models:/adult/{served_store.champion}", served_store.mlflow.tracking_uri)
-    info = mlflow.models.get_model_info(str(source.model_dir))
-    return [(c.name, c.type.name, c.required) for c in info.signature.inputs.inputs]
 
 
 def _v1(server, body: dict | bytes, **kwargs) -> httpx.Response:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kfmlops.config import MlflowConfig
 from kfmlops.register import (
     CHAMPION,
     CLASSES_TAG,
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     from kfmlops.typed import ConfigError
 
     try:
-        uri = _registry_uri(args.config, args.tracking_uri)
+        settings = PipelineConfig.from_yaml(args.config).settings if args.config else Settings()
+        uri = _registry_uri(settings.mlflow, args.tracking_uri)
         client = MlflowClient(uri, uri)
         if args.action == "list":
             models = list_models(client)
@@ -279,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
             out = json.dumps(_compare_json(a, b, rows)) if args.json else _compare_text(a, b, rows)
         else:
             move = rollback(client, args.name, args.version, reason=args.reason, by=audit.actor(args.by), force=args.force)
-            settings = PipelineConfig.from_yaml(args.config).settings if args.config else Settings()
             audit.log_event(settings.audit, settings.provenance, move.audit_entry())
             out = json.dumps(asdict(move)) if args.json else _rollback_text(move)
     except (RegistryError, ConfigError, audit.AuditError) as exc:
@@ -292,13 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _registry_uri(config: str | None, tracking_uri: str | None) -> str:
+def _registry_uri(mlflow_config: MlflowConfig, tracking_uri: str | None) -> str:
     """--tracking-uri, else --config's mlflow section, else $MLFLOW_TRACKING_URI, else $KFMLOPS_HOME's
     store; a RegistryError for a sqlite file that does not exist (MLflow would create an empty one)."""
-    from kfmlops.config import MlflowConfig, PipelineConfig
     from kfmlops.tracking import configured_tracking_uri
 
-    mlflow_config = PipelineConfig.from_yaml(config).settings.mlflow if config else MlflowConfig()
     uri = tracking_uri or configured_tracking_uri(mlflow_config)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise RegistryError(

@@ -17,6 +17,7 @@ from kfmlops.register import aliases as registry_aliases
 from kfmlops.tasks import Task, metrics_module
 from kfmlops.tracking import tracking_uri
 
+
 def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps: list[dict],
             run_dir: Path, logs: Path | None) -> dict[str, Any]:
     """A succeeded run's summary: what the run of model ``version`` recorded in MLflow (model, task,

@@ -45,12 +45,11 @@ def served_model(config: MlflowConfig, version: str | None, alias: str) -> Serve
     registry has instead.
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    from kfmlops.tracking import tracking_uri
+    from kfmlops.tracking import client as registry_client, tracking_uri
 
     uri = tracking_uri(config)
-    client = MlflowClient(uri, uri)
+    client = registry_client(config)
     name = config.model_name
     try:
         registered = client.get_registered_model(name)
@@ -75,12 +74,10 @@ def download_model(served: ServedModel, config: MlflowConfig, destination: Path)
     """The registered version's MLflow model directory, downloaded under ``destination``."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from kfmlops.tracking import tracking_uri
+    from kfmlops.tracking import client, tracking_uri
 
     uri = tracking_uri(config)
-    source = MlflowClient(uri, uri).get_model_version_download_uri(served.name, served.version)
+    source = client(config).get_model_version_download_uri(served.name, served.version)
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination), tracking_uri=uri)
     except (MlflowException, OSError) as exc:
