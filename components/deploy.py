@@ -26,17 +26,13 @@ def deploy(
         Output: "promoted", "rolled_back" (champion alias and traffic restored) or "rejected" (failed validation).
     """
     from kfmlops.audit import actor, log_event
-    from kfmlops.serving.deploy import deploy as run_deploy
+    from kfmlops.serving.deploy import deploy as run_deploy, version_config
     from kfmlops.step import step
     from kfmlops.tasks import Task
 
     with step(settings, read=test_data.uri, write=rollout.uri) as s:
         cfg = s.settings
-        service = cfg.deploy.inference_service
-        serving = service.serving.model_copy(update={"decision_threshold": cfg.evaluate.decision_threshold})
-        config = cfg.deploy.model_copy(update={
-            "model_version": version, "inference_service": service.model_copy(update={"serving": serving})})
-        result = run_deploy(test_data.path, Task.from_json(task), config, cfg.mlflow, cfg.provenance)
+        result = run_deploy(test_data.path, Task.from_json(task), version_config(cfg, version), cfg.mlflow, cfg.provenance)
         s.write_json(rollout, result.to_json(), status=result.status, target=result.target, version=result.version)
         log_event(cfg.audit, cfg.provenance, result.audit_entry(actor()))
         return result.status

@@ -38,6 +38,8 @@ def ingest(
     """
     from dataclasses import asdict
 
+    from kfmlops.approval import STARTED_BY_TAG
+    from kfmlops.audit import actor
     from kfmlops.config import DataSpec, Settings
     from kfmlops.ingest import ingest as run_ingest, normalise_name
     from kfmlops.preflight import check_task_settings
@@ -52,6 +54,7 @@ def ingest(
     result = run_ingest(spec, cfg.ingest, train_data.path, test_data.path)
     check_task_settings(Task.from_json(result.task), cfg)  # a metric or threshold of another task: stop now
     run_id = start_run(cfg.mlflow, run_name=f"train-{pipeline_run_id}", tags={
+        STARTED_BY_TAG: actor(),  # run_tags may name who started the run from elsewhere (kfmlops submit)
         **{str(k): str(v) for k, v in run_tags.items()},
         "kfmlops.pipeline_run_id": pipeline_run_id, "kfmlops.dataset_fingerprint": result.fingerprint})
     with failed_on_error(cfg.mlflow, run_id):

@@ -43,6 +43,7 @@ def register(
     import mlflow
     import pandas as pd
 
+    from kfmlops.approval import TEST_DATA_TAG
     from kfmlops.provenance import signing_key
     from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
     from kfmlops.step import step
@@ -68,6 +69,7 @@ def register(
         )
         example = pd.read_parquet(test_data.path).drop(columns=[data_task.label]).head(5)
         ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, task=data_task,
-                           signing_key=signing_key(cfg.provenance), residency=s.residency_record())
+                           signing_key=signing_key(cfg.provenance), residency=s.residency_record(),
+                           extra_tags={TEST_DATA_TAG: test_data.uri})  # what kfmlops approve deploys with
         end_run(cfg.mlflow, run_id)
         return (ref.name, ref.version)

@@ -8,7 +8,9 @@ in through `import_model` instead. Either way the model (an MLflow model directo
 framework) goes through :func:`release`. Every candidate is registered (alias `challenger`) with its lineage and
 gate verdicts; the `champion` alias moves only inside the two gate branches, when evaluate
 blessed the candidate and fairness passed it, and only such a champion is deployed (validated
-before push, canary, then promoted or rolled back).
+before push, canary, then promoted or rolled back). With governance.require_approval on, promote
+asks for approval instead and the run ends there: `kfmlops approve` moves champion and deploys
+(kfmlops.approval says why the run does not wait).
 """
 
 from kfp import dsl, kubernetes
@@ -53,9 +55,10 @@ def release(
         with dsl.If(fair.outputs["Output"] == True, name="fairness-gate"):  # noqa: E712
             promoted = promote(model_name=version.outputs["model_name"], version=version.outputs["version"],
                                settings=settings)
-            rollout = deploy(test_data=test_data, task=task, version=version.outputs["version"],
-                             settings=settings).after(promoted)
-            kubernetes.use_secret_as_volume(rollout, VERIFY_SECRET, mount_path=VERIFY_MOUNT, optional=True)
+            with dsl.If(promoted.outputs["status"] == "promoted", name="approved"):  # else it waits: kfmlops approve
+                rollout = deploy(test_data=test_data, task=task, version=version.outputs["version"],
+                                 settings=settings)
+                kubernetes.use_secret_as_volume(rollout, VERIFY_SECRET, mount_path=VERIFY_MOUNT, optional=True)
     for step in (scored, judged, fair, version, promoted, rollout):
         step.set_caching_options(False)  # each step records into MLflow: never replay it from cache
     return version.outputs["version"]

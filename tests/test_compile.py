@@ -46,7 +46,12 @@ def test_pipeline_gates_wrap_promote_and_deploy_on_both_training_backends():
     for gate in tasks["fairness-gate"]:
         assert "fairness-Output" in gate["triggerPolicy"]["condition"]
         inside = pipeline["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-        assert {t["taskInfo"]["name"] for t in inside.values()} == {"promote", "deploy"}
+        assert {t["taskInfo"]["name"] for t in inside.values()} == {"promote", "approved"}
+    for approved in tasks["approved"]:  # deploy only what promote promoted (not what waits for approval)
+        assert "promote-status" in approved["triggerPolicy"]["condition"]
+        assert "== 'promoted'" in approved["triggerPolicy"]["condition"]
+        inside = pipeline["components"][approved["componentRef"]["name"]]["dag"]["tasks"]
+        assert {t["taskInfo"]["name"] for t in inside.values()} == {"deploy"}
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, spec in executors.items():
         if name.startswith("exec-register"):

@@ -119,7 +119,7 @@ def test_submit_uploads_the_package_with_the_configs_arguments(config, capsys, m
     monkeypatch.setenv("KFP_TOKEN", "s3cret")
     with StandIn(token="s3cret") as api:
         code = main(["--config", str(config), "--host", api.url + "/", "--experiment", "nightly", "--run-name", "adult-3",
-                     "--namespace", "team-a", "--token-env", "KFP_TOKEN", "--json"])
+                     "--namespace", "team-a", "--token-env", "KFP_TOKEN", "--by", "alice", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out) == {  # stdout is the JSON alone: kfp's own "Run details" lines went to stderr
@@ -130,7 +130,8 @@ def test_submit_uploads_the_package_with_the_configs_arguments(config, capsys, m
     assert [r["body"] for r in api.sent("POST", "/experiments")] == [{"display_name": "nightly", "namespace": "team-a"}]
     ((run,),) = [[r["body"] for r in api.sent("POST", "/runs")]]
     assert run["display_name"] == "adult-3" and run["experiment_id"] == "exp-1"
-    assert run["runtime_config"]["parameters"] == PipelineConfig.from_yaml(config).pipeline_arguments()
+    assert run["runtime_config"]["parameters"] == {  # who submitted: the run's kfmlops.started_by (four-eyes)
+        **PipelineConfig.from_yaml(config).pipeline_arguments(), "run_tags": {"kfmlops.started_by": "alice"}}
     spec = run["pipeline_spec"]
     spec = spec.get("pipeline_spec", spec)  # nested when the package carries a platform spec too
     assert spec == next(yaml.safe_load_all(PACKAGE.read_text()))

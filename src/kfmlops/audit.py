@@ -74,6 +74,7 @@ class Event(StrEnum):
     """What happened to a model version."""
 
     ALIAS_MOVED = "alias_moved"
+    APPROVAL_REQUESTED = "approval_requested"
     APPROVED = "approved"
     REJECTED = "rejected"
     ROLLBACK = "rollback"

@@ -11,6 +11,8 @@ COMMANDS = {
     "compile": ("kfmlops.compile:main", "compile every component and pipeline to YAML"),
     "submit": ("kfmlops.submit:main", "submit the compiled training pipeline to a Kubeflow Pipelines endpoint"),
     "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back"),
+    "approve": ("kfmlops.approval:approve_main", "approve a version that waits for approval: champion, then deploy"),
+    "reject": ("kfmlops.approval:reject_main", "reject a version that waits for approval"),
     "audit": ("kfmlops.audit:main", "show and verify the signed audit log of promotions, rollbacks and deploys"),
     "serve": ("kfmlops.serving.server:main", "serve a registered model with KServe's ModelServer"),
     "sink": ("kfmlops.monitoring.sink:main", "receive KServe inference-log CloudEvents into Parquet"),

@@ -258,6 +258,20 @@ class AuditConfig(SettingsModel):
     )
 
 
+class GovernanceConfig(SettingsModel):
+    """Whether a person must approve a candidate before it becomes champion (per environment)."""
+
+    require_approval: bool = Field(
+        default=False,
+        description="A candidate that passes every automatic gate stays `challenger` and waits for "
+        "`kfmlops approve`; only then does it become champion and get deployed.",
+    )
+    approval_ttl_hours: float = Field(
+        default=72.0, gt=0.0, description="A waiting candidate can be approved for this long after its run asked."
+    )
+    four_eyes: bool = Field(default=True, description="Refuse approval by whoever started the run.")
+
+
 class Settings(SettingsModel):
     """How each stage behaves; every field has a default."""
 
@@ -270,6 +284,7 @@ class Settings(SettingsModel):
     provenance: ProvenanceConfig = ProvenanceConfig()
     deploy: DeployConfig = DeployConfig()
     audit: AuditConfig = AuditConfig()
+    governance: GovernanceConfig = GovernanceConfig()
     residency: ResidencyPolicy | None = Field(
         default=None, description="Allowed regions and locations; every step refuses a URI outside them."
     )
@@ -286,10 +301,10 @@ class Settings(SettingsModel):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow``, ``provenance``, ``deploy`` and ``audit`` (where a run is recorded, who signs it, how it
-        is rolled out and where that is logged do not change the model). Integral floats count as
+        ``mlflow``, ``provenance``, ``deploy``, ``audit`` and ``governance`` (where a run is recorded, who signs
+        it, how it is rolled out, where that is logged and who must approve it do not change the model). Integral floats count as
         ints, because KFP carries every number of a parameter as a double."""
-        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit"}))
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit", "governance"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -156,10 +156,12 @@ def register(
     task: Task,
     signing_key: bytes,
     residency: dict[str, Any] | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> ModelVersionRef:
     """Check, complete and sign a copy of the model directory, log it into ``run_id``, register a new
     version, tag it and alias it ``challenger`` (see the module docstring). ``input_example``: test
-    rows without the label; ``residency``: the policy and verdicts recorded in the provenance."""
+    rows without the label; ``residency``: the policy and verdicts recorded in the provenance;
+    ``extra_tags``: more tags for the version."""
     import mlflow
 
     from kfmlops.provenance import sign_model_dir
@@ -174,7 +176,8 @@ def register(
         signed = sign_model_dir(copy, lineage.provenance(name, run_id, residency), signing_key)
         with mlflow.start_run(run_id=run_id):
             mlflow.log_artifacts(str(copy), MODEL_ARTIFACT)
-    tags = {**lineage.tags(), **task_tags(info.task, info.trainer), TAG_PREFIX + "provenance_key_id": signed.key_id}
+    tags = {**lineage.tags(), **task_tags(info.task, info.trainer), TAG_PREFIX + "provenance_key_id": signed.key_id,
+            **(extra_tags or {})}
     version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags=tags).version)
     client(mlflow_config).set_registered_model_alias(name, CHALLENGER, version)
     return ModelVersionRef(name, version, f"models:/{name}/{version}")

@@ -8,6 +8,7 @@ the JSON (``kfmlops run --json``), people the text, and both say the same thing.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
     steps and where its files are."""
     import mlflow
 
+    from kfmlops import approval
     from kfmlops.tracking import client
 
     uri = tracking_uri(mlflow_config)
@@ -67,6 +69,7 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
         },
         "fairness": fairness["features"],
         "gates": gates,
+        "approval": asdict(request) if (request := approval.current(mlflow_config, version)) else None,
         "deploy": {"status": mv.tags.get(DEPLOY_STATUS_TAG),
                    "reasons": json.loads(mv.tags.get(DEPLOY_REASONS_TAG, "[]"))},
         "mlflow": {"tracking_uri": uri},
@@ -124,8 +127,13 @@ def render(summary: dict[str, Any]) -> str:
     out += ["", f"Model {model['name']} v{model['version']}: aliases {', '.join(model['aliases']) or 'none'}"]
     failed = [g["name"] for g in summary["gates"] if not g["passed"]]
     held = f"champion stays v{champion}" if champion else "there is no champion"
+    waiting = summary.get("approval")
     if model["promoted"]:
         out.append("  promoted to champion: every gate passed")
+    elif waiting and waiting["status"] == "pending":
+        out.append(f"  every gate passed; waits for approval until {waiting['expires_at']} ({held}):")
+        out.append(f"    kfmlops approve {model['name']} {model['version']} --reason TEXT   "
+                   f"(the run was started by {waiting['started_by']})")
     elif failed:
         out.append(f"  not promoted ({', '.join(failed)} gate failed): {held}")
     else:

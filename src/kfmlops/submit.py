@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from kfmlops.approval import STARTED_BY_TAG
+from kfmlops.audit import actor
 from kfmlops.config import PipelineConfig
 from kfmlops.typed import ConfigError
 
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", action="store_true", help="follow the run and exit 0 only when it succeeds")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
     parser.add_argument("--poll-interval", type=float, default=10.0, help="seconds between --wait's polls (default 10)")
+    parser.add_argument("--by", help="who starts the run, recorded as kfmlops.started_by (default: $KFMLOPS_ACTOR, "
+                        "else the login name); kfmlops approve refuses them as approver")
     parser.add_argument("--json", action="store_true", help="print the run as JSON")
     args = parser.parse_args(argv)
     try:
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             token_file=args.token_file,
             ui_host=args.ui_host and check_host(args.ui_host),
         )
-        arguments = config.pipeline_arguments()
+        # who submits is who started the run (the four-eyes rule of kfmlops approve), not the pod's account
+        arguments = config.pipeline_arguments() | {"run_tags": {STARTED_BY_TAG: actor(args.by)}}
         package = args.package or default_package()
         check_arguments(package, arguments)
         if not config.settings.mlflow.tracking_uri:

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from kfmlops.config import MlflowConfig, ProvenanceConfig
+from kfmlops.config import MlflowConfig, ProvenanceConfig, Settings
 from kfmlops.register import (
     CHAMPION,
     DEPLOY_REASONS_TAG,
@@ -111,6 +111,15 @@ class Reference:
     signature: list[tuple[str, str, bool]]
     knows_categories: bool
     runtime_problem: str | None
+
+
+def version_config(settings: Settings, version: str) -> DeployConfig:
+    """``settings.deploy`` for rolling out ``version``: the served binary label's threshold is
+    ``settings.evaluate.decision_threshold``, the one evaluation judged the model at."""
+    service = settings.deploy.inference_service
+    serving = service.serving.model_copy(update={"decision_threshold": settings.evaluate.decision_threshold})
+    return settings.deploy.model_copy(update={
+        "model_version": str(version), "inference_service": service.model_copy(update={"serving": serving})})
 
 
 def deploy(
