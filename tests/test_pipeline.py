@@ -247,3 +247,35 @@ def test_every_optional_parameter_can_be_left_out(home, capsys):
     assert [s["name"] for s in summary["steps"]] == steps
     assert all(Path(s["log"]).is_file() for s in summary["steps"])
     assert "KFP Executor" in Path(summary["steps"][0]["log"]).read_text()  # the full log went to the file
+
+
+def test_a_required_approval_holds_promotion_and_deploy_until_someone_else_approves(home):
+    """Penguins with governance.require_approval: the run ends with the candidate waiting (no champion,
+    nothing deployed); the starter may not approve it; another person's `kfmlops approve` moves
+    champion and deploys it through the same validation and canary; the audit log holds it all."""
+    from kfmlops import approval
+    from kfmlops.audit import actor
+
+    config = _config(PipelineConfig.from_yaml(CONFIGS / "penguins.yaml"), governance={"require_approval": True})
+    cfg = config.settings.mlflow
+    run = run_pipeline(config.pipeline_arguments())
+    assert aliases(cfg) == {"challenger": run.version}
+    tags = _tags(config, run.version)
+    assert tags["kfmlops.all_gates_passed"] == "true" and "kfmlops.deploy.status" not in tags
+    assert tags[approval.STATUS_TAG] == "pending" and tags["kfmlops.approval.started_by"] == actor()
+    assert "waits for approval" in run_summary.render(_summary(config, run))
+
+    config_file = home / "config.yaml"
+    config_file.write_text(json.dumps(config.model_dump(mode="json", by_alias=True, exclude_defaults=True)))
+    base = [cfg.model_name, run.version, "--config", str(config_file), "--reason", "card reviewed", "--json"]
+    assert approval.approve_main([*base, "--by", actor()]) == 1  # four-eyes
+    assert aliases(cfg) == {"challenger": run.version}
+    assert approval.approve_main([*base, "--by", "reviewer@example.com"]) == 0
+    assert aliases(cfg) == {"challenger": run.version, "champion": run.version}
+    tags = _tags(config, run.version)
+    assert (tags[approval.STATUS_TAG], tags["kfmlops.deploy.status"]) == ("approved", "promoted")
+    log = audit.log_path(config.settings.audit, cfg.model_name)
+    assert [(r.event, r.actor) for r in audit.read_log(log)] == [
+        ("approval_requested", actor()), ("approved", "reviewer@example.com"),
+        ("alias_moved", "reviewer@example.com"), ("deployed", "reviewer@example.com")]
+    assert audit.verify(log, verify_key(ProvenanceConfig())).ok
