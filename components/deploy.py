@@ -34,5 +34,5 @@ def deploy(
         cfg = s.settings
         result = run_deploy(test_data.path, Task.from_json(task), version_config(cfg, version), cfg.mlflow, cfg.provenance)
         s.write_json(rollout, result.to_json(), status=result.status, target=result.target, version=result.version)
-        log_event(cfg.audit, cfg.provenance, result.audit_entry(actor()))
+        log_event(cfg, result.audit_entry(actor()))
         return result.status

@@ -32,13 +32,13 @@ def promote(model_name: str, version: str, settings: dict) -> NamedTuple(
         if cfg.governance.require_approval:
             champion = current_champion(cfg.mlflow)
             asked = approval.request(cfg.mlflow, cfg.governance, version, champion)
-            log_event(cfg.audit, cfg.provenance, Entry(
+            log_event(cfg, Entry(
                 event=Event.APPROVAL_REQUESTED, model=model_name, version=str(version), actor=actor(),
                 reason="passed the evaluation and fairness gates; governance.require_approval is on",
                 details={"started_by": asked.started_by, "expires_at": asked.expires_at, "champion": champion or "none"}))
             return (champion or "none", "pending")
         previous = run_promote(cfg.mlflow, version).previous_champion or "none"
-        log_event(cfg.audit, cfg.provenance, Entry(
+        log_event(cfg, Entry(
             event=Event.ALIAS_MOVED, model=model_name, version=str(version), actor=actor(),
             reason="passed the evaluation and fairness gates", details={"alias": "champion", "from": previous}))
         return (previous, "promoted")

@@ -12,7 +12,7 @@ import pytest
 from kfmlops import audit, provenance
 from kfmlops.audit import GENESIS_HASH, AuditConfig, AuditError, AuditRecord, Entry, Event
 from kfmlops.cli import main as kfmlops
-from kfmlops.config import ProvenanceConfig
+from kfmlops.config import MlflowConfig, ProvenanceConfig, Settings
 
 EVENTS = [
     (Event.APPROVED, "3", "all gates passed"),
@@ -190,10 +190,40 @@ def test_audit_config_locates_logs_under_kfmlops_home_by_default(home, tmp_path)
         AuditConfig(folder="x")
 
 
-def test_log_event_uses_the_provenance_signing_key(home):
-    stored = audit.log_event(AuditConfig(), ProvenanceConfig(), _entry(Event.DEPLOYED))
-    assert stored.seq == 1 and stored.event == "deployed"
-    assert audit.verify(home / "audit" / "adult.jsonl", provenance.verify_key(ProvenanceConfig())).ok
+@pytest.fixture
+def registered(home) -> Settings:
+    """Settings whose sqlite registry (under $KFMLOPS_HOME, where the CLI looks) holds model 'adult'."""
+    from kfmlops.tracking import client
+
+    settings = Settings(mlflow=MlflowConfig(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", model_name="adult"))
+    home.mkdir(parents=True, exist_ok=True)
+    client(settings.mlflow).create_registered_model("adult")
+    return settings
+
+
+def test_log_event_signs_with_the_provenance_key_and_records_the_head_in_the_registry(registered, home):
+    first = audit.log_event(registered, _entry(Event.APPROVED))
+    stored = audit.log_event(registered, _entry(Event.DEPLOYED))
+    assert (first.seq, stored.seq, stored.event) == (1, 2, "deployed")
+    head = audit.registry_head(registered.mlflow, "adult")
+    assert head == audit.Head(2, audit.record_hash(stored))
+    assert audit.verify(home / "audit" / "adult.jsonl", provenance.verify_key(ProvenanceConfig()), head).ok
+
+
+def test_records_cut_from_the_end_fail_against_the_registrys_head(registered, home, capsys):
+    for event, version, reason in EVENTS:
+        audit.log_event(registered, _entry(event, version, reason))
+    path = home / "audit" / "adult.jsonl"
+    public = provenance.verify_key(ProvenanceConfig())
+    head = audit.registry_head(registered.mlflow, "adult")
+    path.write_text("".join(_lines(path)[:3]))  # a clean cut: the file alone still verifies
+    assert audit.verify(path, public).ok
+    (problem,) = audit.verify(path, public, head).problems
+    assert problem.kind == "missing" and "records seq 5 as appended, but the log ends at seq 3" in problem.message
+    assert kfmlops(["audit", "verify", "--model", "adult"]) == 1  # the CLI finds the registry under $KFMLOPS_HOME
+    assert "removed from its end" in capsys.readouterr().out
+    wrong = audit.Head(3, "f" * 64)
+    assert [p.kind for p in audit.verify(path, public, wrong).problems] == ["chain"]
 
 
 def _append_many(path: str, private_pem: bytes, worker: int, count: int, start) -> None:

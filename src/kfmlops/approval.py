@@ -150,10 +150,10 @@ def approve(settings: Settings, version: str, approver: str, reason: str, now: d
     decided = _decide(settings.mlflow, pending, APPROVED, approver, reason, at)
     previous = promote(settings.mlflow, version).previous_champion
     name = settings.mlflow.model_name
-    log_event(settings.audit, settings.provenance, Entry(
+    log_event(settings, Entry(
         event=Event.APPROVED, model=name, version=str(version), actor=approver, reason=reason,
         details={"started_by": pending.started_by, "requested_at": pending.requested_at}))
-    log_event(settings.audit, settings.provenance, Entry(
+    log_event(settings, Entry(
         event=Event.ALIAS_MOVED, model=name, version=str(version), actor=approver, reason=f"approved: {reason}",
         details={"alias": "champion", "from": previous or "none"}))
     return Decision(decided, previous)
@@ -168,7 +168,7 @@ def reject(settings: Settings, version: str, actor: str, reason: str, now: datet
         raise ApprovalError(f"cannot reject {settings.mlflow.model_name} v{version}: "
                             + refusals(pending, actor, settings.governance, None, datetime.now(timezone.utc))[0])
     decided = _decide(settings.mlflow, pending, REJECTED, actor, reason, now or datetime.now(timezone.utc))
-    log_event(settings.audit, settings.provenance, Entry(
+    log_event(settings, Entry(
         event=Event.REJECTED, model=settings.mlflow.model_name, version=str(version), actor=actor, reason=reason,
         details={"started_by": pending.started_by, "requested_at": pending.requested_at}))
     return Decision(decided)
@@ -208,7 +208,7 @@ def deploy_approved(settings: Settings, version: str, actor: str):
     metadata = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {}
     task = ModelInfo.from_json(metadata[METADATA_KEY]).task
     result = deploy(tags[TEST_DATA_TAG], task, version_config(settings, version), settings.mlflow, settings.provenance)
-    log_event(settings.audit, settings.provenance, result.audit_entry(actor))
+    log_event(settings, result.audit_entry(actor))
     return result
 
 

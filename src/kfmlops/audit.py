@@ -17,10 +17,12 @@ and never fork the chain; the new file is written beside the old one, fsync'd an
 :class:`Problem`): an edited record (its signature, and the next record's ``prev_hash``, no longer
 match), a removed record (a sequence gap), reordered or duplicated records, a cut-short last line,
 a record signed by another key. A clean cut that removes whole records from the end is not
-detectable from the file alone: compare the last ``seq`` with one recorded elsewhere for that.
+detectable from the file alone, so :func:`log_event` also records each new head (seq and hash) on
+the registered model in the registry (:func:`anchor`), and :func:`verify`, given that head, reports
+a log that ends before it.
 
-``kfmlops audit show`` prints the records; ``kfmlops audit verify`` checks them and exits 1 on any
-problem (see :func:`main`).
+``kfmlops audit show`` prints the records; ``kfmlops audit verify`` checks them, against the heads the
+registry records where it has them, and exits 1 on any problem (see :func:`main`).
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from kfmlops.config import AuditConfig, ProvenanceConfig
+from kfmlops.config import AuditConfig, MlflowConfig, ProvenanceConfig, Settings
 from kfmlops.durable import atomic_path
 from kfmlops.provenance import SigningKeyError, _private_key, _public_key, key_id, signing_key, verify_key
 from kfmlops.tracking import kfmlops_home
 
 AUDIT_DIR = "audit"
+HEAD_TAG = "kfmlops.audit.head"
+"""On the registered model: ``SEQ:SHA256`` of the last record appended to its log (see :func:`anchor`)."""
 GENESIS_HASH = "0" * 64
 """The ``prev_hash`` of a log's first record."""
 
@@ -252,10 +256,48 @@ def append(path: str | os.PathLike, entry: Entry, private_key_pem: bytes | str) 
     return stored
 
 
-def log_event(config: AuditConfig, keys: ProvenanceConfig, entry: Entry) -> AuditRecord:
-    """:func:`append` ``entry`` to its model's log (:func:`log_path`), signed with the provenance
-    signing key (:func:`kfmlops.provenance.signing_key`); produces the stored record."""
-    return append(log_path(config, entry.model), entry, signing_key(keys))
+def log_event(settings: Settings, entry: Entry) -> AuditRecord:
+    """:func:`append` ``entry`` to its model's log (:func:`log_path` under ``settings.audit``), signed
+    with the provenance signing key (:func:`kfmlops.provenance.signing_key`), then record the new
+    head in the registry (:func:`anchor`); produces the stored record."""
+    stored = append(log_path(settings.audit, entry.model), entry, signing_key(settings.provenance))
+    anchor(settings.mlflow, stored)
+    return stored
+
+
+@dataclass(frozen=True)
+class Head:
+    """The last record a log is known to hold, as recorded outside the log: its ``seq`` and hash."""
+
+    seq: int
+    hash: str
+
+    def to_tag(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+    @classmethod
+    def from_tag(cls, value: str) -> "Head":
+        seq, _, digest = value.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise AuditError(f"registry tag {HEAD_TAG}={value!r}: expected SEQ:SHA256")
+        return cls(int(seq), digest)
+
+
+def anchor(mlflow_config: MlflowConfig, record: AuditRecord) -> None:
+    """Record ``record`` as its log's head on the registered model (tag :data:`HEAD_TAG`), so that
+    :func:`verify` given that head catches records cut from the end of the log, which the file
+    alone cannot show. Concurrent appenders may leave an older head: it stays a lower bound."""
+    from kfmlops.tracking import client
+
+    client(mlflow_config).set_registered_model_tag(record.model, HEAD_TAG, Head(record.seq, record_hash(record)).to_tag())
+
+
+def registry_head(mlflow_config: MlflowConfig, model: str) -> Head | None:
+    """The head the registry records for ``model``'s log; None when it records none."""
+    from kfmlops.tracking import client
+
+    value = (client(mlflow_config).get_registered_model(model).tags or {}).get(HEAD_TAG)
+    return Head.from_tag(value) if value else None
 
 
 @contextmanager
@@ -340,7 +382,7 @@ class VerifyResult:
                 "problems": [dataclasses.asdict(p) for p in self.problems]}
 
 
-def verify(path: str | os.PathLike, public_key_pem: bytes | str) -> VerifyResult:
+def verify(path: str | os.PathLike, public_key_pem: bytes | str, head: Head | None = None) -> VerifyResult:
     """Check the log at ``path`` against the trusted Ed25519 public key (PEM).
 
     Every line must hold a record (else ``malformed``; a last line without its newline is
@@ -348,7 +390,9 @@ def verify(path: str | os.PathLike, public_key_pem: bytes | str) -> VerifyResult
     Sequence numbers must run 1, 2, ... in file order with none absent (``missing``), none twice
     (``duplicate``) and none after a higher one (``order``); each record's ``prev_hash`` must be the
     hash of the record one before it in sequence, or :data:`GENESIS_HASH` for seq 1 (``chain``).
-    Produces a :class:`VerifyResult` with every problem found; a missing file or a malformed key
+    Given the ``head`` recorded outside the log (:func:`registry_head`), the log must reach it:
+    ending before its seq is ``missing`` (records cut from the end), a different record at its seq
+    is ``chain``. Produces a :class:`VerifyResult` with every problem found; a missing file or a malformed key
     raises (:class:`AuditError`, :class:`SigningKeyError`).
     """
     path = Path(path)
@@ -369,7 +413,21 @@ def verify(path: str | os.PathLike, public_key_pem: bytes | str) -> VerifyResult
     for number, rec in records:
         problems += _signature_problems(number, rec, public, trusted)
     problems += _sequence_problems(records)
+    if head is not None:
+        problems += _head_problems(records, head, len(lines))
     return VerifyResult(path, len(records), trusted, sorted(problems, key=lambda p: p.line))
+
+
+def _head_problems(records: list[tuple[int, AuditRecord]], head: Head, last_line: int) -> list[Problem]:
+    at = [(number, rec) for number, rec in records if rec.seq == head.seq]
+    if not at:
+        ends = max((rec.seq for _, rec in records), default=0)
+        return [Problem(last_line, None, "missing", f"the registry records seq {head.seq} as appended, but the log ends "
+                        f"at seq {ends}: records were removed from its end")]
+    number, rec = at[-1]
+    if record_hash(rec) != head.hash:
+        return [Problem(number, rec.seq, "chain", f"seq {rec.seq} is not the record the registry recorded as appended")]
+    return []
 
 
 def _after(records: list[tuple[int, AuditRecord]]) -> str:
@@ -450,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("show", parents=[which], help="the records, one line each (signatures are not checked: see verify)")
     check = sub.add_parser("verify", parents=[which], help="check signatures, sequence and chain; exit 1 on any problem")
     check.add_argument("--verify-key-file", help="PEM public key (default: $KFMLOPS_VERIFY_KEY, else the development key)")
+    check.add_argument("--tracking-uri", help="the registry whose recorded heads the logs must reach (default: "
+                       "$MLFLOW_TRACKING_URI, else $KFMLOPS_HOME's store)")
     args = parser.parse_args(argv)
     try:
         paths = _logs(args.model, args.path)
@@ -460,12 +520,37 @@ def main(argv: list[str] | None = None) -> int:
         if not paths:
             raise AuditError(f"no audit logs to verify in {audit_dir(AuditConfig())}: pass --path or --model")
         public = verify_key(ProvenanceConfig(verify_key_file=args.verify_key_file))
-        results = [verify(p, public) for p in paths]
+        heads = _heads(args.tracking_uri, [p.stem for p in paths])
+        results = [verify(p, public, heads.get(p.stem)) for p in paths]
     except (AuditError, SigningKeyError) as exc:
         print(f"kfmlops audit: {exc}", file=sys.stderr)
         return 1
     print(json.dumps([r.to_dict() for r in results]) if args.json else "\n".join(map(_verify_text, results)))
     return 0 if all(r.ok for r in results) else 1
+
+
+def _heads(tracking_uri: str | None, models: list[str]) -> dict[str, Head]:
+    """The heads the registry records for ``models`` (none for a model it does not hold, or when
+    there is no registry at all: only the files are checked then)."""
+    from mlflow.exceptions import MlflowException
+
+    from kfmlops.registry import RegistryError, registry_uri
+
+    try:
+        config = MlflowConfig(tracking_uri=registry_uri(MlflowConfig(), tracking_uri))
+    except RegistryError:
+        return {}
+    heads = {}
+    for model in models:
+        try:
+            head = registry_head(config, model)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            continue
+        if head:
+            heads[model] = head
+    return heads
 
 
 def _logs(model: str | None, path: str | None) -> list[Path]:

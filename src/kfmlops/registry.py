@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = PipelineConfig.from_yaml(args.config).settings if args.config else Settings()
-        uri = _registry_uri(settings.mlflow, args.tracking_uri)
+        uri = registry_uri(settings.mlflow, args.tracking_uri)
         client = MlflowClient(uri, uri)
         if args.action == "list":
             models = list_models(client)
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             out = json.dumps(_compare_json(a, b, rows)) if args.json else _compare_text(a, b, rows)
         else:
             move = rollback(client, args.name, args.version, reason=args.reason, by=audit.actor(args.by), force=args.force)
-            audit.log_event(settings.audit, settings.provenance, move.audit_entry())
+            audit.log_event(settings, move.audit_entry())
             out = json.dumps(asdict(move)) if args.json else _rollback_text(move)
     except (RegistryError, ConfigError, audit.AuditError) as exc:
         print(f"kfmlops models: {exc}", file=sys.stderr)
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _registry_uri(mlflow_config: MlflowConfig, tracking_uri: str | None) -> str:
+def registry_uri(mlflow_config: MlflowConfig, tracking_uri: str | None) -> str:
     """--tracking-uri, else --config's mlflow section, else $MLFLOW_TRACKING_URI, else $KFMLOPS_HOME's
     store; a RegistryError for a sqlite file that does not exist (MLflow would create an empty one)."""
     from kfmlops.tracking import configured_tracking_uri
