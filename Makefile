@@ -42,7 +42,7 @@ $(CHECKOV): requirements-tools.lock
 LOCK := pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 lock:
 	test -x .venv-lock/bin/pip-compile || { python3 -m venv .venv-lock && .venv-lock/bin/pip install -q pip-tools==7.6.2; }
-	.venv-lock/bin/$(LOCK) --extra serve --extra server --extra test -o requirements.lock pyproject.toml requirements.in
+	.venv-lock/bin/$(LOCK) --extra serve --extra server --extra warehouse --extra features --extra test -o requirements.lock pyproject.toml requirements.in
 	.venv-lock/bin/$(LOCK) -o requirements-tools.lock requirements-tools.in
 
 # kubectl (with kustomize >= v4) for the manifest checks; the machine image ships one.
