@@ -258,6 +258,18 @@ class AuditConfig(SettingsModel):
     )
 
 
+class ModelCardConfig(SettingsModel):
+    """What the model card of each registered version says about use: recorded on the version at
+    register time (``kfmlops.card.*`` tags), where :mod:`kfmlops.model_card` reads it."""
+
+    intended_use: str | None = Field(
+        default=None, description="What the model is for and who may rely on it; unset: the card says it is not recorded."
+    )
+    limitations: str | None = Field(
+        default=None, description="Known limits: data it was not trained on, uses it must not be put to."
+    )
+
+
 class Settings(SettingsModel):
     """How each stage behaves; every field has a default."""
 
@@ -270,6 +282,7 @@ class Settings(SettingsModel):
     provenance: ProvenanceConfig = ProvenanceConfig()
     deploy: DeployConfig = DeployConfig()
     audit: AuditConfig = AuditConfig()
+    model_card: ModelCardConfig = ModelCardConfig()
     residency: ResidencyPolicy | None = Field(
         default=None, description="Allowed regions and locations; every step refuses a URI outside them."
     )
@@ -286,10 +299,10 @@ class Settings(SettingsModel):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow``, ``provenance``, ``deploy`` and ``audit`` (where a run is recorded, who signs it, how it
-        is rolled out and where that is logged do not change the model). Integral floats count as
-        ints, because KFP carries every number of a parameter as a double."""
-        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit"}))
+        ``mlflow``, ``provenance``, ``deploy``, ``audit`` and ``model_card`` (where a run is recorded, who
+        signs it, how it is rolled out, where that is logged and what its card says it is for do not change
+        the model). Integral floats count as ints, because KFP carries every number of a parameter as a double."""
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit", "model_card"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
