@@ -10,7 +10,7 @@ COMMANDS = {
     "run": ("kfmlops.local_run:main", "run the training pipeline locally through kfp.local and print a summary"),
     "compile": ("kfmlops.compile:main", "compile every component and pipeline to YAML"),
     "submit": ("kfmlops.submit:main", "submit the compiled training pipeline to a Kubeflow Pipelines endpoint"),
-    "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back"),
+    "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back; model cards"),
     "audit": ("kfmlops.audit:main", "show and verify the signed audit log of promotions, rollbacks and deploys"),
     "serve": ("kfmlops.serving.server:main", "serve a registered model with KServe's ModelServer"),
     "sink": ("kfmlops.monitoring.sink:main", "receive KServe inference-log CloudEvents into Parquet"),
