@@ -25,7 +25,6 @@ import html
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Literal
 
 from kfmlops import __version__, audit, provenance, report
