@@ -27,6 +27,7 @@ def deploy(
     """
     from kfmlops.audit import actor, log_event
     from kfmlops.serving.deploy import deploy as run_deploy, version_config
+    from kfmlops import model_card
     from kfmlops.step import step
     from kfmlops.tasks import Task
 
@@ -35,4 +36,5 @@ def deploy(
         result = run_deploy(test_data.path, Task.from_json(task), version_config(cfg, version), cfg.mlflow, cfg.provenance)
         s.write_json(rollout, result.to_json(), status=result.status, target=result.target, version=result.version)
         log_event(cfg, result.audit_entry(actor()))
+        model_card.refresh(cfg, version)  # the card names the new state
         return result.status

@@ -23,6 +23,7 @@ def promote(model_name: str, version: str, settings: dict) -> NamedTuple(
     from kfmlops import approval
     from kfmlops.audit import Entry, Event, actor, log_event
     from kfmlops.register import current_champion, promote as run_promote
+    from kfmlops import model_card
     from kfmlops.step import step
 
     with step(settings) as s:
@@ -36,9 +37,11 @@ def promote(model_name: str, version: str, settings: dict) -> NamedTuple(
                 event=Event.APPROVAL_REQUESTED, model=model_name, version=str(version), actor=actor(),
                 reason="passed the evaluation and fairness gates; governance.require_approval is on",
                 details={"started_by": asked.started_by, "expires_at": asked.expires_at, "champion": champion or "none"}))
+            model_card.refresh(cfg, version)  # the card names the new state
             return (champion or "none", "pending")
         previous = run_promote(cfg.mlflow, version).previous_champion or "none"
         log_event(cfg, Entry(
             event=Event.ALIAS_MOVED, model=model_name, version=str(version), actor=actor(),
             reason="passed the evaluation and fairness gates", details={"alias": "champion", "from": previous}))
+        model_card.refresh(cfg, version)  # the card names the new state
         return (previous, "promoted")

@@ -18,7 +18,8 @@ def register(
     run_id: str,
     pipeline_run_id: str,
 ) -> NamedTuple("RegisterOutputs", [("model_name", str), ("version", str)]):
-    """Registers the candidate as a new MLflow model version: lineage and task tags, signed provenance, alias `challenger`.
+    """Registers the candidate as a new MLflow model version: lineage and task tags, signed provenance, alias `challenger`,
+    and its model card (kfmlops.model_card: Markdown and HTML in the run, tag `kfmlops.card`).
 
     Args:
         model: Candidate Model artifact (an MLflow model directory of any framework) from train or import_model.
@@ -29,7 +30,8 @@ def register(
         task: The data's task (kfmlops.tasks.Task as JSON, from ingest); the model must be of this task.
         source: The training data URI, recorded for drift monitoring's reference.
         fingerprint: Dataset SHA-256 from ingest.
-        settings: kfmlops.config.Settings as JSON (the `mlflow` section is read; the whole is hashed).
+        settings: kfmlops.config.Settings as JSON (the `mlflow`, `provenance`, `audit` and `model_card` sections are
+            read; the whole is hashed).
         run_id: The pipeline's MLflow run; the signed model directory is logged into it.
         pipeline_run_id: The KFP run id, recorded for lineage.
 
@@ -44,6 +46,7 @@ def register(
     import pandas as pd
 
     from kfmlops.approval import TEST_DATA_TAG
+    from kfmlops import model_card
     from kfmlops.provenance import signing_key
     from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
     from kfmlops.step import step
@@ -69,7 +72,8 @@ def register(
         )
         example = pd.read_parquet(test_data.path).drop(columns=[data_task.label]).head(5)
         ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, task=data_task,
-                           signing_key=signing_key(cfg.provenance), residency=s.residency_record(),
+                           signing_key=signing_key(cfg.provenance), residency=s.residency_record(), card=cfg.model_card,
                            extra_tags={TEST_DATA_TAG: test_data.uri})  # what kfmlops approve deploys with
+        model_card.refresh(cfg, ref.version)
         end_run(cfg.mlflow, run_id)
         return (ref.name, ref.version)

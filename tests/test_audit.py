@@ -39,6 +39,7 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("KFMLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(provenance.SIGNING_KEY_ENV, raising=False)
     monkeypatch.delenv(provenance.VERIFY_KEY_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the registry is $KFMLOPS_HOME's (an earlier test may set it)
     return tmp_path / "home"
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from kfmlops.config import PipelineConfig, Settings
+from kfmlops.config import ModelCardConfig, PipelineConfig, Settings
 from kfmlops.typed import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,8 @@ def test_digest_ignores_where_runs_are_recorded_and_number_spelling():
     as_kfp_sends_it = Settings.parse({"validate": {"expectations": [{"type": "expect_x", "kwargs": {"min_value": 16.0}}]},
                                       "mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
     assert base.digest() == as_kfp_sends_it.digest()
+    carded = base.model_copy(update={"model_card": ModelCardConfig(intended_use="credit triage", limitations="US only")})
+    assert carded.digest() == base.digest()  # what the card says the model is for does not change the model
 
 
 def test_fairness_thresholds_without_sensitive_features_are_a_config_error(tmp_path):

@@ -84,6 +84,10 @@ def test_pipeline_registers_a_gated_champion_then_keeps_it_from_a_weaker_model(h
     record = verify(next(local.rglob(PROVENANCE_FILE)).parent, verify_key(ProvenanceConfig()))
     assert record.dataset_fingerprint == tags["kfmlops.dataset_fingerprint"]
     assert {"evaluate", "fairness"} == set(record.gates)
+    card = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags["kfmlops.card"], tracking_uri=uri,
+                                                    dst_path=str(home / "card"))).read_text()  # attached at register
+    assert "| evaluate | PASS |" in card and "| fairness | PASS |" in card and "| signature | verified |" in card
+    assert good.settings.model_card.intended_use in card
     summary = _summary(good, first)
     assert summary["task"]["kind"] == "binary" and summary["metrics"]["primary"] == "roc_auc"
     assert summary["metrics"]["candidate"]["roc_auc"] > summary["metrics"]["reference"]["roc_auc"] > 0.5

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from kfmlops import model_card
 from kfmlops.config import GovernanceConfig, MlflowConfig, Settings
 
 TAG = "kfmlops.approval."
@@ -156,6 +157,7 @@ def approve(settings: Settings, version: str, approver: str, reason: str, now: d
     log_event(settings, Entry(
         event=Event.ALIAS_MOVED, model=name, version=str(version), actor=approver, reason=f"approved: {reason}",
         details={"alias": "champion", "from": previous or "none"}))
+    model_card.refresh(settings, version)
     return Decision(decided, previous)
 
 
@@ -171,6 +173,7 @@ def reject(settings: Settings, version: str, actor: str, reason: str, now: datet
     log_event(settings, Entry(
         event=Event.REJECTED, model=settings.mlflow.model_name, version=str(version), actor=actor, reason=reason,
         details={"started_by": pending.started_by, "requested_at": pending.requested_at}))
+    model_card.refresh(settings, version)
     return Decision(decided)
 
 
@@ -209,6 +212,7 @@ def deploy_approved(settings: Settings, version: str, actor: str):
     task = ModelInfo.from_json(metadata[METADATA_KEY]).task
     result = deploy(tags[TEST_DATA_TAG], task, version_config(settings, version), settings.mlflow, settings.provenance)
     log_event(settings, result.audit_entry(actor))
+    model_card.refresh(settings, version)
     return result
 
 

@@ -10,7 +10,7 @@ COMMANDS = {
     "run": ("kfmlops.local_run:main", "run the training pipeline locally through kfp.local and print a summary"),
     "compile": ("kfmlops.compile:main", "compile every component and pipeline to YAML"),
     "submit": ("kfmlops.submit:main", "submit the compiled training pipeline to a Kubeflow Pipelines endpoint"),
-    "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back"),
+    "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back; model cards"),
     "approve": ("kfmlops.approval:approve_main", "approve a version that waits for approval: champion, then deploy"),
     "reject": ("kfmlops.approval:reject_main", "reject a version that waits for approval"),
     "audit": ("kfmlops.audit:main", "show and verify the signed audit log of promotions, rollbacks and deploys"),

@@ -272,6 +272,18 @@ class GovernanceConfig(SettingsModel):
     four_eyes: bool = Field(default=True, description="Refuse approval by whoever started the run.")
 
 
+class ModelCardConfig(SettingsModel):
+    """What the model card of each registered version says about use: recorded on the version at
+    register time (``kfmlops.card.*`` tags), where :mod:`kfmlops.model_card` reads it."""
+
+    intended_use: str | None = Field(
+        default=None, description="What the model is for and who may rely on it; unset: the card says it is not recorded."
+    )
+    limitations: str | None = Field(
+        default=None, description="Known limits: data it was not trained on, uses it must not be put to."
+    )
+
+
 class Settings(SettingsModel):
     """How each stage behaves; every field has a default."""
 
@@ -285,6 +297,7 @@ class Settings(SettingsModel):
     deploy: DeployConfig = DeployConfig()
     audit: AuditConfig = AuditConfig()
     governance: GovernanceConfig = GovernanceConfig()
+    model_card: ModelCardConfig = ModelCardConfig()
     residency: ResidencyPolicy | None = Field(
         default=None, description="Allowed regions and locations; every step refuses a URI outside them."
     )
@@ -301,10 +314,12 @@ class Settings(SettingsModel):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow``, ``provenance``, ``deploy``, ``audit`` and ``governance`` (where a run is recorded, who signs
-        it, how it is rolled out, where that is logged and who must approve it do not change the model). Integral floats count as
-        ints, because KFP carries every number of a parameter as a double."""
-        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit", "governance"}))
+        ``mlflow``, ``provenance``, ``deploy``, ``audit``, ``governance`` and ``model_card`` (where a run is
+        recorded, who signs it, how it is rolled out, where that is logged, who must approve it and what its
+        card says it is for do not change the model). Integral floats count as ints, because KFP carries
+        every number of a parameter as a double."""
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit", "governance",
+                                                                "model_card"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -327,7 +327,9 @@ def sign_model_dir(
     return signed
 
 
-def _check_signature(signed: SignedProvenance, public_key_pem: bytes | str, where: Path) -> None:
+def check_signature(signed: SignedProvenance, public_key_pem: bytes | str, where: Path | str) -> None:
+    """Check that ``signed`` was signed by the trusted Ed25519 public key (PEM) and is unchanged since:
+    a :class:`SignatureError` naming ``where`` otherwise. The model files are not checked (see :func:`verify`)."""
     public = _public_key(public_key_pem)
     expected = key_id(public_key_pem)
     if signed.key_id != expected:
@@ -360,7 +362,7 @@ def verify(model_dir: str | os.PathLike, public_key_pem: bytes | str, *, require
         raise ProvenanceError(f"model directory not found: {model_dir}")
     where = model_dir / PROVENANCE_FILE
     signed = read(where)
-    _check_signature(signed, public_key_pem, where)
+    check_signature(signed, public_key_pem, where)
     record = signed.record
 
     actual = digest_tree(model_dir)

@@ -12,7 +12,8 @@ holds the lineage, the residency verdicts and the SHA-256 of every other file
 (:mod:`kfmlops.provenance`), so a changed, added or removed file fails verification. The directory
 is logged as the run's ``model`` artifact and registered as a new version, tagged with the
 lineage and the task (``kfmlops.task``, ``kfmlops.label``, ``kfmlops.classes``, ``kfmlops.trainer``,
-``kfmlops.primary_metric``) and given the ``challenger`` alias. :func:`promote` moves ``champion``
+``kfmlops.primary_metric``), tagged with what its model card says it is for (``kfmlops.card.intended_use``,
+``kfmlops.card.limitations``, from :class:`~kfmlops.config.ModelCardConfig`) and given the ``challenger`` alias. :func:`promote` moves ``champion``
 to a version and records the version it replaced, so a rollback knows where to go.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from kfmlops import __version__
-from kfmlops.config import MlflowConfig
+from kfmlops.config import MlflowConfig, ModelCardConfig
 from kfmlops.tasks import Task
 
 CHALLENGER = "challenger"
@@ -44,6 +45,10 @@ LABEL_TAG = TAG_PREFIX + "label"
 CLASSES_TAG = TAG_PREFIX + "classes"
 TRAINER_TAG = TAG_PREFIX + "trainer"
 PRIMARY_METRIC_TAG = TAG_PREFIX + "primary_metric"
+CARD_TAG = TAG_PREFIX + "card"  # written by kfmlops.model_card.attach: where the card is
+CARD_HTML_TAG = CARD_TAG + ".html"
+INTENDED_USE_TAG = CARD_TAG + ".intended_use"
+LIMITATIONS_TAG = CARD_TAG + ".limitations"
 TAG_LIMIT = 5000  # MLflow's limit on a tag value
 MODEL_ARTIFACT = "model"
 """Where in the pipeline's MLflow run the registered model directory is logged."""
@@ -146,6 +151,12 @@ def task_tags(task: Task, trainer: str) -> dict[str, str]:
             TRAINER_TAG: trainer}
 
 
+def card_tags(card: ModelCardConfig) -> dict[str, str]:
+    """The tags that record what a version's model card says about its use (the fields that are set)."""
+    fields = {INTENDED_USE_TAG: card.intended_use, LIMITATIONS_TAG: card.limitations}
+    return {tag: text[:TAG_LIMIT] for tag, text in fields.items() if text}
+
+
 def register(
     model_dir: str | Path,
     run_id: str,
@@ -157,11 +168,12 @@ def register(
     signing_key: bytes,
     residency: dict[str, Any] | None = None,
     extra_tags: dict[str, str] | None = None,
+    card: ModelCardConfig = ModelCardConfig(),
 ) -> ModelVersionRef:
     """Check, complete and sign a copy of the model directory, log it into ``run_id``, register a new
     version, tag it and alias it ``challenger`` (see the module docstring). ``input_example``: test
     rows without the label; ``residency``: the policy and verdicts recorded in the provenance;
-    ``extra_tags``: more tags for the version."""
+    ``extra_tags``: more tags for the version; ``card``: the intended use and limitations its model card states."""
     import mlflow
 
     from kfmlops.provenance import sign_model_dir
@@ -176,8 +188,8 @@ def register(
         signed = sign_model_dir(copy, lineage.provenance(name, run_id, residency), signing_key)
         with mlflow.start_run(run_id=run_id):
             mlflow.log_artifacts(str(copy), MODEL_ARTIFACT)
-    tags = {**lineage.tags(), **task_tags(info.task, info.trainer), TAG_PREFIX + "provenance_key_id": signed.key_id,
-            **(extra_tags or {})}
+    tags = {**lineage.tags(), **task_tags(info.task, info.trainer), **card_tags(card),
+            TAG_PREFIX + "provenance_key_id": signed.key_id, **(extra_tags or {})}
     version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags=tags).version)
     client(mlflow_config).set_registered_model_alias(name, CHALLENGER, version)
     return ModelVersionRef(name, version, f"models:/{name}/{version}")

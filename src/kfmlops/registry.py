@@ -17,6 +17,10 @@ go into ``kfmlops.rollback.*`` tags on both versions. A version whose gates did 
 refused unless ``--force``. Only the alias moves: a predictor that serves ``models:/NAME@champion``
 (``kfmlops serve``) takes the version when it restarts; a KServe InferenceService serves the version
 the deploy step rolled out until the deploy step runs again.
+
+``card NAME [VERSION]`` prints the version's model card (:mod:`kfmlops.model_card`; default: the
+champion, else the latest version) as Markdown or ``--format html``; ``--attach`` also logs it
+into the version's run and tags the version with where it is.
 """
 
 from __future__ import annotations
@@ -137,15 +141,12 @@ def view(version, model_aliases: dict[str, str]) -> VersionView:
     """A ``ModelVersion`` (from MlflowClient) and its model's alias -> version map, as a VersionView."""
     tags = dict(version.tags or {})
     number = str(version.version)
-    metrics, gates, lineage = {}, {}, {}
+    metrics, lineage = {}, {}
     for key, value in sorted(tags.items()):
-        if not key.startswith(TAG_PREFIX):
+        if not key.startswith(TAG_PREFIX) or _is_gate_tag(key):
             continue
         if key.startswith(METRIC_TAG_PREFIX):
             metrics[key.removeprefix(METRIC_TAG_PREFIX)] = float(value)
-        elif key.startswith(GATE_TAG_PREFIX) and key.endswith((".passed", ".reasons")):
-            gate, field = key.removeprefix(GATE_TAG_PREFIX).rsplit(".", 1)
-            gates.setdefault(gate, {})[field] = value
         elif key not in _SHOWN_TAGS:
             lineage[key.removeprefix(TAG_PREFIX)] = value
     previous = tags.get(PREVIOUS_CHAMPION_TAG)
@@ -161,13 +162,27 @@ def view(version, model_aliases: dict[str, str]) -> VersionView:
         trainer=tags.get(TRAINER_TAG),
         primary_metric=tags.get(PRIMARY_METRIC_TAG),
         metrics=metrics,
-        gates={g: Gate(f.get("passed") == "true", _json_list(f.get("reasons"))) for g, f in gates.items()},
+        gates=gates_from_tags(tags),
         all_gates_passed=None if ALL_GATES_TAG not in tags else tags[ALL_GATES_TAG] == "true",
         deploy_status=tags.get(DEPLOY_STATUS_TAG),
         deploy_reasons=_json_list(tags.get(DEPLOY_REASONS_TAG)),
         previous_champion=None if previous in (None, "none") else previous,
         lineage=lineage,
     )
+
+
+def gates_from_tags(tags: dict[str, str]) -> dict[str, Gate]:
+    """Every gate verdict in ``kfmlops.gate.<name>.passed|reasons`` tags (a version's or a run's), by name."""
+    fields: dict[str, dict[str, str]] = {}
+    for key, value in sorted(tags.items()):
+        if _is_gate_tag(key):
+            gate, field = key.removeprefix(GATE_TAG_PREFIX).rsplit(".", 1)
+            fields.setdefault(gate, {})[field] = value
+    return {g: Gate(f.get("passed") == "true", _json_list(f.get("reasons"))) for g, f in fields.items()}
+
+
+def _is_gate_tag(key: str) -> bool:
+    return key.startswith(GATE_TAG_PREFIX) and key.endswith((".passed", ".reasons"))
 
 
 def list_models(client) -> list[ModelSummary]:
@@ -184,7 +199,7 @@ def list_models(client) -> list[ModelSummary]:
 
 def get_version(client, name: str, version: str | None = None) -> VersionView:
     """Version ``version`` of model ``name``, or its champion when None."""
-    model_aliases = _aliases(client, name)
+    model_aliases = registered_aliases(client, name)
     if version is None:
         version = model_aliases.get(CHAMPION)
         if version is None:
@@ -204,7 +219,7 @@ def rollback(
 ) -> Rollback:
     """Point ``champion`` at ``version``, or at the champion's previous champion when None (see
     the module docstring), and record the move on both versions; a RegistryError when refused."""
-    model_aliases = _aliases(client, name)
+    model_aliases = registered_aliases(client, name)
     champion = model_aliases.get(CHAMPION)
     if version is None:
         if champion is None:
@@ -237,7 +252,7 @@ def rollback(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kfmlops models list|show|compare|rollback``: 0 on success, 1 with a one-line reason otherwise."""
+    """``kfmlops models list|show|compare|rollback|card``: 0 on success, 1 with a one-line reason otherwise."""
     parser = argparse.ArgumentParser(prog="kfmlops models", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="pipeline config YAML: its mlflow section names the registry")
     parser.add_argument("--tracking-uri", help="the registry (default: --config's, else $MLFLOW_TRACKING_URI, else $KFMLOPS_HOME's store)")
@@ -258,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("--by", default=None, help="who: recorded on both versions and in the audit log (default: "
                       "$KFMLOPS_ACTOR, else the pod's service account, else the login name)")
     back.add_argument("--force", action="store_true", help="allow a version whose gates did not pass")
+    card = sub.add_parser("card", help="a version's model card, generated from the registry, its run and the audit log")
+    card.add_argument("name")
+    card.add_argument("version", nargs="?", help="default: the champion, else the latest version")
+    card.add_argument("--format", choices=["md", "html"], default="md", help="Markdown (default) or one HTML page")
+    card.add_argument("--attach", action="store_true", help="also log the card into the version's run and tag the "
+                      "version with its URI (kfmlops.card)")
+    card.add_argument("--intended-use", help="what the model is for, in place of the one recorded at register time")
+    card.add_argument("--output", help="write the card to this file instead of printing it")
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -279,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "compare":
             a, b, rows = compare(client, args.name, args.v1, args.v2)
             out = json.dumps(_compare_json(a, b, rows)) if args.json else _compare_text(a, b, rows)
+        elif args.action == "card":
+            out = _card(client, args, settings)
         else:
             move = rollback(client, args.name, args.version, reason=args.reason, by=audit.actor(args.by), force=args.force)
             audit.log_event(settings, move.audit_entry())
@@ -291,6 +316,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(out)
     return 0
+
+
+def _card(client, args: argparse.Namespace, settings) -> str:
+    """``card``: the card in the format asked (its fields as JSON with --json), attached when asked
+    (where to goes to stderr, so stdout stays the card); with --output, written there instead."""
+    from kfmlops import model_card
+
+    card = model_card.collect(client, args.name, args.version, args.intended_use, keys=settings.provenance,
+                              audit_config=settings.audit)
+    if args.json:
+        text = json.dumps(asdict(card), default=str)
+    else:
+        text = model_card.to_html(card) if args.format == "html" else model_card.to_markdown(card)
+    if args.attach:
+        print(f"kfmlops models: card attached: {model_card.attach(client, card)}", file=sys.stderr)
+    if args.output:
+        Path(args.output).write_text(text)
+        return f"wrote {args.output}"
+    return text.rstrip("\n")
 
 
 def registry_uri(mlflow_config: MlflowConfig, tracking_uri: str | None) -> str:
@@ -306,7 +350,8 @@ def registry_uri(mlflow_config: MlflowConfig, tracking_uri: str | None) -> str:
     return uri
 
 
-def _aliases(client, name: str) -> dict[str, str]:
+def registered_aliases(client, name: str) -> dict[str, str]:
+    """Alias -> version (as str) of registered model ``name``; a RegistryError naming the models when there is none."""
     return {alias: str(v) for alias, v in _registered_model(client, name).aliases.items()}
 
 

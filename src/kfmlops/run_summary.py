@@ -8,6 +8,8 @@ the JSON (``kfmlops run --json``), people the text, and both say the same thing.
 from __future__ import annotations
 
 import json
+import posixpath
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,22 +20,26 @@ from kfmlops.register import aliases as registry_aliases
 from kfmlops.tasks import Task, metrics_module
 from kfmlops.tracking import tracking_uri
 
+STEP_DOCUMENTS = ("ingest", "validation", "evaluation", "fairness")
+"""The JSON documents ingest, validate, evaluate and fairness log into the pipeline's MLflow run."""
+ROLES = ("candidate", "reference", "baseline", "champion")
+"""The models an evaluation document scores."""
+
 
 def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps: list[dict],
             run_dir: Path, logs: Path | None) -> dict[str, Any]:
     """A succeeded run's summary: what the run of model ``version`` recorded in MLflow (model, task,
     data, metrics of the candidate, reference, baseline and champion, fairness, gates, deploy), its
     steps and where its files are."""
-    import mlflow
-
     from kfmlops import approval
     from kfmlops.tracking import client
 
     uri = tracking_uri(mlflow_config)
-    mlflow.set_tracking_uri(uri)
-    mv = client(mlflow_config).get_model_version(mlflow_config.model_name, version)
-    documents = {name: mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{name}.json")
-                 for name in ("ingest", "validation", "evaluation", "fairness")}
+    store = client(mlflow_config)
+    mv = store.get_model_version(mlflow_config.model_name, version)
+    documents = step_documents(store, mv.run_id)
+    if missing := [name for name in STEP_DOCUMENTS if name not in documents]:
+        raise ValueError(f"MLflow run {mv.run_id} of version {version} holds no {', '.join(missing)} document")
     evaluation, fairness, validation = documents["evaluation"], documents["fairness"], documents["validation"]
     task = Task.from_json(evaluation["task"])
     names = list(metrics_module(task).DIRECTIONS)
@@ -63,7 +69,7 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
                                                           "dropped_unlabelled", "label_mapping", "label_counts")},
         "metrics": {
             "primary": evaluation["primary_metric"],
-            **{role: _metrics(evaluation.get(role), names) for role in ("candidate", "reference", "baseline", "champion")},
+            **{role: task_metrics(evaluation.get(role), names) for role in ROLES},
             "champion_version": evaluation.get("champion_version"),
             "confusion_matrix": evaluation["candidate"].get("confusion_matrix"),
         },
@@ -77,9 +83,32 @@ def collect(mlflow_config: MlflowConfig, version: str, *, seconds: float, steps:
     }
 
 
-def _metrics(scores: dict[str, Any] | None, names: list[str]) -> dict[str, float | None] | None:
+def step_documents(store, run_id: str) -> dict[str, dict[str, Any]]:
+    """The JSON documents the pipeline's steps logged into MLflow run ``run_id`` (``<name>.json`` for
+    each of :data:`STEP_DOCUMENTS`), by name; one the run does not hold is left out."""
+    found = {name: run_document(store, run_id, f"{name}.json") for name in STEP_DOCUMENTS}
+    return {name: document for name, document in found.items() if document is not None}
+
+
+def run_document(store, run_id: str, path: str) -> Any:
+    """The JSON document at artifact ``path`` of MLflow run ``run_id`` (``store``: an MlflowClient);
+    None when the run holds no such artifact."""
+    folder = posixpath.dirname(path) or None
+    if path not in {a.path for a in store.list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory(prefix="kfmlops-document-") as tmp:
+        return json.loads(Path(store.download_artifacts(run_id, path, tmp)).read_text())
+
+
+def task_metrics(scores: dict[str, Any] | None, names: list[str]) -> dict[str, float | None] | None:
     """The task's scalar metrics out of a recorded scores document (``None`` for a model not scored)."""
     return {name: scores.get(name) for name in names} if scores else None
+
+
+def group_columns(feature: dict[str, Any]) -> list[str]:
+    """The figures a recorded fairness feature gives for each group (selection rate, TPR, MAE, ...)."""
+    rows = feature["by_group"]
+    return [k for k in rows[0] if k not in ("group", "count", "gated")] if rows else []
 
 
 def failed(*, step: str | None, reason: str, log: Path | None, seconds: float, steps: list[dict],
@@ -169,7 +198,7 @@ def _data_lines(data: dict[str, Any], task: Task) -> list[str]:
 def _metric_lines(metrics: dict[str, Any]) -> list[str]:
     """The task's test metrics, the primary one first: candidate, reference, baseline, champion."""
     primary, champion = metrics["primary"], metrics["champion"]
-    roles = [r for r in ("candidate", "reference", "baseline", "champion") if metrics[r]]
+    roles = [r for r in ROLES if metrics[r]]
     heads = [f"champion v{metrics['champion_version']}" if r == "champion" else r for r in roles]
     out = [f"Test metrics (primary {primary}; " + (f"vs champion v{metrics['champion_version']})" if champion
                                                     else "no champion yet)"),
@@ -197,7 +226,7 @@ def _fairness_lines(features: list[dict[str, Any]]) -> list[str]:
     for feature in features:
         figures = ", ".join(f"{c['figure']} {_f(c['value'], 3)}" for c in feature["checks"])
         out.append(f"  {feature['feature']}: {figures}")
-        columns = [k for k in feature["by_group"][0] if k not in ("group", "count", "gated")] if feature["by_group"] else []
+        columns = group_columns(feature)
         out.append(f"    {'group':<20} " + " / ".join(columns) + " / rows")
         for g in feature["by_group"]:
             gated = "" if g["gated"] else "  (too few rows: not gated)"
