@@ -282,4 +282,6 @@ def test_a_required_approval_holds_promotion_and_deploy_until_someone_else_appro
     assert [(r.event, r.actor) for r in audit.read_log(log)] == [
         ("approval_requested", actor()), ("approved", "reviewer@example.com"),
         ("alias_moved", "reviewer@example.com"), ("deployed", "reviewer@example.com")]
-    assert audit.verify(log, verify_key(ProvenanceConfig())).ok
+    assert audit.verify(log, verify_key(ProvenanceConfig()), audit.registry_head(cfg, cfg.model_name)).ok
+    card = mlflow.artifacts.load_text(tags["kfmlops.card"])  # refreshed after the decision and the deploy
+    assert "reviewer@example.com" in card and "card reviewed" in card
