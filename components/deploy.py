@@ -19,7 +19,8 @@ def deploy(
             scores, and the label column dropped from the probe rows.
         version: The registered model version to deploy (the new champion).
         settings: kfmlops.config.Settings as JSON (the `deploy`, `mlflow`, `provenance`, `audit` sections are read, and
-            `evaluate.decision_threshold` becomes the served binary label's threshold).
+            `evaluate.decision_threshold` becomes the served binary label's threshold, `explain.serving_max_rows`
+            the served :explain request's row limit).
 
     Returns:
         rollout: JSON account: status, validation and canary checks with their figures, steps, manifest.
@@ -33,7 +34,8 @@ def deploy(
     with step(settings, read=test_data.uri, write=rollout.uri) as s:
         cfg = s.settings
         service = cfg.deploy.inference_service
-        serving = service.serving.model_copy(update={"decision_threshold": cfg.evaluate.decision_threshold})
+        serving = service.serving.model_copy(update={"decision_threshold": cfg.evaluate.decision_threshold,
+                                                     "explain_max_rows": cfg.explain.serving_max_rows})
         config = cfg.deploy.model_copy(update={
             "model_version": version, "inference_service": service.model_copy(update={"serving": serving})})
         result = run_deploy(test_data.path, Task.from_json(task), config, cfg.mlflow, cfg.provenance)
