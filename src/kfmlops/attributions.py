@@ -1,6 +1,6 @@
 """Per-row attributions on raw columns, where the model has a way to give them.
 
-Consumes a :class:`~kfmlops.model_contract.LoadedModel` (its ``native`` model) and rows; produces
+Consumes a loaded model's native model (:attr:`kfmlops.model_contract.LoadedModel.native`) and rows; produces
 :class:`Attributions`: for every row, how much each raw input column moved the explained output
 away from a reference value. :func:`attributor` picks the method; the explain step
 (:mod:`kfmlops.explain`) averages them over the test split, the predictor's ``:explain`` endpoint
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfmlops.model_contract import LoadedModel, class_index
+from kfmlops.model_contract import class_index
 from kfmlops.tasks import Task
 
 SHAP_TREE = "shap-tree"
@@ -243,20 +243,19 @@ def _source_columns(encoder, features: list[str]) -> np.ndarray:
     return matrix
 
 
-def attributor(model: LoadedModel, features: list[str] | None = None):
-    """The attribution method for ``model`` (see the module docstring): an object with ``method``,
-    ``features``, ``encode(frame) -> arrays`` and ``__call__(*arrays) -> Attributions``; raises
-    :class:`NotExplainable` when the model has none. ``features``: the raw columns a generic
-    model's arrays come in (default: the model's own)."""
-    native = model.native
+def attributor(native: Any, task: Task, features: list[str]):
+    """The attribution method for a model's ``native`` (:attr:`LoadedModel.native
+    <kfmlops.model_contract.LoadedModel.native>`; see the module docstring): an object with
+    ``method``, ``features``, ``encode(frame) -> arrays`` and ``__call__(*arrays) -> Attributions``.
+    ``features``: the raw columns a user's estimator takes, in the order of its arrays (a bundle
+    knows its own). Raises :class:`NotExplainable` when the model has no method."""
     kind = getattr(native, "kind", None)
     if kind == "gbdt":
         return TreeBundleAttributor(native)
     if kind == "tabular-net":
         return NetAttributor(native)
     if native is None:
-        raise NotExplainable(f"a {model.trainer} model scored through its MLflow pyfunc has no attribution method here")
-    columns = features or model.features
-    if not columns:
+        raise NotExplainable("a model scored through its MLflow pyfunc has no per-row attribution method here")
+    if not features:
         raise NotExplainable("the model names no input columns (no kfmlops metadata and no signature)")
-    return EstimatorAttributor(native, model.task, columns)
+    return EstimatorAttributor(native, task, features)

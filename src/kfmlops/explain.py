@@ -193,7 +193,7 @@ def explain(model: LoadedModel, test: pd.DataFrame, task: Task, metric: str, con
     features = permutation_importance(score, rows, columns, config.repeats, config.seed)
     groups = by_group(score, rows, rows[list(sensitive_columns)], columns, config.repeats, config.seed, min_group_size)
     try:
-        method = attributor(model)
+        method = attributor(model.native, task, columns)
     except NotExplainable as exc:
         return Explanation(metric, len(rows), features, groups, notes=[f"no model-specific attributions: {exc}"])
     attributed = method(*method.encode(rows))
