@@ -47,7 +47,8 @@ INTEGRATED_GRADIENTS = "integrated-gradients"
 IG_STEPS = 32
 """Integration steps of integrated gradients (captum's default is 50; 32 keeps the sum within ~1% here)."""
 IG_BATCH = 8192
-"""Rows x steps of one integrated-gradients forward pass: bounds its memory."""
+"""Rows x steps of one integrated-gradients forward pass (captum's ``internal_batch_size``; at least
+one step of every row, which ``explain.max_rows`` and ``explain.serving_max_rows`` bound)."""
 
 
 class NotExplainable(ValueError):
@@ -155,7 +156,7 @@ class NetAttributor:
         per_output = []
         for k in range(len(self.outputs)):
             attributed = ig.attribute(inputs, baselines=reference, target=k, n_steps=IG_STEPS,
-                                      internal_batch_size=max(1, IG_BATCH // IG_STEPS))
+                                      internal_batch_size=max(IG_BATCH, len(inputs)))
             columns = torch.split(attributed.detach(), self.widths, dim=1)
             per_output.append(torch.stack([c.sum(dim=1) for c in columns], dim=1).double().numpy() * self.scale)
         values = np.stack(per_output, axis=1) if per_output else np.zeros((len(codes), 0, len(self.features)))
