@@ -183,7 +183,8 @@ def sample(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
 
 
 def explain(model: LoadedModel, test: pd.DataFrame, task: Task, metric: str, config: ExplainConfig,
-            sensitive_columns: list[str] = (), min_group_size: int = 100, threshold: float = 0.5) -> Explanation:
+            sensitive_columns: list[str] | tuple[str, ...] = (), min_group_size: int = 100,
+            threshold: float = 0.5) -> Explanation:
     """The :class:`Explanation` of ``model`` on the test split ``test`` (see the module docstring)."""
     from kfmlops.attributions import NotExplainable, attributor
 
