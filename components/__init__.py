@@ -13,9 +13,10 @@ from kfmlops.components.import_model import import_model
 from kfmlops.components.predict import predict
 from kfmlops.components.evaluate import evaluate
 from kfmlops.components.fairness import fairness
+from kfmlops.components.explain import explain
 from kfmlops.components.register import register
 from kfmlops.components.promote import promote
 from kfmlops.components.deploy import deploy
 from kfmlops.components.drift import drift
 
-__all__ = ["ingest", "validate", "train", "train_job", "import_model", "predict", "evaluate", "fairness", "register", "promote", "deploy", "drift"]
+__all__ = ["ingest", "validate", "train", "train_job", "import_model", "predict", "evaluate", "fairness", "explain", "register", "promote", "deploy", "drift"]

@@ -19,7 +19,8 @@ def deploy(
             scores, and the label column dropped from the probe rows.
         version: The registered model version to deploy (the new champion).
         settings: kfmlops.config.Settings as JSON (the `deploy`, `mlflow`, `provenance`, `audit` sections are read, and
-            `evaluate.decision_threshold` becomes the served binary label's threshold).
+            `evaluate.decision_threshold` becomes the served binary label's threshold, `explain.serving_max_rows`
+            the served :explain request's row limit).
 
     Returns:
         rollout: JSON account: status, validation and canary checks with their figures, steps, manifest.

@@ -1,6 +1,6 @@
 """The pipelines: training (ingest -> validate -> train -> release) and bring-your-own-model
-(ingest -> validate -> import_model -> release), where release is predict -> evaluate, fairness ->
-register -> (gates) -> promote -> deploy.
+(ingest -> validate -> import_model -> release), where release is predict -> evaluate, fairness,
+explain -> register -> (gates) -> promote -> deploy.
 
 Validation failures stop the run. Training runs in the step's own pod or, for large data and
 GPUs, as a Kubeflow Trainer job across nodes (`training_backend`); a model trained elsewhere comes
@@ -17,7 +17,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
 from kfmlops.components import (
-    deploy, evaluate, fairness, import_model, ingest, predict, promote, register, train, train_job, validate,
+    deploy, evaluate, explain, fairness, import_model, ingest, predict, promote, register, train, train_job, validate,
 )
 
 SIGNING_SECRET, SIGNING_MOUNT = "kfmlops-signing-key", "/etc/kfmlops/signing"  # signing.pem
@@ -25,7 +25,7 @@ VERIFY_SECRET, VERIFY_MOUNT = "kfmlops-verify-key", "/etc/kfmlops/keys"  # verif
 SHARED_MOUNT = "/mnt/kfmlops"  # the shared PVC, on the train_job step and on every rank it starts
 
 
-@dsl.pipeline(name="kfmlops-release", description="Score, evaluate, fairness-gate, register, promote and deploy a model.")
+@dsl.pipeline(name="kfmlops-release", description="Score, evaluate, fairness-gate, explain, register, promote and deploy a model.")
 def release(
     model: Input[Model],
     train_data: Input[Dataset],
@@ -39,15 +39,19 @@ def release(
     pipeline_run_id: str,
 ) -> str:
     """The gates and everything after them, for any model (an MLflow model directory); returns its
-    registered version."""
+    registered version. The explanation runs beside the gates and before register, so the run holds
+    it when the version is registered."""
     scored = predict(model=model, data=test_data, task=task, settings=settings, run_id=run_id)
     judged = evaluate(predictions=scored.outputs["predictions"], train_data=train_data, test_data=test_data,
                       task=task, settings=settings, run_id=run_id)
     fair = fairness(test_data=test_data, predictions=scored.outputs["predictions"], task=task,
                     sensitive_features=sensitive_columns, settings=settings, run_id=run_id)
+    explained = explain(model=model, test_data=test_data, task=task, sensitive_features=sensitive_columns,
+                        settings=settings, run_id=run_id).after(scored)
     version = register(model=model, test_data=test_data, blessing=judged.outputs["blessing"],
                        fairness_verdict=fair.outputs["verdict"], task=task, source=source,
-                       fingerprint=fingerprint, settings=settings, run_id=run_id, pipeline_run_id=pipeline_run_id)
+                       fingerprint=fingerprint, settings=settings, run_id=run_id,
+                       pipeline_run_id=pipeline_run_id).after(explained)
     # On a cluster the keys come from Secrets (optional: locally, and where settings.provenance names
     # another source, they are absent); point settings.provenance.*_key_file at these paths.
     kubernetes.use_secret_as_volume(version, SIGNING_SECRET, mount_path=SIGNING_MOUNT, optional=True)
@@ -59,7 +63,7 @@ def release(
                 rollout = deploy(test_data=test_data, task=task, version=version.outputs["version"],
                                  settings=settings)
                 kubernetes.use_secret_as_volume(rollout, VERIFY_SECRET, mount_path=VERIFY_MOUNT, optional=True)
-    for step in (scored, judged, fair, version, promoted, rollout):
+    for step in (scored, judged, fair, explained, version, promoted, rollout):
         step.set_caching_options(False)  # each step records into MLflow: never replay it from cache
     return version.outputs["version"]
 

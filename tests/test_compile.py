@@ -52,6 +52,8 @@ def test_pipeline_gates_wrap_promote_and_deploy_on_both_training_backends():
         assert "== 'promoted'" in approved["triggerPolicy"]["condition"]
         inside = pipeline["components"][approved["componentRef"]["name"]]["dag"]["tasks"]
         assert {t["taskInfo"]["name"] for t in inside.values()} == {"deploy"}
+    assert len(tasks["explain"]) == 2  # one release per backend; register waits for it
+    assert all("explain" in t["dependentTasks"] for t in tasks["register"])
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, spec in executors.items():
         if name.startswith("exec-register"):

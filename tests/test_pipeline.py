@@ -75,9 +75,14 @@ def test_pipeline_registers_a_gated_champion_then_keeps_it_from_a_weaker_model(h
     assert run.info.status == "FINISHED"
     assert {"val_roc_auc", "test_roc_auc", "fairness.sex.equalized_odds_difference"} <= set(run.data.metrics)
     for step, output in [("validate", "report"), ("evaluate", "report"), ("fairness", "report"),
-                         ("predict", "predictions"), ("train", "model")]:
+                         ("explain", "report"), ("predict", "predictions"), ("train", "model")]:
         assert (first.pipeline_root / step / output).exists(), f"{step}/{output} missing"
     assert (first.pipeline_root / "train" / "model" / "MLmodel").is_file()
+    explanation = json.loads(Path(client.download_artifacts(mv.run_id, "explain/explanation.json", str(home)))
+                             .read_text())  # in the run before the version was registered: the model card reads it
+    assert explanation["metric"] == "roc_auc" and len(explanation["features"]) >= 10
+    assert explanation["attributions"]["method"] == "shap-tree" and set(explanation["by_group"]) == {"sex", "race"}
+    assert "explain.importance." + explanation["features"][0]["feature"] in run.data.metrics
     predictions = pd.read_parquet(first.pipeline_root / "predict" / "predictions")
     assert len(predictions) == 16281 and list(predictions.columns) == ["label", "prediction", "proba:<=50K", "proba:>50K"]
     local = resolve_model(f"models:/{cfg.model_name}@champion", uri, home / "dl").model_dir  # the signed files only

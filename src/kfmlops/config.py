@@ -224,6 +224,22 @@ class FairnessConfig(SettingsModel):
     )
 
 
+class ExplainConfig(SettingsModel):
+    """The explain step (kfmlops.explain) and the predictor's ``:explain`` endpoint."""
+
+    enabled: bool = Field(default=True, description="false: the explain step writes an empty report and records nothing.")
+    max_rows: int = Field(
+        default=2000, ge=10, description="Test rows explained, a seeded sample; the step makes 1 + features x repeats "
+        "model calls on this many rows at most.",
+    )
+    repeats: int = Field(default=5, ge=1, description="Shuffles per column for permutation importance.")
+    top_k: int = Field(default=10, ge=1, description="Features shown in the report and logged as metrics.")
+    serving_max_rows: int = Field(
+        default=64, ge=1, description="Most instances one :explain request may hold; more is answered 400.",
+    )
+    seed: int = 42
+
+
 class MlflowConfig(SettingsModel):
     tracking_uri: str | None = Field(
         default=None, description="Unset: $MLFLOW_TRACKING_URI, else sqlite under $KFMLOPS_HOME (default ./.kfmlops)."
@@ -292,6 +308,7 @@ class Settings(SettingsModel):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     fairness: FairnessConfig = FairnessConfig()
+    explain: ExplainConfig = ExplainConfig()
     mlflow: MlflowConfig = MlflowConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
     deploy: DeployConfig = DeployConfig()
@@ -314,12 +331,12 @@ class Settings(SettingsModel):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow``, ``provenance``, ``deploy``, ``audit``, ``governance`` and ``model_card`` (where a run is
-        recorded, who signs it, how it is rolled out, where that is logged, who must approve it and what its
-        card says it is for do not change the model). Integral floats count as ints, because KFP carries
-        every number of a parameter as a double."""
+        ``mlflow``, ``provenance``, ``deploy``, ``audit``, ``governance``, ``model_card`` and ``explain`` (where
+        a run is recorded, who signs it, how it is rolled out, where that is logged, who must approve it, what
+        its card says it is for and how it is explained do not change the model). Integral floats count as
+        ints, because KFP carries every number of a parameter as a double."""
         data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit", "governance",
-                                                                "model_card"}))
+                                                                "model_card", "explain"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

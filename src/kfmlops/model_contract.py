@@ -144,12 +144,16 @@ def with_info(model_dir: str | Path, info: ModelInfo) -> None:
 
 @dataclass
 class LoadedModel:
-    """A Model artifact loaded for scoring; see the module docstring for what each kind returns."""
+    """A Model artifact loaded for scoring; see the module docstring for what each kind returns.
+
+    ``native``: what scores underneath, for explanations: the kfmlops bundle, or the sklearn-API
+    estimator; None for a model scored through its pyfunc."""
 
     task: Task
     features: list[str]
     trainer: str
     _score: Any
+    native: Any = None
 
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
         """Probabilities ``[n, K]`` in ``task.classes`` order, or values ``[n]`` for regression."""
@@ -181,7 +185,7 @@ def load(model: str | Path, task: Task | None = None) -> LoadedModel:
     task = task or info.task
     features = info.features if info else _signature_columns(model_dir)
     trainer = info.trainer if info else "imported"
-    return LoadedModel(task, features, trainer, _scorer(model_dir, task))
+    return LoadedModel(task, features, trainer, *_scorer(model_dir, task))
 
 
 def predictions(task: Task, scores: np.ndarray, threshold: float = 0.5, labels: Any = None) -> pd.DataFrame:
@@ -214,7 +218,8 @@ def scores_of(frame: pd.DataFrame, task: Task) -> np.ndarray:
 
 # --- scoring each kind of model ------------------------------------------------------------------
 
-def _scorer(model_dir: Path, task: Task):
+def _scorer(model_dir: Path, task: Task) -> tuple[Any, Any]:
+    """``(score(frame) -> raw scores, the native model or None)``."""
     from mlflow.models import Model
 
     flavors = Model.load(str(model_dir)).flavors
@@ -223,15 +228,15 @@ def _scorer(model_dir: Path, task: Task):
         from kfmlops.train.bundles import load_bundle
 
         loaded = load_bundle(bundle)
-        return lambda frame: loaded.scores(_columns(frame))
+        return (lambda frame: loaded.scores(_columns(frame))), loaded
     if "sklearn" in flavors or "xgboost" in flavors or "lightgbm" in flavors:
         estimator = _native(model_dir, flavors)
         if hasattr(estimator, "fit"):  # the sklearn API; a bare Booster goes through its pyfunc
-            return lambda frame: _estimator_scores(estimator, frame, task)
+            return (lambda frame: _estimator_scores(estimator, frame, task)), estimator
     import mlflow.pyfunc
 
     pyfunc = mlflow.pyfunc.load_model(str(model_dir), suppress_warnings=True)
-    return lambda frame: _pyfunc_scores(pyfunc.predict(frame), task, len(frame))
+    return (lambda frame: _pyfunc_scores(pyfunc.predict(frame), task, len(frame))), None
 
 
 def _native(model_dir: Path, flavors: dict):
@@ -268,11 +273,12 @@ def _reorder(proba: np.ndarray, classes: Any, task: Task) -> np.ndarray:
         return proba
     out = np.zeros((len(proba), len(task.classes)))
     for j, cls in enumerate(classes):
-        out[:, _class_index(cls, task)] = proba[:, j]
+        out[:, class_index(cls, task)] = proba[:, j]
     return out
 
 
-def _class_index(value: Any, task: Task) -> int:
+def class_index(value: Any, task: Task) -> int:
+    """The task's code of a model's class ``value``: by name, else as a code ``0..K-1``."""
     text = str(value.item() if isinstance(value, np.generic) else value)
     if text in task.classes:
         return task.classes.index(text)
@@ -287,7 +293,7 @@ def _class_index(value: Any, task: Task) -> int:
 def _one_hot(labels: Any, task: Task) -> np.ndarray:
     values = np.asarray(labels).reshape(-1)
     out = np.zeros((len(values), len(task.classes)))
-    out[np.arange(len(values)), [_class_index(v, task) for v in values]] = 1.0
+    out[np.arange(len(values)), [class_index(v, task) for v in values]] = 1.0
     return out
 
 
@@ -358,6 +364,6 @@ def local_dir(model: str) -> str:
 
 __all__ = [
     "BUNDLE_ARTIFACT", "LoadedModel", "METADATA_KEY", "ModelContractError", "ModelInfo", "PROBA_PREFIX", "TaskError",
-    "bundle_path", "is_model_dir", "load", "local_dir", "predictions", "read_info", "save_bundle_model", "save_estimator",
+    "bundle_path", "class_index", "is_model_dir", "load", "local_dir", "predictions", "read_info", "save_bundle_model", "save_estimator",
     "scores_of", "with_info",
 ]

@@ -53,10 +53,12 @@ class Step:
         prefix: str = "",
         params: dict[str, object] | None = None,
         documents: dict[str, object] | None = None,
+        texts: dict[str, str] | None = None,
         gate: tuple[str, bool] | None = None,
     ) -> None:
         """``metrics`` to the KFP Metrics artifact (as named) and to the MLflow run (``prefix`` + name);
-        ``gate=(name, passed)`` tags the run with the gate's verdict."""
+        ``documents`` (JSON) and ``texts`` to the run's artifacts by path; ``gate=(name, passed)`` tags the
+        run with the gate's verdict."""
         from kfmlops.register import gate_tags
 
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
@@ -65,7 +67,7 @@ class Step:
                 kfp_metrics.log_metric(name, value)
         if self.run_id:
             log_to_run(self.settings.mlflow, self.run_id, metrics={prefix + k: v for k, v in metrics.items()},
-                       params=params, documents=documents, tags=gate_tags(*gate) if gate else None)
+                       params=params, documents=documents, texts=texts, tags=gate_tags(*gate) if gate else None)
 
 
 @contextmanager

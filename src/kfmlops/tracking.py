@@ -98,8 +98,10 @@ def log_to_run(
     params: dict[str, object] | None = None,
     tags: dict[str, str] | None = None,
     documents: dict[str, object] | None = None,
+    texts: dict[str, str] | None = None,
 ) -> None:
-    """Record a stage's figures in the pipeline's run; ``documents`` are JSON artifacts by file name."""
+    """Record a stage's figures in the pipeline's run; ``documents`` are JSON artifacts and ``texts``
+    text artifacts (an HTML page...), by artifact path."""
     from mlflow.entities import Metric, Param, RunTag
 
     store = client(config)
@@ -112,6 +114,8 @@ def log_to_run(
     )
     for name, document in (documents or {}).items():
         store.log_dict(run_id, document, name)
+    for name, text in (texts or {}).items():
+        store.log_text(run_id, text, name)
 
 
 @contextmanager

@@ -50,6 +50,10 @@ class ServingConfig(SettingsModel):
         default=0.5, gt=0.0, lt=1.0, description="Binary task: P(positive) at or above which V2's 'label' output is the "
         "positive class (the deploy stage sets it to evaluate.decision_threshold).",
     )
+    explain_max_rows: int = Field(
+        default=64, ge=1, description="Most instances one :explain request may hold; more is answered 400 (the deploy "
+        "stage sets it to explain.serving_max_rows).",
+    )
 
 
 class Resources(SettingsModel):

@@ -115,9 +115,11 @@ class Reference:
 
 def version_config(settings: Settings, version: str) -> DeployConfig:
     """``settings.deploy`` for rolling out ``version``: the served binary label's threshold is
-    ``settings.evaluate.decision_threshold``, the one evaluation judged the model at."""
+    ``settings.evaluate.decision_threshold``, the one evaluation judged the model at, and ``:explain``
+    answers at most ``settings.explain.serving_max_rows`` rows."""
     service = settings.deploy.inference_service
-    serving = service.serving.model_copy(update={"decision_threshold": settings.evaluate.decision_threshold})
+    serving = service.serving.model_copy(update={"decision_threshold": settings.evaluate.decision_threshold,
+                                                 "explain_max_rows": settings.explain.serving_max_rows})
     return settings.deploy.model_copy(update={
         "model_version": str(version), "inference_service": service.model_copy(update={"serving": serving})})
 

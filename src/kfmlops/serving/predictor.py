@@ -24,12 +24,24 @@ input per column), scores the rows (micro-batched with ``serving.micro_batching`
 the task's outputs (:mod:`kfmlops.serving.outputs`: V1 P(positive), ``{class: probability}`` or the
 value per row; V2 ``probability``/``probabilities`` and ``label``, or ``value``). Invalid input
 raises :class:`~kfmlops.serving.schema.RequestRejected` (a 4xx naming the field).
+
+``explain`` answers KServe's V1 explain (``POST /v1/models/NAME:explain``, the same
+``{"instances": [...]}`` body, checked the same way) with per-row attributions
+(:mod:`kfmlops.attributions`): SHAP tree values for a ``gbdt`` bundle or a user's tree ensemble,
+integrated gradients for a ``tabular-net``. Cost is bounded: at most ``serving.explain_max_rows``
+instances per request (more: 400 saying the limit). Any other model is answered 501 naming why:
+model-agnostic per-row attributions (Kernel SHAP, occlusion) need a reference sample that a model
+brought from elsewhere does not carry, and cost features x samples model calls per row; rather
+than invent a reference, the predictor refuses and the training run's permutation importance
+(``explain/explanation.json``) covers such models.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
+from http import HTTPStatus
 import shutil
 import tempfile
 import uuid
@@ -46,7 +58,7 @@ from kfmlops.serving.batching import MicroBatcher
 from kfmlops.serving.config import ServingConfig
 from kfmlops.serving.metrics import BATCH_ROWS, MODEL_INFO, REQUEST_ROWS
 from kfmlops.serving.outputs import output_types, score_diff, v1_predictions, v2_outputs
-from kfmlops.serving.schema import RequestSchema
+from kfmlops.serving.schema import RequestRejected, RequestSchema
 from kfmlops.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -100,7 +112,8 @@ class ServedModel:
 
     ``kind``: ``tabular-net``, ``gbdt`` or ``pyfunc``; ``reference(frame)``: the model's own scores
     (its PyTorch / XGBoost / MLflow path), which the served path must match; ``parity``: the largest
-    difference the load-time checks found."""
+    difference the load-time checks found; ``attributor(*arrays) -> Attributions`` on the encoded
+    arrays, or None and ``not_explainable`` says why."""
 
     kind: str
     task: Task
@@ -109,6 +122,8 @@ class ServedModel:
     score: Callable[..., np.ndarray]
     reference: Callable[[pd.DataFrame], np.ndarray]
     parity: float = 0.0
+    attributor: Callable | None = None
+    not_explainable: str = ""
 
 
 def load_served(model_dir: Path, config: ServingConfig) -> ServedModel:
@@ -138,7 +153,17 @@ def load_served(model_dir: Path, config: ServingConfig) -> ServedModel:
             f"served scores differ from the model's own by {diff:.3g} on its input example "
             f"(> serving.parity_tolerance {config.parity_tolerance})"
         )
-    return ServedModel(served.kind, served.task, served.schema, served.encode, served.score, served.reference, diff)
+    return replace(served, parity=diff)
+
+
+def _explained(served: ServedModel, native, features: list[str]) -> ServedModel:
+    """``served`` with its attribution method, or the reason it has none."""
+    from kfmlops.attributions import NotExplainable, attributor
+
+    try:
+        return replace(served, attributor=attributor(native, served.task, features))
+    except NotExplainable as exc:
+        return replace(served, not_explainable=str(exc))
 
 
 def _bundle(bundle_dir: Path, mlmodel, config: ServingConfig) -> ServedModel:
@@ -156,8 +181,8 @@ def _bundle(bundle_dir: Path, mlmodel, config: ServingConfig) -> ServedModel:
     if bundle.kind == "tabular-net":
         net = CompiledNet.of(bundle)
         diff = check_parity(net, bundle.net, *random_inputs(bundle.net, 256), config.parity_tolerance)
-        return ServedModel(bundle.kind, bundle.task, schema, encode, net, reference, diff)
-    return ServedModel(bundle.kind, bundle.task, schema, encode, GbdtScorer(bundle), reference)
+        return _explained(ServedModel(bundle.kind, bundle.task, schema, encode, net, reference, diff), bundle, [])
+    return _explained(ServedModel(bundle.kind, bundle.task, schema, encode, GbdtScorer(bundle), reference), bundle, [])
 
 
 def _generic(model_dir: Path, mlmodel, task: Task, config: ServingConfig) -> ServedModel:
@@ -167,7 +192,8 @@ def _generic(model_dir: Path, mlmodel, task: Task, config: ServingConfig) -> Ser
 
     loaded = model_contract.load(model_dir, task)
     schema = RequestSchema.for_model(signature_of(mlmodel), loaded.features, config.max_rows)
-    return ServedModel(GENERIC, task, schema, FrameEncoder(schema), ModelScorer(loaded, schema.features), loaded.scores)
+    served = ServedModel(GENERIC, task, schema, FrameEncoder(schema), ModelScorer(loaded, schema.features), loaded.scores)
+    return _explained(served, loaded.native, schema.features)
 
 
 class Predictor(kserve.Model):
@@ -225,6 +251,23 @@ class Predictor(kserve.Model):
             outputs = v2_outputs(served.task, scores, self.config.decision_threshold)
             return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs)
         return {"predictions": v1_predictions(served.task, scores)}
+
+    async def explain(self, payload, headers=None):
+        """Per-row attributions of V1 ``instances``: ``{"method", "output", "base_value", "explanations":
+        [{column: attribution}, ...]}`` (multiclass: ``{class: {column: attribution}}`` per row);
+        see :meth:`kfmlops.attributions.Attributions.to_json`."""
+        served = self.served
+        if served.attributor is None:
+            raise RequestRejected(f"model {self.name!r} cannot explain rows: {served.not_explainable}; its training "
+                                  "run's explain/explanation.json has permutation importance", "not_explainable",
+                                  HTTPStatus.NOT_IMPLEMENTED)
+        columns = served.schema.columns_from_v1(payload)
+        rows = len(next(iter(columns.values())))
+        limit = self.config.explain_max_rows
+        if rows > limit:
+            raise RequestRejected(f"instances has {rows} rows; :explain takes at most {limit} per request "
+                                  "(serving.explain_max_rows, from explain.serving_max_rows)", "too_large")
+        return served.attributor(*served.encode(columns)).to_json()
 
     def get_input_types(self) -> list[dict]:
         return self.served.schema.input_types()

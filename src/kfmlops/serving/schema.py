@@ -50,7 +50,8 @@ class RequestRejected(InvalidInput):
 
     Kinds: ``malformed``, ``empty``, ``too_large``, ``missing_column``, ``wrong_type``,
     ``unseen_category``, ``missing_value``, ``refused_by_model`` (the model's own input checks,
-    e.g. MLflow's schema enforcement, refused the rows).
+    e.g. MLflow's schema enforcement, refused the rows), ``not_explainable`` (501: ``:explain`` on a
+    model with no attribution method).
     """
 
     def __init__(self, message: str, kind: str, status: int = HTTPStatus.BAD_REQUEST):

@@ -5,6 +5,8 @@ model in the local MLflow store, or ``--model-dir``, e.g. ``/mnt/models`` in a K
 serves it until SIGTERM/SIGINT:
 
 - ``POST /v1/models/NAME:predict`` and ``POST /v2/models/NAME/infer``;
+- ``POST /v1/models/NAME:explain``: per-row attributions (:meth:`Predictor.explain
+  <kfmlops.serving.predictor.Predictor.explain>`);
 - ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/NAME/ready``, ``/v2/models/NAME``
   (metadata from the signature), ``/v1/models/NAME``;
 - ``GET /metrics`` (Prometheus; see :mod:`kfmlops.serving.metrics`).
