@@ -3,8 +3,8 @@
 The models are `serving.py`'s (:func:`serving.build_models`: Adult ingested, a gbdt bundle with the
 default settings and a tabular-net of 2 epochs, each registered and signed). Then:
 
-- the explain stage (:func:`kfmlops.explain.explain`) with the default `ExplainConfig` (2000 test
-  rows, 5 repeats), sensitive columns sex and race and `fairness.min_group_size` 500 as in
+- the explain stage (:func:`kfmlops.explain.explain`) with the default `ExplainConfig` (1000 test
+  rows, 3 repeats), sensitive columns sex and race and `fairness.min_group_size` 500 as in
   `pipelines/configs/adult.yaml`: wall seconds, for each model;
 - each model behind our predictor on 127.0.0.1: `POST :explain` with 1 and 64 rows (the default
   `explain.serving_max_rows`), sequential requests, p50/p99 latency; `:predict` with 1 row beside it.
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in KINDS:
         seconds, document = explain_seconds(work / kind, test, task)
         top = ", ".join(f"{f['feature']} {f['importance']:.4f}" for f in document["features"][:3])
-        results.append({"model": kind, "scenario": "explain step (2000 rows, 5 repeats, sex + race)",
+        results.append({"model": kind, "scenario": "explain step (1000 rows, 3 repeats, sex + race)",
                         "seconds": seconds, "top": top, "attributions": document["attributions"]["method"]})
         with PredictorProcess(f"models:/adult-{kind}/{refs[kind].version}", model_name="m", tracking_uri=uri,
                               verify_key=public) as p, httpx.Client(base_url=p.url, timeout=60) as client:

@@ -229,10 +229,10 @@ class ExplainConfig(SettingsModel):
 
     enabled: bool = Field(default=True, description="false: the explain step writes an empty report and records nothing.")
     max_rows: int = Field(
-        default=2000, ge=10, description="Test rows explained, a seeded sample; the step makes 1 + features x repeats "
+        default=1000, ge=10, description="Test rows explained, a seeded sample; the step makes 1 + features x repeats "
         "model calls on this many rows at most.",
     )
-    repeats: int = Field(default=5, ge=1, description="Shuffles per column for permutation importance.")
+    repeats: int = Field(default=3, ge=1, description="Shuffles per column for permutation importance.")
     top_k: int = Field(default=10, ge=1, description="Features shown in the report and logged as metrics.")
     serving_max_rows: int = Field(
         default=64, ge=1, description="Most instances one :explain request may hold; more is answered 400.",

@@ -136,7 +136,7 @@ class Scorer:
         """The signed metric; a ValueError when the rows do not allow it (one class only, a class
         missing for ``roc_auc_ovr``)."""
         module = metrics_module(self.task)
-        values = module.metrics(self.task, scored)
+        values = module.metrics(self.task, scored, [self.metric])
         if self.metric not in values:
             raise ValueError(f"{self.metric} cannot be computed on these rows (computed: {sorted(values)})")
         return (1.0 if module.DIRECTIONS[self.metric] == "max" else -1.0) * values[self.metric]

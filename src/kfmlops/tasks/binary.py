@@ -21,6 +21,7 @@ No I/O. The hard metrics read ``prediction`` (already cut at the decision thresh
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -57,21 +58,23 @@ def _positive(task: Task, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, 
     return y, predicted_codes(task, frame), probabilities(task, frame)[:, 1]
 
 
-def metrics(task: Task, frame: pd.DataFrame) -> dict[str, float]:
-    """The scalar metrics of the predictions dataset ``frame`` (see the module docstring)."""
+def metrics(task: Task, frame: pd.DataFrame, names: Collection[str] | None = None) -> dict[str, float]:
+    """The scalar metrics of the predictions dataset ``frame`` (see the module docstring); only
+    ``names`` of them when given."""
     from sklearn import metrics as skm
 
     y, pred, p = _positive(task, frame)
-    return finite({
-        "roc_auc": skm.roc_auc_score(y, p),
-        "pr_auc": skm.average_precision_score(y, p),
-        "accuracy": skm.accuracy_score(y, pred),
-        "f1": skm.f1_score(y, pred, zero_division=0.0),
-        "precision": skm.precision_score(y, pred, zero_division=0.0),
-        "recall": skm.recall_score(y, pred, zero_division=0.0),
-        "log_loss": skm.log_loss(y, p, labels=[0, 1]),
-        "brier": skm.brier_score_loss(y, p),
-    })
+    compute = {
+        "roc_auc": lambda: skm.roc_auc_score(y, p),
+        "pr_auc": lambda: skm.average_precision_score(y, p),
+        "accuracy": lambda: skm.accuracy_score(y, pred),
+        "f1": lambda: skm.f1_score(y, pred, zero_division=0.0),
+        "precision": lambda: skm.precision_score(y, pred, zero_division=0.0),
+        "recall": lambda: skm.recall_score(y, pred, zero_division=0.0),
+        "log_loss": lambda: skm.log_loss(y, p, labels=[0, 1]),
+        "brier": lambda: skm.brier_score_loss(y, p),
+    }
+    return finite({name: f() for name, f in compute.items() if names is None or name in names})
 
 
 def roc_curve(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:

@@ -20,6 +20,7 @@ binary task too, a two-class special case.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -75,21 +76,22 @@ def finite(values: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def metrics(task: Task, frame: pd.DataFrame) -> dict[str, float]:
-    """The scalar metrics of the predictions dataset ``frame`` (see the module docstring)."""
+def metrics(task: Task, frame: pd.DataFrame, names: Collection[str] | None = None) -> dict[str, float]:
+    """The scalar metrics of the predictions dataset ``frame`` (see the module docstring); only
+    ``names`` of them when given."""
     from sklearn import metrics as skm
 
     y, pred, proba = true_codes(task, frame), predicted_codes(task, frame), probabilities(task, frame)
     every = list(range(len(task.classes)))
-    values = {
-        "accuracy": skm.accuracy_score(y, pred),
-        "macro_f1": skm.f1_score(y, pred, average="macro", zero_division=0.0),
-        "weighted_f1": skm.f1_score(y, pred, average="weighted", zero_division=0.0),
-        "log_loss": skm.log_loss(y, proba, labels=every),
+    compute = {
+        "accuracy": lambda: skm.accuracy_score(y, pred),
+        "macro_f1": lambda: skm.f1_score(y, pred, average="macro", zero_division=0.0),
+        "weighted_f1": lambda: skm.f1_score(y, pred, average="weighted", zero_division=0.0),
+        "log_loss": lambda: skm.log_loss(y, proba, labels=every),
     }
     if len(np.unique(y)) == len(every):
-        values["roc_auc_ovr"] = skm.roc_auc_score(y, proba, multi_class="ovr", labels=every)
-    return finite(values)
+        compute["roc_auc_ovr"] = lambda: skm.roc_auc_score(y, proba, multi_class="ovr", labels=every)
+    return finite({name: f() for name, f in compute.items() if names is None or name in names})
 
 
 def confusion_matrix(task: Task, frame: pd.DataFrame) -> list[list[int]]:

@@ -17,6 +17,7 @@ Consumes a :class:`~kfmlops.tasks.Task` and a predictions dataset (columns ``lab
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -52,17 +53,19 @@ def _values(task: Task, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return y, pred
 
 
-def metrics(task: Task, frame: pd.DataFrame) -> dict[str, float]:
-    """The scalar metrics of the predictions dataset ``frame`` (see the module docstring)."""
+def metrics(task: Task, frame: pd.DataFrame, names: Collection[str] | None = None) -> dict[str, float]:
+    """The scalar metrics of the predictions dataset ``frame`` (see the module docstring); only
+    ``names`` of them when given."""
     from sklearn.metrics import r2_score
 
     y, pred = _values(task, frame)
     error = y - pred
-    values = {"rmse": np.sqrt(np.mean(error**2)), "mae": np.mean(np.abs(error)), "r2": r2_score(y, pred)}
+    compute = {"rmse": lambda: np.sqrt(np.mean(error**2)), "mae": lambda: np.mean(np.abs(error)),
+               "r2": lambda: r2_score(y, pred)}
     nonzero = y != 0
     if nonzero.any():
-        values["mape"] = np.mean(np.abs(error[nonzero]) / np.abs(y[nonzero]))
-    return finite(values)
+        compute["mape"] = lambda: np.mean(np.abs(error[nonzero]) / np.abs(y[nonzero]))
+    return finite({name: f() for name, f in compute.items() if names is None or name in names})
 
 
 def details(task: Task, frame: pd.DataFrame) -> dict[str, Any]:
