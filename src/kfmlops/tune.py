@@ -121,11 +121,11 @@ class TuningResult:
         return asdict(self)
 
 
-def direction(task: Task) -> str:
-    """``maximize`` or ``minimize``: the direction of the task's validation metric."""
+def direction(kind: str) -> str:
+    """``maximize`` or ``minimize``: the direction of the validation metric of a task kind."""
     from kfmlops.train.common import METRIC
 
-    return {"max": "maximize", "min": "minimize"}[metrics_module(task).DIRECTIONS[METRIC[task.kind]]]
+    return {"max": "maximize", "min": "minimize"}[metrics_module(kind).DIRECTIONS[METRIC[kind]]]
 
 
 def space_json(tuning: TuningConfig) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def tune(
     try:
         with tempfile.TemporaryDirectory(prefix="kfmlops-tune-") as tmp:
             journal = str(Path(tmp) / "study.journal")
-            study = optuna.create_study(storage=_storage(journal), study_name=STUDY, direction=direction(task))
+            study = optuna.create_study(storage=_storage(journal), study_name=STUDY, direction=direction(task.kind))
             study.enqueue_trial({path: _label(train_setting(base, path)) for path in tuning.space})  # trial 0
             deadline = time.time() + tuning.timeout_seconds if tuning.timeout_seconds else None
             jobs = [_Job(i, str(train_path), task.to_json(), base.model_dump(mode="json"), tuning.model_dump(mode="json"),
@@ -283,14 +283,19 @@ def _run_workers(jobs: list[_Job], tmp: Path, study, tuning: TuningConfig, on_tr
     return [seen[n] for n in sorted(seen)]
 
 
-def _finished(study, tuning: TuningConfig) -> list[TrialRecord]:
+def _states() -> dict:
+    """Optuna's finished states -> ours."""
     from optuna.trial import TrialState
 
-    states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
-    return [_record(t, states[t.state], tuning) for t in study.get_trials(deepcopy=False, states=tuple(states))]
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
 
-def _record(frozen, state: str, tuning: TuningConfig) -> TrialRecord:
+def _finished(study, tuning: TuningConfig) -> list[TrialRecord]:
+    return [_record(t, tuning) for t in study.get_trials(deepcopy=False, states=tuple(_states()))]
+
+
+def _record(frozen, tuning: TuningConfig) -> TrialRecord:
+    state = _states()[frozen.state]
     seconds = (frozen.datetime_complete - frozen.datetime_start).total_seconds() if frozen.datetime_complete else 0.0
     return TrialRecord(number=frozen.number, state=state, value=frozen.value if state == "complete" else None,
                        params=decode(frozen.params, tuning), seconds=seconds,
@@ -368,10 +373,10 @@ def _result(trials: list[TrialRecord], task: Task, tuning: TuningConfig, paralle
     if not complete:
         errors = [f"trial {t.number}: {t.error}" for t in trials if t.error][:3]
         raise TuningFailed(f"no trial of {len(trials)} completed" + (f": {'; '.join(errors)}" if errors else ""))
-    sign = 1 if direction(task) == "maximize" else -1
+    sign = 1 if direction(task.kind) == "maximize" else -1
     best = max(complete, key=lambda t: (sign * t.value, -t.number))  # ties: the earliest, trial 0 first
     default = next((t.value for t in trials if t.number == 0 and t.state == "complete"), None)
-    return TuningResult(metric=METRIC[task.kind], direction=direction(task), best_trial=best.number,
+    return TuningResult(metric=METRIC[task.kind], direction=direction(task.kind), best_trial=best.number,
                         best_value=float(best.value), default_value=default, best_params=best.params, trials=trials,
                         space=space_json(tuning), space_digest=space_digest(tuning), n_trials=tuning.n_trials,
                         parallelism=parallelism, seconds=seconds, run_id=run_id)
@@ -388,7 +393,7 @@ def _start_run(mlflow: MlflowConfig, parent_run_id: str | None, tuning: TuningCo
     store = client(mlflow)
     run = store.create_run(experiment_id, tags=tags)
     params = {"n_trials": tuning.n_trials, "parallelism": tuning.parallelism, "timeout_seconds": tuning.timeout_seconds,
-              "pruner": tuning.pruner, "seed": tuning.seed, "metric": METRIC[task.kind], "direction": direction(task),
+              "pruner": tuning.pruner, "seed": tuning.seed, "metric": METRIC[task.kind], "direction": direction(task.kind),
               "space": json.dumps(space_json(tuning))[:6000]}
     from kfmlops.tracking import log_to_run
 
@@ -416,17 +421,16 @@ def _end_run(mlflow: MlflowConfig, run_id: str, result: TuningResult | None, err
 def _trial_logger(job: _Job, tuning: TuningConfig, task: Task):
     """An Optuna callback recording each finished trial as a child run of the search's run."""
     from mlflow.entities import Metric, Param, RunTag
-    from optuna.trial import TrialState
 
     from kfmlops.tracking import client
     from kfmlops.train.common import METRIC
 
     store = client(MlflowConfig.model_validate(job.mlflow))
     name = f"val_{METRIC[task.kind]}"
-    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+    status = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
     def log_trial(study, frozen) -> None:
-        record = _record(frozen, status[frozen.state].lower(), tuning)
+        record = _record(frozen, tuning)
         run = store.create_run(job.experiment_id, tags={"mlflow.parentRunId": job.run_id,
                                                         "mlflow.runName": f"trial-{frozen.number}"})
         now = int(time.time() * 1000)
@@ -434,12 +438,12 @@ def _trial_logger(job: _Job, tuning: TuningConfig, task: Task):
         if record.value is not None:
             metrics.append(Metric(name, record.value, now, record.steps[-1][0] + 1 if record.steps else 0))
         metrics.append(Metric("trial_seconds", record.seconds, now, 0))
-        tags = [RunTag(TAG_PREFIX + "trial", str(frozen.number)), RunTag(TAG_PREFIX + "state", frozen.state.name.lower())]
+        tags = [RunTag(TAG_PREFIX + "trial", str(frozen.number)), RunTag(TAG_PREFIX + "state", record.state)]
         if record.error:
             tags.append(RunTag(TAG_PREFIX + "error", record.error))
         store.log_batch(run.info.run_id, metrics=metrics, tags=tags,
                         params=[Param(k, str(v)[:6000]) for k, v in record.params.items()])
-        store.set_terminated(run.info.run_id, status[frozen.state])
+        store.set_terminated(run.info.run_id, status[record.state])
 
     return log_trial
 
