@@ -448,13 +448,14 @@ def _trial_logger(job: _Job, tuning: TuningConfig, task: Task):
     return log_trial
 
 
-def run_trial(frame, task: Task, config: TrainConfig, *, out=sys.stdout) -> float:
+def run_trial(frame, task: Task, config: TrainConfig, *, out=None) -> float:
     """One trial outside a search (a Katib trial): fit, print ``val_<metric>=<value>`` at every
     reported step and once more at the end (Katib's StdOut collector reads these lines; its
     metricStrategy ``latest`` takes the last), and return the final value."""
     from kfmlops.train import METRIC, fit_frame
 
     name = f"val_{METRIC[task.kind]}"
+    out = out or sys.stdout
 
     def report(step: int, value: float) -> bool:
         print(f"{name}={value:.8g}", file=out, flush=True)
