@@ -36,13 +36,18 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=120.0, help="seconds of search per data set")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-steps", type=int, help="tuning.pruner_warmup_steps (default: the config's)")
+    parser.add_argument("--no-pruner", action="store_true", help="tuning.pruner: false")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kfmlops-tuning-bench-"))
     rows = []
     for name in args.sets.split(","):
         split = load(name, work, 0)
         print(f"{name}: {split.task.kind}, {len(split.train):,} train / {len(split.test):,} test rows", flush=True)
-        rows += compare(split, work, args.budget, args.parallelism, args.seed)
+        search = {"parallelism": args.parallelism, "timeout_seconds": args.budget, "seed": args.seed,
+                  **({"pruner": False} if args.no_pruner else {}),
+                  **({"pruner_warmup_steps": args.warmup_steps} if args.warmup_steps is not None else {})}
+        rows += compare(split, work, search)
     print("\n| data set | arm | validation metric | validation | test metric | test | seconds | trials |")
     print("|---|---|---|---:|---|---:|---:|---|")
     for row in rows:
@@ -51,7 +56,7 @@ def main() -> int:
     return 0
 
 
-def compare(split, work: Path, budget: float, parallelism: int, seed: int) -> list[dict]:
+def compare(split, work: Path, search: dict) -> list[dict]:
     from kfmlops.config import PipelineConfig, TrainConfig
     from kfmlops.tune import tune
 
@@ -60,8 +65,7 @@ def compare(split, work: Path, budget: float, parallelism: int, seed: int) -> li
     split.train.to_parquet(train_path)
     default = TrainConfig()
     started = time.monotonic()
-    result = tune(train_path, split.task, default, space.model_copy(update={
-        "n_trials": 10_000, "parallelism": parallelism, "timeout_seconds": budget, "seed": seed}),
+    result = tune(train_path, split.task, default, space.model_copy(update={"n_trials": 10_000, **search}),
         log_path=work / f"{split.name}-tune.log",
         on_trial=lambda t: print(f"  trial {t.number} {t.state} {t.value if t.value is not None else ''}", flush=True))
     searched = time.monotonic() - started

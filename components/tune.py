@@ -41,6 +41,6 @@ def tune(
         result = run_tune(train_data.path, Task.from_json(task), cfg.train, cfg.tuning, mlflow=cfg.mlflow,
                           parent_run_id=run_id)
         log_to_run(cfg.mlflow, run_id, tags=result.tags())
-        s.log(metrics={f"best_val_{result.metric}": result.best_value, "tuning_best_trial": result.best_trial},
+        s.log(metrics={f"best_val_{result.metric}": result.best_value, "best_trial": result.best_trial},
               prefix="tune.")
         return (cfg.model_copy(update={"train": result.apply(cfg.train)}).to_parameter(),)

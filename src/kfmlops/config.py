@@ -226,7 +226,12 @@ class TuningConfig(SettingsModel):
                                                    "trials at the same step (gbdt: every 10 rounds; tabular-net: every "
                                                    "epoch; user trainers are never pruned).")
     pruner_startup_trials: int = Field(default=3, ge=0, description="Trials finished before any trial is pruned.")
-    pruner_warmup_steps: int = Field(default=10, ge=0, description="Steps (rounds, epochs) of a trial before it may be pruned.")
+    pruner_warmup_steps: int = Field(
+        default=100, ge=0,
+        description="Steps of a trial before it may be pruned: gbdt boosting rounds, tabular-net epochs (lower it for "
+        "tabular-net). Early rounds favour high learning rates: on Adult, 10 picked a worse model than 100 "
+        "(benchmarks/README.md).",
+    )
     seed: int = 0
 
     @field_validator("space")

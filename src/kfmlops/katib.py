@@ -9,7 +9,8 @@ apply -f`` submits it). Nothing is submitted here.
   ``val_rmse`` (minimize), its ``latest`` value per trial (the kept model's score, printed last).
 - **Algorithm**: Katib's ``tpe`` suggestion (hyperopt's TPE), seeded with ``tuning.seed``; with
   ``tuning.pruner``, Katib's ``medianstop`` early stopping (``pruner_startup_trials``,
-  ``pruner_warmup_steps``) on the same per-step values the local pruner sees.
+  ``pruner_warmup_steps``, counted in printed values: one per 10 rounds of gbdt, the configured
+  trainer) on the same per-step values the local pruner sees.
 - **Trials**: a ``batch/v1`` Job per trial on our image running ``python -m kfmlops.tune trial``
   (:func:`kfmlops.tune.trial_main`): it ingests ``data.source`` (a URI the pod can read, or a path on
   the claim in ``storage``), fits on the train split only and prints ``val_<metric>=<value>`` lines,
@@ -67,6 +68,7 @@ def katib_experiment(
     from kubeflow_katib_api import models as katib
 
     from kfmlops.train.common import METRIC
+    from kfmlops.train.gbdt import LOG_EVERY
     from kfmlops.tune import direction
 
     tuning = settings.tuning
@@ -74,10 +76,11 @@ def katib_experiment(
         raise ValueError("tuning.n_trials and tuning.space must both be set for a Katib Experiment")
     metric = f"val_{METRIC[task_kind]}"
     early_stopping = None
+    per_report = LOG_EVERY if settings.train.trainer == "gbdt" else 1  # Katib counts reported values, not rounds
     if tuning.pruner:
         early_stopping = katib.V1beta1EarlyStoppingSpec(algorithm_name="medianstop", algorithm_settings=[
             katib.V1beta1EarlyStoppingSetting(name="min_trials_required", value=str(max(1, tuning.pruner_startup_trials))),
-            katib.V1beta1EarlyStoppingSetting(name="start_step", value=str(max(1, tuning.pruner_warmup_steps))),
+            katib.V1beta1EarlyStoppingSetting(name="start_step", value=str(max(1, tuning.pruner_warmup_steps // per_report))),
         ])
     experiment = katib.V1beta1Experiment(
         api_version=API_VERSION,

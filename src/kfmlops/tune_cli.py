@@ -41,7 +41,8 @@ def task_kind(config: PipelineConfig) -> str:
         return ingest(config.data, config.settings.ingest, Path(tmp) / "train.parquet", Path(tmp) / "test.parquet").task["kind"]
 
 
-def progress_line(record, n_trials: int, best: tuple[int, float] | None, metric: str) -> str:
+def progress_line(record, done: int, n_trials: int, best: tuple[int, float] | None, metric: str) -> str:
+    """One finished trial: its number, how many are done, its outcome, the best so far, its settings."""
     value = f"val {metric} {record.value:.5f}" if record.value is not None else record.state
     if record.state == "pruned" and record.steps:
         value = f"pruned at step {record.steps[-1][0]} (val {metric} {record.steps[-1][1]:.5f})"
@@ -49,7 +50,7 @@ def progress_line(record, n_trials: int, best: tuple[int, float] | None, metric:
         value = f"failed: {record.error}"
     shown = " ".join(f"{k}={_short(v)}" for k, v in record.params.items())
     best_text = f" | best #{best[0]} {best[1]:.5f}" if best else ""
-    return f"trial {record.number:>3} ({record.number + 1}/{n_trials}) {value} in {record.seconds:.1f} s{best_text} | {shown}"
+    return f"trial {record.number:>3} ({done}/{n_trials} done) {value} in {record.seconds:.1f} s{best_text} | {shown}"
 
 
 def _short(value: Any) -> str:
@@ -127,13 +128,15 @@ def run(config: PipelineConfig, run_dir: Path, out: TextIO) -> dict[str, Any]:
     done = ingest(config.data, settings.ingest, run_dir / "train.parquet", run_dir / "test.parquet")
     task = Task.from_json(done.task)
     best: list[tuple[int, float]] = []
+    finished: list[int] = []
     sign = 1 if direction(task.kind) == "maximize" else -1
 
     def on_trial(record) -> None:
         if record.value is not None and (not best or sign * record.value > sign * best[0][1]):
             best[:] = [(record.number, record.value)]
-        print(progress_line(record, settings.tuning.n_trials, best[0] if best else None, METRIC[task.kind]), file=out,
-              flush=True)
+        finished.append(record.number)
+        line = progress_line(record, len(finished), settings.tuning.n_trials, best[0] if best else None, METRIC[task.kind])
+        print(line, file=out, flush=True)
 
     result = tune(done.train_path, task, settings.train, settings.tuning, mlflow=settings.mlflow, log_path=log,
                   on_trial=on_trial)
