@@ -7,6 +7,7 @@ in :mod:`kfmlops`; the compiled YAML beside each file (``ingest.yaml`` ...) load
 
 from kfmlops.components.ingest import ingest
 from kfmlops.components.validate import validate
+from kfmlops.components.tune import tune
 from kfmlops.components.train import train
 from kfmlops.components.train_job import train_job
 from kfmlops.components.import_model import import_model
@@ -19,4 +20,4 @@ from kfmlops.components.promote import promote
 from kfmlops.components.deploy import deploy
 from kfmlops.components.drift import drift
 
-__all__ = ["ingest", "validate", "train", "train_job", "import_model", "predict", "evaluate", "fairness", "explain", "register", "promote", "deploy", "drift"]
+__all__ = ["ingest", "validate", "tune", "train", "train_job", "import_model", "predict", "evaluate", "fairness", "explain", "register", "promote", "deploy", "drift"]

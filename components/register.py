@@ -32,7 +32,8 @@ def register(
         fingerprint: Dataset SHA-256 from ingest.
         settings: kfmlops.config.Settings as JSON (the `mlflow`, `provenance`, `audit` and `model_card` sections are
             read; the whole is hashed).
-        run_id: The pipeline's MLflow run; the signed model directory is logged into it.
+        run_id: The pipeline's MLflow run; the signed model directory is logged into it, and its
+            `kfmlops.tuning.*` tags (a search by tune) are copied onto the version.
         pipeline_run_id: The KFP run id, recorded for lineage.
 
     Returns:
@@ -52,6 +53,7 @@ def register(
     from kfmlops.step import step
     from kfmlops.tasks import Task
     from kfmlops.tracking import end_run
+    from kfmlops.tune import TAG_PREFIX as TUNING_TAG_PREFIX
 
     data_task = Task.from_json(task)
     with step(settings, run_id, read=[model.uri, test_data.uri, source]) as s:
@@ -59,6 +61,7 @@ def register(
         s.enforce(**{"model storage": mlflow.get_run(run_id).info.artifact_uri})
         evaluation = json.loads(Path(blessing.path).read_text())
         fair = json.loads(Path(fairness_verdict.path).read_text())
+        run_tags = mlflow.get_run(run_id).data.tags
         lineage = Lineage(
             dataset_fingerprint=fingerprint,
             config_hash=cfg.digest(),
@@ -69,6 +72,7 @@ def register(
             primary_metric=evaluation["primary_metric"],
             gates={"evaluate": GateVerdict(evaluation["blessed"], evaluation["reasons"]),
                    "fairness": GateVerdict(fair["passed"], fair["reasons"])},
+            tuning={k: v for k, v in run_tags.items() if k.startswith(TUNING_TAG_PREFIX)} or None,
         )
         example = pd.read_parquet(test_data.path).drop(columns=[data_task.label]).head(5)
         ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, task=data_task,

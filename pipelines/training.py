@@ -1,10 +1,12 @@
-"""The pipelines: training (ingest -> validate -> train -> release) and bring-your-own-model
+"""The pipelines: training (ingest -> validate -> tune -> train -> release) and bring-your-own-model
 (ingest -> validate -> import_model -> release), where release is predict -> evaluate, fairness,
 explain -> register -> (gates) -> promote -> deploy.
 
-Validation failures stop the run. Training runs in the step's own pod or, for large data and
-GPUs, as a Kubeflow Trainer job across nodes (`training_backend`); a model trained elsewhere comes
-in through `import_model` instead. Either way the model (an MLflow model directory of any
+Validation failures stop the run. With `settings.tuning.n_trials` above 0, tune searches the train
+settings on the validation slice of the train split first, and train and release get the settings
+it picked (lineage records the search); otherwise tune passes the settings through. Training runs
+in the step's own pod or, for large data and GPUs, as a Kubeflow Trainer job across nodes
+(`training_backend`); a model trained elsewhere comes in through `import_model` instead. Either way the model (an MLflow model directory of any
 framework) goes through :func:`release`. Every candidate is registered (alias `challenger`) with its lineage and
 gate verdicts; the `champion` alias moves only inside the two gate branches, when evaluate
 blessed the candidate and fairness passed it, and only such a champion is deployed (validated
@@ -17,7 +19,8 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
 from kfmlops.components import (
-    deploy, evaluate, explain, fairness, import_model, ingest, predict, promote, register, train, train_job, validate,
+    deploy, evaluate, explain, fairness, import_model, ingest, predict, promote, register, train, train_job, tune,
+    validate,
 )
 
 SIGNING_SECRET, SIGNING_MOUNT = "kfmlops-signing-key", "/etc/kfmlops/signing"  # signing.pem
@@ -78,7 +81,8 @@ def _release_inputs(splits, settings: dict, kfp_run_id: str) -> dict:
 
 @dsl.pipeline(
     name="kfmlops-training",
-    description="Ingest, validate, train, evaluate against the champion, fairness-gate, register, promote, deploy.",
+    description="Ingest, validate, tune (optional), train, evaluate against the champion, fairness-gate, register, "
+                "promote, deploy.",
 )
 def training(
     data: dict,
@@ -107,18 +111,18 @@ def training(
     task, mlflow_run = splits.outputs["task"], splits.outputs["run_id"]
     checked = validate(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
                        task=task, settings=settings, run_id=mlflow_run)
-    downstream = _release_inputs(splits, settings, kfp_run_id)
+    tuned = tune(train_data=splits.outputs["train_data"], task=task, settings=settings, run_id=mlflow_run).after(checked)
+    tuned_settings = tuned.outputs["settings"]
+    downstream = _release_inputs(splits, tuned_settings, kfp_run_id)
     with dsl.If(training_backend == "in-pod", name="train-in-pod"):
-        in_pod = train(train_data=splits.outputs["train_data"], task=task, settings=settings,
-                       run_id=mlflow_run).after(checked)
+        in_pod = train(train_data=splits.outputs["train_data"], task=task, settings=tuned_settings, run_id=mlflow_run)
         in_pod_release = release(model=in_pod.outputs["model"], **downstream)
     with dsl.Else(name="train-on-cluster"):
-        job = train_job(train_data=splits.outputs["train_data"], task=task, settings=settings,
-                        cluster=cluster_training, shared_pvc=shared_pvc, run_id=mlflow_run,
-                        backend=training_backend).after(checked)
+        job = train_job(train_data=splits.outputs["train_data"], task=task, settings=tuned_settings,
+                        cluster=cluster_training, shared_pvc=shared_pvc, run_id=mlflow_run, backend=training_backend)
         kubernetes.mount_pvc(job, pvc_name=shared_pvc, mount_path=SHARED_MOUNT)
         cluster_release = release(model=job.outputs["model"], **downstream)
-    for step in (splits, checked, job, in_pod):
+    for step in (splits, checked, tuned, job, in_pod):
         step.set_caching_options(False)
     return dsl.OneOf(in_pod_release.output, cluster_release.output)
 

@@ -8,6 +8,9 @@ against the stored JSON Schema for its ``apiVersion``/``kind`` and raises
 * ``serving.kserve.io/v1alpha1`` ``ServingRuntime``
 * ``trainer.kubeflow.org/v1alpha1`` ``TrainJob``
 * ``kubeflow.org/v1`` ``PyTorchJob``
+* ``kubeflow.org/v1beta1`` ``Experiment`` (Katib; the upstream CRD carries no schema, so this one
+  is the SDK models' plus the enums and required fields of Katib's validating webhook; its
+  cross-field rules are :func:`katib_webhook_errors`)
 
 The schemas (``tests/schemas/*.json.gz``; where they come from: ``tests/schemas/README.md``)
 close every object (``additionalProperties: false``), so a misspelt or misplaced field fails
@@ -37,9 +40,11 @@ SCHEMA_FILES: dict[tuple[str, str], str] = {
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "serving.kserve.io_v1alpha1_ServingRuntime.json.gz",
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainer.kubeflow.org_v1alpha1_TrainJob.json.gz",
     ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_v1_PyTorchJob.json.gz",
+    ("kubeflow.org/v1beta1", "Experiment"): "kubeflow.org_v1beta1_Experiment.json.gz",
 }
 
-__all__ = ["CRDValidationError", "SCHEMA_FILES", "crd_errors", "crd_schema", "has_schema", "validate_crd"]
+__all__ = ["CRDValidationError", "SCHEMA_FILES", "crd_errors", "crd_schema", "has_schema", "katib_webhook_errors",
+           "validate_crd"]
 
 
 class CRDValidationError(ValueError):
@@ -100,6 +105,38 @@ def crd_errors(obj: Mapping[str, Any]) -> list[str]:
         # anyOf/oneOf failures: report the branch that got furthest, not the whole alternation.
         best = jsonschema.exceptions.best_match([err, *err.context]) if err.context else err
         errors.append(f"{_where(best)}: {best.message}")
+    return errors
+
+
+def katib_webhook_errors(experiment: Mapping[str, Any]) -> list[str]:
+    """The cross-field rules of Katib's validating webhook (kubeflow/katib
+    ``pkg/webhook/v1beta1/experiment/validator/validator.go``) that a schema cannot say: count
+    bounds, trial parameters that reference spec.parameters, every ``${trialParameters.X}`` in the
+    trial spec declared and every declared one used, a trial spec without name or namespace."""
+    import re
+
+    spec = experiment.get("spec") or {}
+    errors = []
+    counts = {k: spec.get(k) for k in ("maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")}
+    for key in ("parallelTrialCount", "maxFailedTrialCount"):
+        if counts[key] is not None and counts["maxTrialCount"] is not None and counts[key] > counts["maxTrialCount"]:
+            errors.append(f"spec.{key}: should be less than or equal to spec.maxTrialCount")
+    template = spec.get("trialTemplate") or {}
+    declared = [p.get("name") for p in template.get("trialParameters") or []]
+    names = {p.get("name") for p in spec.get("parameters") or []}
+    for p in template.get("trialParameters") or []:
+        if p.get("reference") not in names:
+            errors.append(f"spec.trialTemplate.trialParameters: reference {p.get('reference')!r} is not in spec.parameters")
+    if len(set(declared)) != len(declared):
+        errors.append("spec.trialTemplate.trialParameters: duplicated names")
+    text = json.dumps(template.get("trialSpec") or {})
+    used = set(re.findall(r"\$\{trialParameters\.([^}]+)\}", text))
+    errors += [f"spec.trialTemplate: ${{trialParameters.{n}}} is used but not declared" for n in sorted(used - set(declared))]
+    errors += [f"spec.trialTemplate.trialParameters: {n!r} is declared but not used in trialSpec"
+               for n in declared if n not in used]
+    meta = (template.get("trialSpec") or {}).get("metadata") or {}
+    if meta.get("name") or meta.get("namespace"):
+        errors.append("spec.trialTemplate: metadata.name and metadata.namespace in trialSpec must be omitted")
     return errors
 
 

@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = {
     "run": ("kfmlops.local_run:main", "run the training pipeline locally through kfp.local and print a summary"),
+    "tune": ("kfmlops.tune_cli:main", "search train settings on the validation split locally, or write a Katib Experiment"),
     "compile": ("kfmlops.compile:main", "compile every component and pipeline to YAML"),
     "submit": ("kfmlops.submit:main", "submit the compiled training pipeline to a Kubeflow Pipelines endpoint"),
     "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back; model cards"),

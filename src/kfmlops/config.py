@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -178,6 +178,77 @@ class TrainConfig(SettingsModel):
     )
 
 
+class FloatRange(SettingsModel):
+    """A float drawn between ``low`` and ``high`` (inclusive), uniformly or on a log scale."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = Field(default=False, description="Draw on a log scale (low must be above 0).")
+
+
+class IntRange(SettingsModel):
+    """An integer drawn from ``low, low + step, ..., high``."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(default=1, ge=1)
+    log: bool = Field(default=False, description="Draw on a log scale (low must be above 0; step 1 only).")
+
+
+class Choice(SettingsModel):
+    """One of ``choices``: any values the setting takes (strings, numbers, lists such as hidden_units)."""
+
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+SearchParameter = Annotated[FloatRange | IntRange | Choice, Field(discriminator="type")]
+
+
+class TuningConfig(SettingsModel):
+    """Hyperparameter search over ``train`` settings (:mod:`kfmlops.tune`): Optuna's TPE, trial 0 the
+    settings as given, every trial scored on the validation slice of the train split."""
+
+    space: dict[str, SearchParameter] = Field(
+        default={},
+        description="Dotted paths into the train settings (gbdt.learning_rate, hidden_units, trainer, params.C) "
+        "-> a float or int range or a categorical choice.",
+    )
+    n_trials: int = Field(default=0, ge=0, description="Trials in all, the default included (0: no tuning).")
+    parallelism: int = Field(default=1, ge=1, description="Worker processes running trials at once; each trial gets "
+                                                            "cores / parallelism threads.")
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, description="Start no trial after this long (a running trial finishes; None: no limit)."
+    )
+    pruner: bool = Field(default=True, description="Stop trials whose validation metric trails the median of earlier "
+                                                   "trials at the same step (gbdt: every 10 rounds; tabular-net: every "
+                                                   "epoch; user trainers are never pruned).")
+    pruner_startup_trials: int = Field(default=3, ge=0, description="Trials finished before any trial is pruned.")
+    pruner_warmup_steps: int = Field(
+        default=100, ge=0,
+        description="Steps of a trial before it may be pruned: gbdt boosting rounds, tabular-net epochs (lower it for "
+        "tabular-net). Early rounds favour high learning rates: on Adult, 10 picked a worse model than 100 "
+        "(benchmarks/README.md).",
+    )
+    seed: int = 0
+
+    @field_validator("space")
+    @classmethod
+    def _paths_exist(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for path, parameter in space.items():
+            _check_search_parameter(path, parameter)
+        return space
+
+    @model_validator(mode="after")
+    def _space_when_tuning(self) -> "TuningConfig":
+        if self.n_trials and not self.space:
+            raise ValueError(f"n_trials is {self.n_trials} but the search space is empty: name the settings to tune in "
+                             "tuning.space")
+        return self
+
+
 class EvaluateConfig(SettingsModel):
     decision_threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Binary task: P(positive) at or above which the prediction is positive."
@@ -306,6 +377,7 @@ class Settings(SettingsModel):
     ingest: IngestConfig = IngestConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     train: TrainConfig = TrainConfig()
+    tuning: TuningConfig = TuningConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     fairness: FairnessConfig = FairnessConfig()
     explain: ExplainConfig = ExplainConfig()
@@ -321,6 +393,21 @@ class Settings(SettingsModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
+    @model_validator(mode="after")
+    def _defaults_inside_the_space(self) -> "Settings":
+        # Trial 0 of a search is train as configured: every tuned setting's value must be a point of
+        # the space, so the tuned result is never worse than it on validation.
+        for path, parameter in self.tuning.space.items():
+            value = train_setting(self.train, path)
+            if not _in_space(value, parameter):
+                raise PydanticCustomError(
+                    "default_outside_space",
+                    f"tuning.space[{path!r}]: the configured train.{path} ({value!r}) is not in the space "
+                    f"({_describe(parameter)}); widen the space or change train.{path}, since the search starts from "
+                    "the configured settings",
+                )
+        return self
+
     @classmethod
     def parse(cls, raw: dict[str, Any] | None) -> "Settings":
         return parse(cls, raw or {}, "settings")
@@ -331,12 +418,13 @@ class Settings(SettingsModel):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow``, ``provenance``, ``deploy``, ``audit``, ``governance``, ``model_card`` and ``explain`` (where
-        a run is recorded, who signs it, how it is rolled out, where that is logged, who must approve it, what
-        its card says it is for and how it is explained do not change the model). Integral floats count as
-        ints, because KFP carries every number of a parameter as a double."""
+        ``mlflow``, ``provenance``, ``deploy``, ``audit``, ``governance``, ``model_card``, ``explain`` and
+        ``tuning`` (where a run is recorded, who signs it, how it is rolled out, where that is logged, who must
+        approve it, what its card says it is for and how it is explained do not change the model; a search
+        changes it only through the ``train`` settings it picks, and lineage records the search on its own).
+        Integral floats count as ints, because KFP carries every number of a parameter as a double."""
         data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit", "governance",
-                                                                "model_card", "explain"}))
+                                                                "model_card", "explain", "tuning"}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -386,3 +474,81 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, list):
         return [_canonical(v) for v in value]
     return value
+
+
+def train_setting(config: TrainConfig, path: str) -> Any:
+    """The value at dotted ``path`` of the train settings (``params.x``: None when unset)."""
+    value: Any = config
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def with_train_settings(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """``config`` with each dotted path set to its value, validated again (a bad value names its field)."""
+    raw = config.model_dump(mode="json")
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return TrainConfig.model_validate(raw)
+
+
+def _check_search_parameter(path: str, parameter: Any) -> None:
+    """The path names a train setting and every point of the range (its ends; a float range's middle)
+    or every choice is a valid value of it."""
+    model: Any = TrainConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if model is dict:  # train.params: any key
+            break
+        if not (isinstance(model, type) and issubclass(model, SettingsModel)) or part not in model.model_fields:
+            known = sorted(model.model_fields) if isinstance(model, type) and issubclass(model, SettingsModel) else []
+            raise PydanticCustomError(
+                "unknown_setting",
+                f"{path!r} is not a train setting: there is no train.{where}" + (f" (it has {known})" if known else ""),
+            )
+        annotation = model.model_fields[part].annotation
+        model = dict if part == "params" else annotation
+    if model is not dict and isinstance(model, type) and issubclass(model, SettingsModel):
+        raise PydanticCustomError("not_a_leaf", f"{path!r} is a section of train settings, not a setting: name one of "
+                                                f"its fields ({sorted(model.model_fields)})")
+    if isinstance(parameter, (FloatRange, IntRange)):
+        if parameter.low >= parameter.high:
+            raise PydanticCustomError("empty_range", f"{path!r}: low ({parameter.low}) must be below high ({parameter.high})")
+        if parameter.log and parameter.low <= 0:
+            raise PydanticCustomError("log_range", f"{path!r}: a log-scale range needs low above 0 (got {parameter.low})")
+        points = [parameter.low, parameter.high]
+        if isinstance(parameter, FloatRange):
+            points.append((parameter.low + parameter.high) / 2)
+    else:
+        points = parameter.choices
+    for point in points:
+        try:
+            with_train_settings(TrainConfig(), {path: point})
+        except ValueError as exc:
+            first = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise PydanticCustomError(
+                "bad_search_value", f"{path!r}: {point!r} (in the space) is not a valid train.{path}: {first}"
+            ) from None
+
+
+def _in_space(value: Any, parameter: Any) -> bool:
+    if isinstance(parameter, Choice):
+        return value in parameter.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(parameter, IntRange):
+        return float(value).is_integer() and parameter.low <= value <= parameter.high and \
+            (value - parameter.low) % parameter.step == 0
+    return parameter.low <= value <= parameter.high
+
+
+def _describe(parameter: Any) -> str:
+    if isinstance(parameter, Choice):
+        return f"choices {parameter.choices}"
+    step = f" step {parameter.step}" if isinstance(parameter, IntRange) and parameter.step != 1 else ""
+    return f"{parameter.type} {parameter.low} to {parameter.high}{step}" + (" (log)" if parameter.log else "")

@@ -79,6 +79,9 @@ class Lineage:
     metrics: dict[str, float] | None = None
     gates: dict[str, GateVerdict] | None = None
     primary_metric: str | None = None
+    tuning: dict[str, str] | None = None
+    """The search that picked the train settings, as :mod:`kfmlops.tune` tags it (``kfmlops.tuning.*``:
+    space digest, budget, best trial and value); None when the settings were not tuned."""
 
     @property
     def all_gates_passed(self) -> bool:
@@ -97,7 +100,7 @@ class Lineage:
         tags |= {f"metric.{k}": f"{v:.6g}" for k, v in (self.metrics or {}).items()}
         if self.primary_metric:
             tags["primary_metric"] = self.primary_metric
-        tags = {TAG_PREFIX + k: v for k, v in tags.items()}
+        tags = {TAG_PREFIX + k: v for k, v in tags.items()} | dict(self.tuning or {})
         for name, gate in (self.gates or {}).items():
             tags |= gate_tags(name, gate.passed, gate.reasons)
         return tags

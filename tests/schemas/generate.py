@@ -9,6 +9,9 @@ holds the pinned upstream SDK releases (see README.md in this folder)::
         kubeflow-training==1.9.4 kubeflow-trainer-api==2.3.0
     /tmp/schemagen/bin/python tests/schemas/generate.py
 
+``generate.py NAME ...`` rewrites only the named files (e.g. ``kubeflow.org_v1beta1_Experiment``,
+which needs nothing but ``kubeflow-katib-api``).
+
 The upstream projects generate their Python SDK models from the same Go API
 types that controller-gen turns into the CRDs' ``openAPIV3Schema``; this script
 walks those models and writes one self-contained JSON Schema (draft 2020-12,
@@ -180,14 +183,19 @@ def _denull(node):
 
 
 def _close(node):
-    """Recursively close object schemas and drop descriptions/titles/defaults."""
+    """Recursively close object schemas and drop descriptions/titles/defaults: annotations of a
+    schema, not properties of those names (Katib's trialParameters have a ``description``)."""
     if isinstance(node, dict):
         for k in ("description", "title", "default"):
             node.pop(k, None)
         if "properties" in node and "additionalProperties" not in node:
             node["additionalProperties"] = False
-        for v in node.values():
-            _close(v)
+        for k, v in node.items():
+            if k in ("properties", "$defs") and isinstance(v, dict):
+                for schema in v.values():
+                    _close(schema)
+            else:
+                _close(v)
     elif isinstance(node, list):
         for v in node:
             _close(v)
@@ -205,7 +213,8 @@ def pydantic_schema(model) -> dict:
         elif name.endswith("IntOrString"):
             defs[name] = dict(INT_OR_STRING)
     _denull(defs)
-    _close(defs)
+    for schema in defs.values():
+        _close(schema)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "$ref": f"#/$defs/{root}", "$defs": defs}
 
@@ -218,30 +227,89 @@ def _pin_kind(schema: dict, root: str, api_version: str, kind: str) -> dict:
     return schema
 
 
-def main() -> None:
+def _k8s():
     import kubernetes.client.models as k8s
 
+    return k8s
+
+
+def _kserve():
     _stub_package("kserve.models")
     import kserve.models as ks  # noqa: E402
 
+    return ks
+
+
+def _training():
     _stub_package("kubeflow.training.models")
     import kubeflow.training.models as kt  # noqa: E402
+
+    return kt
+
+
+def _trainjob() -> dict:
     import kubeflow_trainer_api.models as ktr  # noqa: E402
 
-    out = {
-        "serving.kserve.io_v1beta1_InferenceService":
-            _pin_kind(swagger_schema("V1beta1InferenceService", ks, k8s),
-                      "V1beta1InferenceService", "serving.kserve.io/v1beta1", "InferenceService"),
-        "serving.kserve.io_v1alpha1_ServingRuntime":
-            _pin_kind(swagger_schema("V1alpha1ServingRuntime", ks, k8s),
-                      "V1alpha1ServingRuntime", "serving.kserve.io/v1alpha1", "ServingRuntime"),
-        "kubeflow.org_v1_PyTorchJob":
-            _pin_kind(swagger_schema("KubeflowOrgV1PyTorchJob", kt, k8s),
-                      "KubeflowOrgV1PyTorchJob", "kubeflow.org/v1", "PyTorchJob"),
-        "trainer.kubeflow.org_v1alpha1_TrainJob":
-            _pin_kind(pydantic_schema(ktr.TrainerV1alpha1TrainJob),
-                      "TrainerV1alpha1TrainJob", "trainer.kubeflow.org/v1alpha1", "TrainJob"),
-    }
+    return _pin_kind(pydantic_schema(ktr.TrainerV1alpha1TrainJob),
+                     "TrainerV1alpha1TrainJob", "trainer.kubeflow.org/v1alpha1", "TrainJob")
+
+
+# What Katib's validating webhook (pkg/webhook/v1beta1/experiment/validator/validator.go) refuses
+# that the SDK models leave open: enums and required fields. Its cross-field rules (every
+# ${trialParameters.X} declared, references into spec.parameters, count bounds) are in
+# tests/schemas.py (katib_webhook_errors).
+KATIB_RULES = {
+    "V1beta1ExperimentSpec": {"required": ["algorithm", "objective", "parameters", "trialTemplate"]},
+    "V1beta1ObjectiveSpec": {"required": ["objectiveMetricName", "type"],
+                             "properties": {"type": {"enum": ["minimize", "maximize"]}}},
+    "V1beta1AlgorithmSpec": {"required": ["algorithmName"]},
+    "V1beta1EarlyStoppingSpec": {"required": ["algorithmName"]},
+    "V1beta1ParameterSpec": {"required": ["feasibleSpace", "name", "parameterType"],
+                             "properties": {"parameterType": {"enum": ["int", "double", "categorical", "discrete"]}}},
+    "V1beta1FeasibleSpace": {"properties": {"distribution": {"enum": ["uniform", "logUniform", "normal", "logNormal"]}}},
+    "V1beta1MetricStrategy": {"properties": {"value": {"enum": ["min", "max", "latest"]}}},
+    "V1beta1CollectorSpec": {"properties": {"kind": {"enum": ["StdOut", "File", "TensorFlowEvent", "PrometheusMetric",
+                                                              "Custom", "None", "Push"]}}},
+    "V1beta1TrialTemplate": {"required": ["failureCondition", "primaryContainerName", "successCondition",
+                                          "trialParameters"]},
+    "V1beta1TrialParameterSpec": {"required": ["name", "reference"]},
+}
+
+
+def _experiment() -> dict:
+    import kubeflow_katib_api.models as katib  # noqa: E402
+
+    schema = _pin_kind(pydantic_schema(katib.V1beta1Experiment), "V1beta1Experiment", "kubeflow.org/v1beta1",
+                       "Experiment")
+    for model, rules in KATIB_RULES.items():
+        d = schema["$defs"][model]
+        if "required" in rules:
+            d["required"] = sorted(set(d.get("required", [])) | set(rules["required"]))
+        for prop, extra in rules.get("properties", {}).items():
+            d["properties"][prop] = {**d["properties"][prop], **extra}
+    return schema
+
+
+KINDS = {
+    "serving.kserve.io_v1beta1_InferenceService": lambda: _pin_kind(
+        swagger_schema("V1beta1InferenceService", _kserve(), _k8s()),
+        "V1beta1InferenceService", "serving.kserve.io/v1beta1", "InferenceService"),
+    "serving.kserve.io_v1alpha1_ServingRuntime": lambda: _pin_kind(
+        swagger_schema("V1alpha1ServingRuntime", _kserve(), _k8s()),
+        "V1alpha1ServingRuntime", "serving.kserve.io/v1alpha1", "ServingRuntime"),
+    "kubeflow.org_v1_PyTorchJob": lambda: _pin_kind(
+        swagger_schema("KubeflowOrgV1PyTorchJob", _training(), _k8s()),
+        "KubeflowOrgV1PyTorchJob", "kubeflow.org/v1", "PyTorchJob"),
+    "trainer.kubeflow.org_v1alpha1_TrainJob": _trainjob,
+    "kubeflow.org_v1beta1_Experiment": _experiment,
+}
+
+
+def main(names: list[str]) -> None:
+    unknown = [n for n in names if n not in KINDS]
+    if unknown:
+        raise SystemExit(f"unknown schema(s) {unknown}; known: {sorted(KINDS)}")
+    out = {name: KINDS[name]() for name in names or KINDS}
     for name, schema in out.items():
         for model, required in REQUIRED_OVERRIDES.items():
             if model in schema["$defs"]:
@@ -258,4 +326,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -105,8 +105,8 @@ class Task:
             raise TaskError(f"a task needs {exc.args[0]!r}; got {sorted(raw)}") from None
 
 
-def metrics_module(task: Task):
-    """The module holding ``task``'s metrics, primary metric, baseline and fairness figures."""
+def metrics_module(task: Task | str):
+    """The module holding ``task``'s (or task kind's) metrics, primary metric, baseline and fairness figures."""
     from kfmlops.tasks import binary, multiclass, regression
 
-    return {"binary": binary, "multiclass": multiclass, "regression": regression}[task.kind]
+    return {"binary": binary, "multiclass": multiclass, "regression": regression}[getattr(task, "kind", task)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,12 +31,12 @@ from kfmlops.config import MlflowConfig, TrainConfig
 from kfmlops.tasks import Task
 from kfmlops.train.bundles import load_bundle
 from kfmlops.train.common import METRIC, TrainDataError, TrainResult
-from kfmlops.train.distributed import WorkerSpec, launch, run
+from kfmlops.train.distributed import WorkerSpec, check_bundle_trainer, fit_bundle, launch, run
 from kfmlops.train.loop import Dist
 from kfmlops.train.user import UserTrainerError, is_user_trainer
 
-__all__ = ["METRIC", "TrainDataError", "TrainResult", "UserTrainerError", "load_bundle", "read_head", "save_model_dir",
-           "train"]
+__all__ = ["METRIC", "TrainDataError", "TrainResult", "UserTrainerError", "fit_frame", "load_bundle", "read_head",
+           "save_model_dir", "train"]
 
 EXAMPLE_ROWS = 5
 
@@ -69,6 +70,26 @@ def train(
         result = run(spec, Dist()) if config.processes == 1 else launch(spec, config.processes)
         save_model_dir(bundle, model_out, read_head(train_path))
     return replace(result, model_dir=str(model_out), seconds=time.monotonic() - started)
+
+
+def fit_frame(
+    frame: pd.DataFrame,
+    task: Task,
+    config: TrainConfig,
+    model_dir: str | Path,
+    *,
+    report: Callable[[int, float], bool] | None = None,
+) -> TrainResult:
+    """One fit of ``config.trainer`` in this process on a train split already in memory (a tuner's
+    trial): a bundle (a user trainer: its MLflow model directory) at ``model_dir``. ``report(step,
+    validation metric)`` is called every 10 gbdt rounds or every tabular-net epoch, and stops the fit
+    when it returns True; a user trainer's one fit has no steps to report."""
+    if is_user_trainer(config.trainer):
+        from kfmlops.train import user
+
+        return user.fit(frame, task, config, model_dir)
+    check_bundle_trainer(config, 1)
+    return fit_bundle(frame, task, config, model_dir, report=report)
 
 
 def save_model_dir(bundle_dir: str | Path, model_out: str | Path, example: pd.DataFrame) -> Path:

@@ -85,15 +85,29 @@ def run(spec: WorkerSpec, dist: Dist) -> TrainResult:
         from kfmlops.tracking import epoch_logger
 
         on_epoch = epoch_logger(spec.mlflow, spec.run_id)
-    frame = pd.read_parquet(spec.train_path)
-    task = Task.from_json(spec.task)
-    if spec.config.trainer == "gbdt":
+    return fit_bundle(pd.read_parquet(spec.train_path), Task.from_json(spec.task), spec.config, spec.model_dir,
+                      on_epoch=on_epoch, dist=dist)
+
+
+def fit_bundle(
+    frame: pd.DataFrame,
+    task: Task,
+    config: TrainConfig,
+    model_dir: str | Path,
+    *,
+    on_epoch=None,
+    report=None,
+    dist: Dist = Dist(),
+) -> TrainResult:
+    """This rank's fit of a bundle trainer (``gbdt`` or ``tabular-net``) on ``frame``: ``on_epoch``
+    gets per-epoch (per-round) metrics, ``report(step, validation metric)`` stops it when it returns True."""
+    if config.trainer == "gbdt":
         from kfmlops.train import gbdt
 
-        return gbdt.fit(frame, task, spec.config, spec.model_dir, on_round=on_epoch)
+        return gbdt.fit(frame, task, config, model_dir, on_round=on_epoch, report=report)
     from kfmlops.train.loop import fit
 
-    return fit(frame, task, spec.config, spec.model_dir, on_epoch=on_epoch, dist=dist)
+    return fit(frame, task, config, model_dir, on_epoch=on_epoch, report=report, dist=dist)
 
 
 def launch(spec: WorkerSpec, processes: int) -> TrainResult:

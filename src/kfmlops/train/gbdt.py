@@ -51,9 +51,13 @@ log = logging.getLogger(__name__)
 KIND = "gbdt"
 MODEL_FILE = "model.ubj"
 LOG_EVERY = 10
-"""``on_round`` is called every this many boosting rounds (and at the last)."""
+"""``on_round`` and ``report`` are called every this many boosting rounds."""
 OBJECTIVE = {"binary": ("binary:logistic", "logloss"), "multiclass": ("multi:softprob", "mlogloss"),
              "regression": ("reg:squarederror", "rmse")}
+ROUND_METRIC = {"binary": "auc", "multiclass": "mlogloss", "regression": "rmse"}
+"""XGBoost's per-round evaluation of each task's validation metric (:data:`~kfmlops.train.common.METRIC`):
+the same figure for roc_auc (class weights scale every positive-negative pair alike) and rmse; multiclass
+log loss weighted by class, like the objective."""
 
 
 def xgboost():
@@ -124,9 +128,11 @@ def fit(
     model_dir: str | Path,
     *,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
+    report: Callable[[int, float], bool] | None = None,
 ) -> TrainResult:
     """Boost trees on ``frame``, write the bundle to ``model_dir``; ``on_round(round, metrics)`` is
-    called every :data:`LOG_EVERY` rounds with the validation loss."""
+    called every :data:`LOG_EVERY` rounds with the validation loss, and ``report(round, value)`` with
+    the validation metric (:data:`ROUND_METRIC`): when it returns True, boosting stops there."""
     xgb = xgboost()
     started = time.monotonic()
     device = xgboost_device(config.device)
@@ -144,9 +150,12 @@ def fit(
 
     loss = OBJECTIVE[task.kind][1]
     evals: dict[str, dict[str, list[float]]] = {}
-    callbacks = [_round_logger(on_round, loss)] if on_round else []
+    params = booster_params(config, task, device)
+    if report:  # early stopping watches the last metric: the loss stays last
+        params["eval_metric"] = list(dict.fromkeys([ROUND_METRIC[task.kind], loss]))
+    callbacks = [_round_callback(on_round, report, loss, ROUND_METRIC[task.kind])] if on_round or report else []
     booster = xgb.train(
-        booster_params(config, task, device), matrix(train_idx), num_boost_round=config.gbdt.max_rounds,
+        params, matrix(train_idx), num_boost_round=config.gbdt.max_rounds,
         evals=[(matrix(val_idx), "val")], early_stopping_rounds=config.gbdt.early_stopping_rounds,
         evals_result=evals, verbose_eval=False, callbacks=callbacks,
     )
@@ -178,16 +187,19 @@ def fit(
     )
 
 
-def _round_logger(on_round: Callable[[int, dict[str, float]], None], loss: str):
-    """An XGBoost callback passing the validation loss to ``on_round`` every :data:`LOG_EVERY` rounds."""
+def _round_callback(on_round, report, loss: str, metric: str):
+    """An XGBoost callback passing, every :data:`LOG_EVERY` rounds, the validation loss to ``on_round``
+    and the validation metric to ``report`` (whose True stops the training)."""
 
-    class RoundLogger(xgboost().callback.TrainingCallback):
+    class RoundCallback(xgboost().callback.TrainingCallback):
         def after_iteration(self, model, epoch: int, evals_log) -> bool:
-            if epoch % LOG_EVERY == 0:
+            if epoch % LOG_EVERY:
+                return False
+            if on_round:
                 on_round(epoch, {f"val_{loss}": float(evals_log["val"][loss][-1])})
-            return False  # never stops the training
+            return bool(report and report(epoch, float(evals_log["val"][metric][-1])))
 
-    return RoundLogger()
+    return RoundCallback()
 
 
 @dataclass

@@ -35,7 +35,8 @@ directory (written by rank 0) and a :class:`~kfmlops.train.common.TrainResult`.
   needs saving. A restarted run (a rerun, or ``torchrun --max-restarts``) resumes there and ends
   with the model an uninterrupted run ends with (the stopping rule is a function of the history);
   a checkpoint of a run with other settings or other data is refused.
-- Rank 0 reports per-epoch metrics through ``on_epoch``; its validation loss is broadcast, so
+- Rank 0 reports per-epoch metrics through ``on_epoch``; a single rank also passes its validation
+  metric to ``report(epoch, value)``, and stops when it returns True (a tuner pruning the trial); its validation loss is broadcast, so
   every rank stops and decays the learning rate at the same epoch; the train loss is summed over
   all ranks.
 """
@@ -144,16 +145,20 @@ def fit(
     model_dir: str | Path,
     *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    report: Callable[[int, float], bool] | None = None,
     dist: Dist = Dist(),
 ) -> TrainResult:
     """Train on ``frame`` as rank ``dist.rank`` of ``dist.world_size`` (the process group, when
-    there is more than one rank, is already initialised); rank 0 writes the bundle to ``model_dir``."""
+    there is more than one rank, is already initialised); rank 0 writes the bundle to ``model_dir``.
+    ``report(epoch, validation metric)`` (one rank only) stops the training when it returns True."""
+    if report and dist.world_size > 1:
+        raise ValueError("report stops one rank's training: it needs world_size 1")
     device = pick_device(config.device, dist)
     with _cpu_threads(config.cpu_threads if device.type == "cpu" else None):
-        return _fit(frame, task, config, Path(model_dir), device, on_epoch, dist)
+        return _fit(frame, task, config, Path(model_dir), device, on_epoch, report, dist)
 
 
-def _fit(frame, task: Task, config: TrainConfig, model_dir: Path, device, on_epoch, dist: Dist) -> TrainResult:
+def _fit(frame, task: Task, config: TrainConfig, model_dir: Path, device, on_epoch, report, dist: Dist) -> TrainResult:
     started = time.monotonic()
     features = feature_columns(frame, task.label, config.exclude_features)
     y = encoded_labels(frame, task)
@@ -252,6 +257,8 @@ def _fit(frame, task: Task, config: TrainConfig, model_dir: Path, device, on_epo
                 progress.save(checkpoint, fingerprint, net, optimizer)
             if on_epoch:
                 on_epoch(epoch, metrics)
+        if report and report(epoch, metrics[f"val_{metric}"]):
+            break
 
     net.load_state_dict(progress.best_weights)
     if dist.is_main:
