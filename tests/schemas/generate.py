@@ -7,6 +7,7 @@ holds the pinned upstream SDK releases (see README.md in this folder)::
     /tmp/schemagen/bin/pip install kubernetes==36.0.3 six "pydantic>=2.10,<3"
     /tmp/schemagen/bin/pip install --no-deps kserve==0.21.0 \
         kubeflow-training==1.9.4 kubeflow-trainer-api==2.3.0
+    /tmp/schemagen/bin/pip install cloudcoil-models-prometheus-operator==0.80.1.0
     /tmp/schemagen/bin/python tests/schemas/generate.py
 
 The upstream projects generate their Python SDK models from the same Go API
@@ -180,10 +181,14 @@ def _denull(node):
 
 
 def _close(node):
-    """Recursively close object schemas and drop descriptions/titles/defaults."""
+    """Recursively close object schemas and drop descriptions/titles/defaults; a Go regexp's
+    inline flags after the anchor (``^(?i)...``, prometheus-operator) move to the front, where
+    Python's ``re`` (jsonschema's ``pattern``) takes them."""
     if isinstance(node, dict):
         for k in ("description", "title", "default"):
             node.pop(k, None)
+        if isinstance(node.get("pattern"), str) and node["pattern"].startswith("^(?i)"):
+            node["pattern"] = "(?i)^" + node["pattern"][len("^(?i)"):]
         if "properties" in node and "additionalProperties" not in node:
             node["additionalProperties"] = False
         for v in node.values():
@@ -227,6 +232,7 @@ def main() -> None:
     _stub_package("kubeflow.training.models")
     import kubeflow.training.models as kt  # noqa: E402
     import kubeflow_trainer_api.models as ktr  # noqa: E402
+    from cloudcoil.models.prometheus_operator import v1 as po  # noqa: E402
 
     out = {
         "serving.kserve.io_v1beta1_InferenceService":
@@ -241,6 +247,9 @@ def main() -> None:
         "trainer.kubeflow.org_v1alpha1_TrainJob":
             _pin_kind(pydantic_schema(ktr.TrainerV1alpha1TrainJob),
                       "TrainerV1alpha1TrainJob", "trainer.kubeflow.org/v1alpha1", "TrainJob"),
+        **{f"monitoring.coreos.com_v1_{kind}":
+           _pin_kind(pydantic_schema(getattr(po, kind)), kind, "monitoring.coreos.com/v1", kind)
+           for kind in ("PrometheusRule", "ServiceMonitor", "PodMonitor")},
     }
     for name, schema in out.items():
         for model, required in REQUIRED_OVERRIDES.items():
