@@ -4,7 +4,7 @@
 ``PrometheusRule`` in ``manifests/base/monitoring/`` (:func:`prometheus_rule`), or the same rules
 with every window and ``for:`` scaled down (:meth:`Windows.scaled`) for a test Prometheus that
 must see an alert fire within seconds. ``python -m kfmlops.monitoring.alerts PATH`` writes the
-manifest; ``--check`` fails when the committed one differs.
+manifest; ``tests/test_observability.py`` fails when the committed one differs.
 
 Alerts (each has a ``severity`` label, ``summary``/``description`` annotations and a ``runbook_url``
 naming its section of ``manifests/README.md``):
@@ -27,7 +27,6 @@ naming its section of ``manifests/README.md``):
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -211,19 +210,12 @@ def prometheus_rule() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the ``PrometheusRule`` to PATH, or with ``--check`` exit 1 when PATH is not what it would be."""
+    """Write the ``PrometheusRule`` to PATH."""
     parser = argparse.ArgumentParser(prog="python -m kfmlops.monitoring.alerts", description=__doc__.split("\n")[0])
     parser.add_argument("path", type=Path)
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    text = prometheus_rule()
-    if args.check:
-        if not args.path.exists() or args.path.read_text() != text:
-            print(f"{args.path} is stale: run python -m kfmlops.monitoring.alerts {args.path}", file=sys.stderr)
-            return 1
-        return 0
-    args.path.parent.mkdir(parents=True, exist_ok=True)
-    args.path.write_text(text)
+    path = parser.parse_args(argv).path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prometheus_rule())
     return 0
 
 
