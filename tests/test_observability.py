@@ -11,7 +11,7 @@
 - A real Prometheus on loopback (1 s scrapes and evaluations, the rules rendered from the same
   source with every window scaled by 1/60) scrapes a real predictor and a real sink while bad
   and slow requests arrive, and its ``/api/v1/alerts`` reports the client-error and latency
-  burn-rate alerts firing.
+  burn-rate alerts firing (here: 20 s after the traffic started; marked slow, ``make test`` runs it).
 
 promtool and prometheus come from Debian's ``prometheus`` package (``make system-deps``); a test
 that needs one skips without it.
@@ -267,6 +267,7 @@ def _traffic(predictor_url: str, sink_url: str, rows: list[dict], stop: threadin
     return counts
 
 
+@pytest.mark.slow  # about 45 s: the predictor's start and ~20 s of traffic (plus the shared model's training)
 def test_a_real_prometheus_fires_the_error_and_latency_alerts(served_store, tmp_path):
     binary = _binary("prometheus")
     rows = records(served_store.features.head(8000))
