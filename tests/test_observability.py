@@ -20,7 +20,6 @@ that needs one skips without it.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import re
 import shutil
 import subprocess
