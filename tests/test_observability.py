@@ -11,7 +11,7 @@
 - A real Prometheus on loopback (1 s scrapes and evaluations, the rules rendered from the same
   source with every window scaled by 1/60) scrapes a real predictor and a real sink while bad
   and slow requests arrive, and its ``/api/v1/alerts`` reports the client-error and latency
-  burn-rate alerts firing (here: 20 s after the traffic started; marked slow, ``make test`` runs it).
+  burn-rate alerts firing (here 14-20 s after the traffic started; marked slow, ``make test`` runs it).
 
 promtool and prometheus come from Debian's ``prometheus`` package (``make system-deps``); a test
 that needs one skips without it.
