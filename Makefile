@@ -46,10 +46,15 @@ lock:
 	.venv-lock/bin/$(LOCK) -o requirements-tools.lock requirements-tools.in
 
 # kubectl (with kustomize >= v4) for the manifest checks; the machine image ships one.
+# promtool and prometheus (Debian's prometheus package) for tests/test_observability.py, which
+# starts its own server on a free loopback port (whatever service the package starts is unused).
 system-deps: $(CHECKOV)
 	@command -v kubectl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && { apt-get install -y -qq kubectl || apt-get install -y -qq kubernetes-client; } >/dev/null; \
 	  else echo "kubectl missing: the manifest tests will skip"; fi; }
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "promtool/prometheus missing: the observability tests will skip"; fi; }
 
 # ---- the image -------------------------------------------------------------------------------
 # `make image` builds what a user's `docker build .` gets (the pinned python:3.11-slim base, torch

@@ -11,6 +11,7 @@ against the stored JSON Schema for its ``apiVersion``/``kind`` and raises
 * ``kubeflow.org/v1beta1`` ``Experiment`` (Katib; the upstream CRD carries no schema, so this one
   is the SDK models' plus the enums and required fields of Katib's validating webhook; its
   cross-field rules are :func:`katib_webhook_errors`)
+* ``monitoring.coreos.com/v1`` ``PrometheusRule``, ``ServiceMonitor``, ``PodMonitor``
 
 The schemas (``tests/schemas/*.json.gz``; where they come from: ``tests/schemas/README.md``)
 close every object (``additionalProperties: false``), so a misspelt or misplaced field fails
@@ -41,6 +42,8 @@ SCHEMA_FILES: dict[tuple[str, str], str] = {
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainer.kubeflow.org_v1alpha1_TrainJob.json.gz",
     ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_v1_PyTorchJob.json.gz",
     ("kubeflow.org/v1beta1", "Experiment"): "kubeflow.org_v1beta1_Experiment.json.gz",
+    **{("monitoring.coreos.com/v1", kind): f"monitoring.coreos.com_v1_{kind}.json.gz"
+       for kind in ("PrometheusRule", "ServiceMonitor", "PodMonitor")},
 }
 
 __all__ = ["CRDValidationError", "SCHEMA_FILES", "crd_errors", "crd_schema", "has_schema", "katib_webhook_errors",

@@ -261,6 +261,10 @@ def test_fired_policy_submits_once_per_window(monitored, tmp_path):
     assert any("already handled: submitted, run run-1" in b for b in retried["decision"]["blocked"])
     later = run(config, NOW + timedelta(hours=3), submit)  # the next window, inside the cool-down
     assert len(calls) == 1 and any(b.startswith("cool-down") for b in later["decision"]["blocked"])
+    prom = Path(config.metrics.textfile).read_text()  # the ledger and the policy, for the alerts
+    assert 'kfmlops_retrain_windows{model="shifted",status="submitted"} 1.0' in prom
+    assert 'kfmlops_retrain_latest_claimed_timestamp_seconds{model="shifted",status="submitted"} 1.7954355e+09' in prom
+    assert 'kfmlops_drift_policy_drift_share{model="shifted"}' in prom
 
 
 def test_any_current_dataset(monitored, tmp_path):

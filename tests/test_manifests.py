@@ -170,7 +170,7 @@ def test_every_overlay_builds(overlay):
     assert {
         "Namespace", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "StatefulSet",
         "Deployment", "Service", "CronJob", "ConfigMap", "PersistentVolumeClaim",
-        "ServingRuntime", "InferenceService",
+        "ServingRuntime", "InferenceService", "PrometheusRule", "ServiceMonitor", "PodMonitor",
     } <= kinds, f"{name}: missing kinds"
     for o in objs:
         if o["kind"] != "Namespace":
@@ -184,7 +184,7 @@ def test_no_cluster_scoped_rbac_or_surprise_kinds(overlay):
     allowed = {
         "Namespace", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "StatefulSet",
         "Deployment", "Service", "CronJob", "ConfigMap", "PersistentVolumeClaim",
-        "PodDisruptionBudget", "ServingRuntime", "InferenceService",
+        "PodDisruptionBudget", "ServingRuntime", "InferenceService", "PrometheusRule", "ServiceMonitor", "PodMonitor",
     }
     assert {o["kind"] for o in objs} <= allowed
     assert not by_kind(objs, "Secret"), "secrets are created out of band, never committed"
@@ -350,7 +350,7 @@ def test_service_accounts_and_rbac_are_least_privilege(overlay):
     sas = {o["metadata"]["name"]: o for o in by_kind(objs, "ServiceAccount")}
     assert set(sas) == {
         "kfmlops-mlflow", "kfmlops-postgres", "kfmlops-sink", "kfmlops-drift-monitor",
-        "kfmlops-predictor", "kfmlops-deployer",
+        "kfmlops-predictor", "kfmlops-deployer", "kfmlops-pushgateway",
     }
     for name, sa in sas.items():
         assert sa.get("automountServiceAccountToken") is (name == "kfmlops-deployer"), name
@@ -511,6 +511,36 @@ def test_serving_runtime_and_inference_service(overlay):
     assert pred["serviceAccountName"] == "kfmlops-predictor"
 
 
+def test_monitors_scrape_every_component(overlay):
+    """Each monitor selects the pods or Service it is meant for, on a port they name; the drift job
+    pushes to the Pushgateway the drift ServiceMonitor scrapes (honouring the pushed labels)."""
+    _, objs = overlay
+    (pod_monitor,) = by_kind(objs, "PodMonitor")
+    assert _selects(pod_monitor["spec"]["selector"], PREDICTOR["labels"])
+    assert not _selects(pod_monitor["spec"]["selector"], SINK["labels"])
+    runtime_ports = {p["name"] for p in get(objs, "ServingRuntime", "kfmlops")["spec"]["containers"][0]["ports"]}
+    assert {e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]} <= runtime_ports
+    monitors = {m["metadata"]["name"]: m["spec"] for m in by_kind(objs, "ServiceMonitor")}
+    assert set(monitors) == {"inference-log-sink", "drift-monitor"}
+    for monitor, service in (("inference-log-sink", "inference-log-sink"), ("drift-monitor", "pushgateway")):
+        svc = get(objs, "Service", service)
+        assert _selects(monitors[monitor]["selector"], svc["metadata"]["labels"]), monitor
+        assert {e["port"] for e in monitors[monitor]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
+        assert all(e["path"] == "/metrics" for e in monitors[monitor]["endpoints"])
+    assert monitors["drift-monitor"]["endpoints"][0]["honorLabels"] is True
+    pushgateway = get(objs, "Service", "pushgateway")["spec"]["ports"][0]["port"]
+    drift_cfg = yaml.safe_load(get(objs, "ConfigMap", "drift-monitor")["data"]["drift.yaml"])
+    assert drift_cfg["metrics"]["pushgateway_url"] == f"http://pushgateway.{NAMESPACE}.svc.cluster.local:{pushgateway}"
+    dashboards = get(objs, "ConfigMap", "kfmlops-grafana-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert {json.loads(text)["uid"] for text in dashboards["data"].values()} == {
+        "kfmlops-serving", "kfmlops-model-quality", "kfmlops-pipeline"}
+    (rule,) = by_kind(objs, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 10 and all(r["for"] and r["labels"]["severity"] and r["annotations"]["runbook_url"]
+                                      for r in alerts)
+
+
 def test_prod_has_disruption_budgets(rendered):
     pdbs = {p["metadata"]["name"]: p for p in by_kind(rendered["prod"], "PodDisruptionBudget")}
     assert {"mlflow", "inference-log-sink"} <= set(pdbs)
@@ -606,6 +636,8 @@ def _app(name: str) -> dict:
 
 
 MLFLOW, POSTGRES, SINK, DRIFT = _app("mlflow"), _app("postgres"), _app("inference-log-sink"), _app("drift-monitor")
+PUSHGATEWAY = _app("pushgateway")
+PROMETHEUS = _pod("monitoring", **{"app.kubernetes.io/name": "prometheus"})
 PREDICTOR = _pod(NAMESPACE, **{"serving.kserve.io/inferenceservice": "kfmlops-model", "component": "predictor"})
 PIPELINE_HERE = _pod(NAMESPACE, **{"pipelines.kubeflow.org/v2_component": "true"})
 PIPELINE_PROFILE = _pod("kubeflow-user-a", **{"pipelines.kubeflow.org/v2_component": "true"})
@@ -621,6 +653,7 @@ REQUIRED_FLOWS = [
     (DRIFT, MLFLOW, 5000), (MLFLOW, POSTGRES, 5432), (MLFLOW, S3, 443), (DRIFT, KFP_API, 8888),
     (PREDICTOR, S3, 443), (GATEWAY, PREDICTOR, 8080),
     (PIPELINE_HERE, KFP_API, 8888), (PIPELINE_HERE, S3, 443),
+    (PROMETHEUS, PREDICTOR, 8080), (PROMETHEUS, SINK, 8080), (PROMETHEUS, PUSHGATEWAY, 9091), (DRIFT, PUSHGATEWAY, 9091),
 ]
 FORBIDDEN_FLOWS = [
     (STRANGER, MLFLOW, 5000), (STRANGER, SINK, 8080), (STRANGER, POSTGRES, 5432), (SINK, MLFLOW, 5000),
@@ -628,6 +661,8 @@ FORBIDDEN_FLOWS = [
     (DRIFT, S3, 443), (MLFLOW, METADATA, 443), (PIPELINE_HERE, METADATA, 443), (PIPELINE_HERE, SINK, 8080),
     (STRANGER, PIPELINE_HERE, 8080), (PIPELINE_PROFILE, POSTGRES, 5432), (MLFLOW, SINK, 8080), (DRIFT, SINK, 8080),
     (MLFLOW, POSTGRES, 5433), (PIPELINE_HERE, POSTGRES, 5432), (POSTGRES, S3, 443), (DRIFT, KFP_API, 8080),
+    (STRANGER, PUSHGATEWAY, 9091), (PREDICTOR, PUSHGATEWAY, 9091), (PUSHGATEWAY, MLFLOW, 5000), (PUSHGATEWAY, S3, 443),
+    (PROMETHEUS, POSTGRES, 5432), (PROMETHEUS, MLFLOW, 5000), (_pod("monitoring", app="other"), SINK, 8080),
 ]
 
 
@@ -653,7 +688,7 @@ def test_network_policies_block_other_flows(rendered, src, dst, port):
 def test_every_pod_can_resolve_dns(overlay):
     _, objs = overlay
     pols = by_kind(objs, "NetworkPolicy")
-    for pod in (MLFLOW, POSTGRES, SINK, DRIFT, PREDICTOR):
+    for pod in (MLFLOW, POSTGRES, SINK, DRIFT, PREDICTOR, PUSHGATEWAY):
         assert flow(pols, pod, KUBE_DNS, 53, "UDP") and flow(pols, pod, KUBE_DNS, 53, "TCP")
         assert not flow(pols, pod, _pod("kube-system", app="other"), 53, "UDP")
 
@@ -662,7 +697,8 @@ def test_workload_labels_match_the_policies(overlay):
     """The evaluator above uses these labels; make sure the pods really carry them."""
     _, objs = overlay
     for kind, name, app in (("Deployment", "mlflow", "mlflow"), ("StatefulSet", "postgres", "postgres"),
-                            ("Deployment", "inference-log-sink", "inference-log-sink")):
+                            ("Deployment", "inference-log-sink", "inference-log-sink"),
+                            ("Deployment", "pushgateway", "pushgateway")):
         assert get(objs, kind, name)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == app
     cron = get(objs, "CronJob", "drift-monitor")
     assert cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "drift-monitor"

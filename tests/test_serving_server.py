@@ -122,6 +122,8 @@ def test_health_metadata_and_metrics(server):
         'kfmlops_rejected_requests_total{kind="missing_column",model="adult"}',
         "kfmlops_request_rows_bucket",
         'kfmlops_model_info{model="adult",registered_model="adult",version="1"} 1.0',
+        'kfmlops_predicted_class_total{class="',  # the prediction distribution
+        'kfmlops_predicted_probability_bucket{le="0.5",model="adult"}',
     ):
         assert name in metrics, name
 

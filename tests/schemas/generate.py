@@ -7,6 +7,7 @@ holds the pinned upstream SDK releases (see README.md in this folder)::
     /tmp/schemagen/bin/pip install kubernetes==36.0.3 six "pydantic>=2.10,<3"
     /tmp/schemagen/bin/pip install --no-deps kserve==0.21.0 \
         kubeflow-training==1.9.4 kubeflow-trainer-api==2.3.0
+    /tmp/schemagen/bin/pip install cloudcoil-models-prometheus-operator==0.80.1.0
     /tmp/schemagen/bin/python tests/schemas/generate.py
 
 ``generate.py NAME ...`` rewrites only the named files (e.g. ``kubeflow.org_v1beta1_Experiment``,
@@ -184,10 +185,14 @@ def _denull(node):
 
 def _close(node):
     """Recursively close object schemas and drop descriptions/titles/defaults: annotations of a
-    schema, not properties of those names (Katib's trialParameters have a ``description``)."""
+    schema, not properties of those names (Katib's trialParameters have a ``description``); a Go
+    regexp's inline flags after the anchor (``^(?i)...``, prometheus-operator) move to the front,
+    where Python's ``re`` (jsonschema's ``pattern``) takes them."""
     if isinstance(node, dict):
         for k in ("description", "title", "default"):
             node.pop(k, None)
+        if isinstance(node.get("pattern"), str) and node["pattern"].startswith("^(?i)"):
+            node["pattern"] = "(?i)^" + node["pattern"][len("^(?i)"):]
         if "properties" in node and "additionalProperties" not in node:
             node["additionalProperties"] = False
         for k, v in node.items():
@@ -249,6 +254,7 @@ def _training():
 
 def _trainjob() -> dict:
     import kubeflow_trainer_api.models as ktr  # noqa: E402
+    from cloudcoil.models.prometheus_operator import v1 as po  # noqa: E402
 
     return _pin_kind(pydantic_schema(ktr.TrainerV1alpha1TrainJob),
                      "TrainerV1alpha1TrainJob", "trainer.kubeflow.org/v1alpha1", "TrainJob")
@@ -290,6 +296,12 @@ def _experiment() -> dict:
     return schema
 
 
+def _prometheus_operator(kind: str) -> dict:
+    from cloudcoil.models.prometheus_operator import v1 as po  # noqa: E402
+
+    return _pin_kind(pydantic_schema(getattr(po, kind)), kind, "monitoring.coreos.com/v1", kind)
+
+
 KINDS = {
     "serving.kserve.io_v1beta1_InferenceService": lambda: _pin_kind(
         swagger_schema("V1beta1InferenceService", _kserve(), _k8s()),
@@ -302,6 +314,8 @@ KINDS = {
         "KubeflowOrgV1PyTorchJob", "kubeflow.org/v1", "PyTorchJob"),
     "trainer.kubeflow.org_v1alpha1_TrainJob": _trainjob,
     "kubeflow.org_v1beta1_Experiment": _experiment,
+    **{f"monitoring.coreos.com_v1_{kind}": (lambda kind=kind: _prometheus_operator(kind))
+       for kind in ("PrometheusRule", "ServiceMonitor", "PodMonitor")},
 }
 
 

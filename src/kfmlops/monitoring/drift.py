@@ -451,7 +451,7 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
     if raw.num_rows < config.policy.min_rows:
         decision = decide(Figures(rows=raw.num_rows), config.policy, ledger, summary["window_id"], model, now.timestamp())
         summary |= {"status": TOO_SMALL, "decision": decision.as_dict(), "problems": decision.blocked}
-        return _finish(summary, config, out, timings, started)
+        return _finish(summary, config, ledger, out, timings, started)
 
     t = time.monotonic()
     reference = load_served_reference(config, training, raw, from_log, scratch)
@@ -502,7 +502,7 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
         t = time.monotonic()
         summary["retrain"] = _retrain(decision, summary, current, reference.table, task, training, ledger, submit, config, now)
         timings["retrain"] = time.monotonic() - t
-    return _finish(summary, config, out, timings, started)
+    return _finish(summary, config, ledger, out, timings, started)
 
 
 def _retrain(
@@ -538,9 +538,10 @@ def _retrain(
             "rows": rows, "arguments": arguments if submitted else None}
 
 
-def _finish(summary: dict[str, Any], config: DriftConfig, out: Path, timings: dict[str, float], started: float) -> dict[str, Any]:
+def _finish(summary: dict[str, Any], config: DriftConfig, ledger: Ledger, out: Path, timings: dict[str, float],
+            started: float) -> dict[str, Any]:
     t = time.monotonic()
-    summary["metrics_exported_to"] = prometheus.export(summary, config.model_name, config.metrics)
+    summary["metrics_exported_to"] = prometheus.export(summary, config, ledger.entries(config.model_name))
     timings["metrics"] = time.monotonic() - t
     timings["total"] = time.monotonic() - started
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}

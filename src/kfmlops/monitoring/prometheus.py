@@ -8,31 +8,54 @@ labelled ``column``: ``prediction``, ``proba:<positive class>``, and ``method``)
 ``kfmlops_drift_rows_checked``, ``kfmlops_drift_labelled_rows``, ``kfmlops_drift_performance``
 (also labelled ``task`` and ``metric``: ``roc_auc``, ``accuracy``, ``macro_f1``, ``rmse``...),
 ``kfmlops_drift_retrain_triggered`` (0/1) and ``kfmlops_drift_last_run_timestamp_seconds``.
+
+Beside the figures, what the alerts compare them with and what the dashboards show:
+
+- ``kfmlops_drift_feature_threshold{feature, method}``: each feature's stat-test threshold;
+- ``kfmlops_drift_run_status{status}``: 1 for this run's ``summary.json`` status;
+- the policy: ``kfmlops_drift_policy_drift_share``, ``kfmlops_drift_policy_min_labelled_rows``, and
+  each ``policy.min_performance`` limit of the served task as ``kfmlops_drift_performance_minimum``
+  (a metric where higher is better: fires below) or ``kfmlops_drift_performance_maximum`` (lower is
+  better, e.g. ``rmse``: fires above), labelled ``task`` and ``metric`` like the figure;
+- the retrain ledger: ``kfmlops_retrain_windows{status}`` (windows claimed, ``submitted`` or
+  ``failed``; ``claimed`` ones never got further) and
+  ``kfmlops_retrain_latest_claimed_timestamp_seconds{status}``, the latest window's claim time
+  labelled with its status.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
-from kfmlops.monitoring.config import MetricsConfig
+from kfmlops.monitoring.config import WATCHED_METRICS, DriftConfig, PolicyConfig
+from kfmlops.monitoring.policy import CLAIMED, FAILED, SUBMITTED, LedgerEntry
 
 
-def registry_for(summary: dict[str, Any], model: str):
-    """A ``CollectorRegistry`` holding the gauges for one drift summary (see :mod:`kfmlops.monitoring.drift`)."""
+def registry_for(summary: dict[str, Any], model: str, policy: PolicyConfig, retrains: Iterable[LedgerEntry] = ()):
+    """A ``CollectorRegistry`` holding the gauges for one drift summary (see :mod:`kfmlops.monitoring.drift`),
+    the ``policy`` it was judged by and the model's ``retrains`` (its ledger entries)."""
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
 
+    gauges: dict[str, Gauge] = {}
+
     def gauge(name: str, help_: str, value: float | None, **labels: str) -> None:
         if value is None:
             return
-        metric = Gauge(name, help_, ["model", *labels], registry=registry)
-        metric.labels(model=model, **labels).set(float(value))
+        if name not in gauges:
+            gauges[name] = Gauge(name, help_, ["model", *labels], registry=registry)
+        gauges[name].labels(model=model, **labels).set(float(value))
 
     drift = summary.get("drift") or {}
     gauge("kfmlops_drift_rows_checked", "Rows in the checked window.", summary["rows"])
     gauge("kfmlops_drift_labelled_rows", "Rows of the window with ground truth.", summary["labelled_rows"])
     gauge("kfmlops_drift_last_run_timestamp_seconds", "When the drift job last ran (epoch seconds).", summary["run_at"])
+    gauge("kfmlops_drift_run_status", "1 for the status of the drift job's last run.", 1.0, status=summary["status"])
+    gauge("kfmlops_drift_policy_drift_share", "policy.drift_share: the drifted share that is dataset drift.",
+          policy.drift_share)
+    gauge("kfmlops_drift_policy_min_labelled_rows", "policy.min_labelled_rows: labelled rows the performance "
+          "signal needs.", policy.min_labelled_rows)
     gauge("kfmlops_drift_share", "Share of checked features that drifted.", drift.get("share"))
     if drift.get("share") is not None:
         gauge("kfmlops_drift_dataset_drift", "1 when the drifted share reached policy.drift_share.", drift["dataset_drift"])
@@ -41,10 +64,13 @@ def registry_for(summary: dict[str, Any], model: str):
                       ["model", "feature", "method"], registry=registry)
         drifted = Gauge("kfmlops_drift_feature_drifted", "1 when the feature drifted.",
                         ["model", "feature", "method"], registry=registry)
+        threshold = Gauge("kfmlops_drift_feature_threshold", "The feature's stat-test threshold (see method).",
+                          ["model", "feature", "method"], registry=registry)
         for column in drift["columns"]:
             labels = dict(model=model, feature=column["column"], method=column["method"])
             score.labels(**labels).set(column["score"])
             drifted.labels(**labels).set(float(column["drifted"]))
+            threshold.labels(**labels).set(column["threshold"])
     predictions = (summary.get("prediction_drift") or {}).get("columns", [])
     if predictions:
         score = Gauge("kfmlops_drift_prediction_score", "Prediction drift score (see method).",
@@ -62,22 +88,46 @@ def registry_for(summary: dict[str, Any], model: str):
                        ["model", "task", "metric"], registry=registry)
         for name, value in performance.items():
             metric.labels(model=model, task=summary["performance"]["task"], metric=name).set(float(value))
+    task = (summary.get("task") or {}).get("kind")
+    directions = WATCHED_METRICS.get(task, {})
+    for name, limit in policy.min_performance.items():
+        if name in directions:
+            bound, side = ("minimum", "above") if directions[name] else ("maximum", "below")
+            gauge(f"kfmlops_drift_performance_{bound}", f"policy.min_performance: the window's metric must stay {side} this.",
+                  limit, task=task, metric=name)
     gauge("kfmlops_drift_retrain_triggered", "1 when this run started a retrain.", float(bool(summary.get("retrain", {}).get("submitted"))))
+    _retrain_gauges(registry, model, list(retrains))
     return registry
 
 
-def export(summary: dict[str, Any], model: str, config: MetricsConfig) -> list[str]:
-    """Push and/or write the metrics as configured; returns where they went (nothing configured: nowhere)."""
-    if not (config.pushgateway_url or config.textfile):
+def _retrain_gauges(registry, model: str, retrains: list[LedgerEntry]) -> None:
+    """``kfmlops_retrain_windows`` by status and the latest window's claim time (see the module docstring)."""
+    from prometheus_client import Gauge
+
+    windows = Gauge("kfmlops_retrain_windows", "Windows that claimed a retrain, by ledger status.",
+                    ["model", "status"], registry=registry)
+    for status in (CLAIMED, SUBMITTED, FAILED):
+        windows.labels(model=model, status=status).set(sum(e.status == status for e in retrains))
+    if retrains:
+        latest = max(retrains, key=lambda e: e.claimed_at)
+        Gauge("kfmlops_retrain_latest_claimed_timestamp_seconds", "When the latest retrain window was claimed "
+              "(epoch seconds), labelled with its ledger status.", ["model", "status"],
+              registry=registry).labels(model=model, status=latest.status).set(latest.claimed_at)
+
+
+def export(summary: dict[str, Any], config: DriftConfig, retrains: Iterable[LedgerEntry] = ()) -> list[str]:
+    """Push and/or write the metrics as ``config.metrics`` says; returns where they went (nothing configured: nowhere)."""
+    model, metrics = config.model_name, config.metrics
+    if not (metrics.pushgateway_url or metrics.textfile):
         return []
     from prometheus_client import push_to_gateway, write_to_textfile
 
-    registry = registry_for(summary, model)
+    registry = registry_for(summary, model, config.policy, retrains)
     targets = []
-    if config.pushgateway_url:
-        push_to_gateway(config.pushgateway_url, job=config.job, registry=registry, grouping_key={"model": model})
-        targets.append(config.pushgateway_url)
-    if config.textfile:
-        write_to_textfile(config.textfile, registry)
-        targets.append(config.textfile)
+    if metrics.pushgateway_url:
+        push_to_gateway(metrics.pushgateway_url, job=metrics.job, registry=registry, grouping_key={"model": model})
+        targets.append(metrics.pushgateway_url)
+    if metrics.textfile:
+        write_to_textfile(metrics.textfile, registry)
+        targets.append(metrics.textfile)
     return targets

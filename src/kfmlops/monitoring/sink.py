@@ -16,7 +16,8 @@ is not JSON, a ``ce-time`` (structured: ``time``) that is not an RFC 3339 time b
 more than ``max_rows_per_event`` (or ``log.max_buffered_rows``) instances or predictions (413). A request with no recognisable
 instances is logged as one row without inputs. Nothing refused touches the log or other events.
 
-:func:`create_app` is a plain ASGI application (``POST`` any path: an event; ``GET /healthz``),
+:func:`create_app` is a plain ASGI application (``POST`` any path: an event; ``GET /healthz``;
+``GET /metrics``, Prometheus: :mod:`~kfmlops.monitoring.sink_metrics`),
 served by uvicorn. An event is answered 200 only once it is durable: appended to the write-ahead
 log (:mod:`~kfmlops.monitoring.wal`) and fsync'd, together with the other events that arrived
 meanwhile (group commit). One task then feeds the events to the joiner and the inference log's
@@ -47,6 +48,7 @@ from typing import Any, Callable
 
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
+from kfmlops.monitoring.sink_metrics import CONTENT_TYPE, SinkMetrics
 from kfmlops.monitoring.store import InferenceLog, PredictionRecord, committed_request_ids, import_ground_truth
 from kfmlops.monitoring.wal import WriteAheadLog, sync
 
@@ -460,8 +462,10 @@ def _answer(futures: list[asyncio.Future], error: Exception | None) -> None:
 
 
 def create_app(log_: InferenceLog, config: SinkConfig):
-    """The sink as an ASGI application writing into ``log_``; the app closes the log at shutdown."""
+    """The sink as an ASGI application writing into ``log_``; the app closes the log at shutdown.
+    ``GET /metrics`` serves its Prometheus metrics (:mod:`~kfmlops.monitoring.sink_metrics`)."""
     state: dict[str, Sink] = {}
+    metrics = SinkMetrics(lambda: state.get("sink"))
 
     async def lifespan(receive, send) -> None:
         while True:
@@ -475,6 +479,10 @@ def create_app(log_: InferenceLog, config: SinkConfig):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def answer(send, status: int, payload: dict[str, Any]) -> None:
+        metrics.answered(status)
+        await _respond(send, status, payload)
+
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -485,6 +493,12 @@ def create_app(log_: InferenceLog, config: SinkConfig):
         if scope["method"] == "GET" and scope["path"] in ("/healthz", "/ready"):
             await _respond(send, 200, sink.health())
             return
+        if scope["method"] == "GET" and scope["path"] == "/metrics":
+            body = metrics.exposition()
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if scope["method"] != "POST":
             await _respond(send, 405, {"error": "POST CloudEvents here"})
             return
@@ -493,7 +507,7 @@ def create_app(log_: InferenceLog, config: SinkConfig):
             message = await receive()
             body += message.get("body", b"")
             if len(body) > config.max_body_bytes:
-                await _respond(send, 413, {"error": f"event larger than {config.max_body_bytes} bytes (max_body_bytes)"})
+                await answer(send, 413, {"error": f"event larger than {config.max_body_bytes} bytes (max_body_bytes)"})
                 return
             if not message.get("more_body"):
                 break
@@ -502,14 +516,14 @@ def create_app(log_: InferenceLog, config: SinkConfig):
         try:
             event = parse_event(headers, bytes(body), received, config.rows_per_event)
         except EventError as exc:
-            await _respond(send, exc.status, {"error": str(exc)})
+            await answer(send, exc.status, {"error": str(exc)})
             return
         try:
             await sink.submit(event, headers, bytes(body), received)
         except Unavailable as exc:
-            await _respond(send, 503, {"error": str(exc)})
+            await answer(send, 503, {"error": str(exc)})
             return
-        await _respond(send, 200, {"accepted": event.id})
+        await answer(send, 200, {"accepted": event.id})
 
     return app
 

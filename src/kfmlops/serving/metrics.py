@@ -11,7 +11,10 @@ Exposed on KServe's ``/metrics`` beside its own ``request_*_seconds`` histograms
   ``wrong_type``, ``unseen_category``, ``missing_value``, ``empty``, ``too_large``, ``malformed``);
 - ``kfmlops_request_rows{model}``: rows per request; ``kfmlops_batch_rows{model}``: rows per
   micro-batched forward pass;
-- ``kfmlops_model_info{model, registered_model, version}``: 1 for the model being served.
+- ``kfmlops_model_info{model, registered_model, version}``: 1 for the model being served;
+- ``kfmlops_predicted_class_total{model, class}``: rows predicted as each class (classification;
+  binary at ``serving.decision_threshold``); ``kfmlops_predicted_probability{model}``: P(positive)
+  per row (binary). A regression model's predicted values have no scale known here: none.
 
 The middleware also answers 413 to a body over the configured size before it is read.
 """
@@ -27,6 +30,7 @@ from kfmlops.serving.schema import RequestRejected
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 REQUESTS = Counter("kfmlops_requests", "Inference requests answered", ["model", "protocol", "code"])
 DURATION = Histogram(
@@ -37,6 +41,10 @@ REJECTED = Counter("kfmlops_rejected_requests", "Inference requests refused as i
 REQUEST_ROWS = Histogram("kfmlops_request_rows", "Rows per inference request", ["model"], buckets=ROW_BUCKETS)
 BATCH_ROWS = Histogram("kfmlops_batch_rows", "Rows per micro-batched forward pass", ["model"], buckets=ROW_BUCKETS)
 MODEL_INFO = Gauge("kfmlops_model_info", "The model being served", ["model", "registered_model", "version"])
+PREDICTED_CLASS = Counter("kfmlops_predicted_class", "Rows predicted as each class", ["model", "class"])
+PREDICTED_PROBABILITY = Histogram(
+    "kfmlops_predicted_probability", "P(positive) per row (binary)", ["model"], buckets=PROBABILITY_BUCKETS
+)
 
 
 def route(path: str) -> tuple[str, str] | None:

@@ -56,8 +56,8 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from kfmlops.serving.batching import MicroBatcher
 from kfmlops.serving.config import ServingConfig
-from kfmlops.serving.metrics import BATCH_ROWS, MODEL_INFO, REQUEST_ROWS
-from kfmlops.serving.outputs import output_types, score_diff, v1_predictions, v2_outputs
+from kfmlops.serving.metrics import BATCH_ROWS, MODEL_INFO, PREDICTED_CLASS, PREDICTED_PROBABILITY, REQUEST_ROWS
+from kfmlops.serving.outputs import output_types, predicted_labels, score_diff, v1_predictions, v2_outputs
 from kfmlops.serving.schema import RequestRejected, RequestSchema
 from kfmlops.tasks import Task
 
@@ -247,6 +247,7 @@ class Predictor(kserve.Model):
         arrays = served.encode(columns)
         self._rows.observe(len(arrays[0]))
         scores = await self._batcher.score(*arrays) if self._batcher else served.score(*arrays)
+        self._observe(scores)
         if v2:
             outputs = v2_outputs(served.task, scores, self.config.decision_threshold)
             return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs)
@@ -268,6 +269,19 @@ class Predictor(kserve.Model):
             raise RequestRejected(f"instances has {rows} rows; :explain takes at most {limit} per request "
                                   "(serving.explain_max_rows, from explain.serving_max_rows)", "too_large")
         return served.attributor(*served.encode(columns)).to_json()
+
+    def _observe(self, scores: np.ndarray) -> None:
+        """The prediction distribution's metrics (see :mod:`kfmlops.serving.metrics`)."""
+        task = self.served.task
+        if not task.is_classification:
+            return
+        labels, counts = np.unique(predicted_labels(task, scores, self.config.decision_threshold), return_counts=True)
+        for label, count in zip(labels.tolist(), counts.tolist()):
+            PREDICTED_CLASS.labels(self.name, label).inc(count)
+        if task.kind == "binary":
+            probability = PREDICTED_PROBABILITY.labels(self.name)
+            for p in scores[:, 1].tolist():
+                probability.observe(p)
 
     def get_input_types(self) -> list[dict]:
         return self.served.schema.input_types()
