@@ -45,11 +45,16 @@ lock:
 	.venv-lock/bin/$(LOCK) --extra serve --extra server --extra warehouse --extra features --extra test -o requirements.lock pyproject.toml requirements.in
 	.venv-lock/bin/$(LOCK) -o requirements-tools.lock requirements-tools.in
 
-# kubectl (with kustomize >= v4) for the manifest checks; the machine image ships one.
+# kubectl (with kustomize >= v4) for the manifest checks; the machine image ships one. Debian's
+# PostgreSQL server for the warehouse tests (tests/postgres_server.py starts one on loopback).
+PG_BIN ?= $(or $(KFMLOPS_PG_BIN),$(lastword $(sort $(patsubst %/initdb,%,$(wildcard /usr/lib/postgresql/*/bin/initdb)))),/usr/lib/postgresql/15/bin)
 system-deps: $(CHECKOV)
 	@command -v kubectl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && { apt-get install -y -qq kubectl || apt-get install -y -qq kubernetes-client; } >/dev/null; \
 	  else echo "kubectl missing: the manifest tests will skip"; fi; }
+	@test -x $(PG_BIN)/initdb || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "PostgreSQL server missing ($(PG_BIN)): the warehouse tests will skip"; fi; }
 
 # ---- the image -------------------------------------------------------------------------------
 # `make image` builds what a user's `docker build .` gets (the pinned python:3.11-slim base, torch

@@ -2,7 +2,7 @@
 installs it), started once per session on 127.0.0.1 and a free port, data in a temporary folder,
 stopped when the session ends. PostgreSQL refuses to run as root: as root the server runs as the
 ``postgres`` user the package creates. Tests that use :func:`postgres` skip, saying why, where the
-server binaries (``$KFMLOPS_PG_BIN``, default Debian's ``/usr/lib/postgresql/15/bin``) or the ADBC
+server binaries (``$KFMLOPS_PG_BIN``, default the newest Debian ``/usr/lib/postgresql/N/bin``) or the ADBC
 driver are missing."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-PG_BIN = Path(os.environ.get("KFMLOPS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = Path(os.environ.get("KFMLOPS_PG_BIN") or max(
+    Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    default=Path("/usr/lib/postgresql/15/bin")))
 USER, DATABASE = "kfmlops", "warehouse"
 PASSWORD = "s3cret/Pw@x%!"  # characters a connection URI must escape
 
