@@ -48,6 +48,8 @@ lock:
 # kubectl (with kustomize >= v4) for the manifest checks; the machine image ships one.
 # promtool and prometheus (Debian's prometheus package) for tests/test_observability.py, which
 # starts its own server on a free loopback port (whatever service the package starts is unused).
+# Debian's PostgreSQL server for the warehouse tests (tests/postgres_server.py starts one on loopback).
+PG_BIN ?= $(or $(KFMLOPS_PG_BIN),$(lastword $(sort $(patsubst %/initdb,%,$(wildcard /usr/lib/postgresql/*/bin/initdb)))),/usr/lib/postgresql/15/bin)
 system-deps: $(CHECKOV)
 	@command -v kubectl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && { apt-get install -y -qq kubectl || apt-get install -y -qq kubernetes-client; } >/dev/null; \
@@ -55,6 +57,9 @@ system-deps: $(CHECKOV)
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	  else echo "promtool/prometheus missing: the observability tests will skip"; fi; }
+	@test -x $(PG_BIN)/initdb || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "PostgreSQL server missing ($(PG_BIN)): the warehouse tests will skip"; fi; }
 
 # ---- the image -------------------------------------------------------------------------------
 # `make image` builds what a user's `docker build .` gets (the pinned python:3.11-slim base, torch

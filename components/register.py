@@ -18,8 +18,9 @@ def register(
     run_id: str,
     pipeline_run_id: str,
 ) -> NamedTuple("RegisterOutputs", [("model_name", str), ("version", str)]):
-    """Registers the candidate as a new MLflow model version: lineage and task tags, signed provenance, alias `challenger`,
-    and its model card (kfmlops.model_card: Markdown and HTML in the run, tag `kfmlops.card`).
+    """Registers the candidate as a new MLflow model version: lineage and task tags (with the run's dataset snapshots,
+    kfmlops.snapshot.train/test), signed provenance, alias `challenger`, and its model card (kfmlops.model_card:
+    Markdown and HTML in the run, tag `kfmlops.card`); then prunes snapshots beyond `snapshots.keep_last`.
 
     Args:
         model: Candidate Model artifact (an MLflow model directory of any framework) from train or import_model.
@@ -30,10 +31,10 @@ def register(
         task: The data's task (kfmlops.tasks.Task as JSON, from ingest); the model must be of this task.
         source: The training data URI, recorded for drift monitoring's reference.
         fingerprint: Dataset SHA-256 from ingest.
-        settings: kfmlops.config.Settings as JSON (the `mlflow`, `provenance`, `audit` and `model_card` sections are
-            read; the whole is hashed).
+        settings: kfmlops.config.Settings as JSON (the `mlflow`, `provenance`, `audit`, `model_card` and `snapshots`
+            sections are read; the whole is hashed).
         run_id: The pipeline's MLflow run; the signed model directory is logged into it, and its
-            `kfmlops.tuning.*` tags (a search by tune) are copied onto the version.
+            `kfmlops.tuning.*` tags (a search by tune) and snapshot tags are copied onto the version.
         pipeline_run_id: The KFP run id, recorded for lineage.
 
     Returns:
@@ -47,21 +48,21 @@ def register(
     import pandas as pd
 
     from kfmlops.approval import TEST_DATA_TAG
-    from kfmlops import model_card
+    from kfmlops import model_card, snapshots
     from kfmlops.provenance import signing_key
-    from kfmlops.register import GateVerdict, Lineage, code_commit, register as run_register
+    from kfmlops.register import SNAPSHOT_TAG_PREFIX, GateVerdict, Lineage, code_commit, register as run_register
     from kfmlops.step import step
     from kfmlops.tasks import Task
-    from kfmlops.tracking import end_run
+    from kfmlops.tracking import client, end_run
     from kfmlops.tune import TAG_PREFIX as TUNING_TAG_PREFIX
 
     data_task = Task.from_json(task)
     with step(settings, run_id, read=[model.uri, test_data.uri, source]) as s:
         cfg = s.settings
-        s.enforce(**{"model storage": mlflow.get_run(run_id).info.artifact_uri})
+        run = mlflow.get_run(run_id)
+        s.enforce(**{"model storage": run.info.artifact_uri, "snapshots": snapshots.directory(cfg.snapshots)})
         evaluation = json.loads(Path(blessing.path).read_text())
         fair = json.loads(Path(fairness_verdict.path).read_text())
-        run_tags = mlflow.get_run(run_id).data.tags
         lineage = Lineage(
             dataset_fingerprint=fingerprint,
             config_hash=cfg.digest(),
@@ -72,12 +73,15 @@ def register(
             primary_metric=evaluation["primary_metric"],
             gates={"evaluate": GateVerdict(evaluation["blessed"], evaluation["reasons"]),
                    "fairness": GateVerdict(fair["passed"], fair["reasons"])},
-            tuning={k: v for k, v in run_tags.items() if k.startswith(TUNING_TAG_PREFIX)} or None,
+            tuning={k: v for k, v in run.data.tags.items() if k.startswith(TUNING_TAG_PREFIX)} or None,
+            snapshots={k.removeprefix(SNAPSHOT_TAG_PREFIX): v for k, v in run.data.tags.items()
+                       if k.startswith(SNAPSHOT_TAG_PREFIX)},
         )
         example = pd.read_parquet(test_data.path).drop(columns=[data_task.label]).head(5)
         ref = run_register(model.path, run_id, cfg.mlflow, lineage, example, task=data_task,
                            signing_key=signing_key(cfg.provenance), residency=s.residency_record(), card=cfg.model_card,
                            extra_tags={TEST_DATA_TAG: test_data.uri})  # what kfmlops approve deploys with
         model_card.refresh(cfg, ref.version)
+        snapshots.prune(cfg.snapshots, client(cfg.mlflow))  # after the tags: this version's snapshots are protected
         end_run(cfg.mlflow, run_id)
         return (ref.name, ref.version)

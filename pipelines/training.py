@@ -26,6 +26,7 @@ from kfmlops.components import (
 SIGNING_SECRET, SIGNING_MOUNT = "kfmlops-signing-key", "/etc/kfmlops/signing"  # signing.pem
 VERIFY_SECRET, VERIFY_MOUNT = "kfmlops-verify-key", "/etc/kfmlops/keys"  # verify.pem
 SHARED_MOUNT = "/mnt/kfmlops"  # the shared PVC, on the train_job step and on every rank it starts
+WAREHOUSE_SECRET, WAREHOUSE_MOUNT = "kfmlops-warehouse", "/etc/kfmlops/warehouse"  # password: the database's
 
 
 @dsl.pipeline(name="kfmlops-release", description="Score, evaluate, fairness-gate, explain, register, promote and deploy a model.")
@@ -71,6 +72,14 @@ def release(
     return version.outputs["version"]
 
 
+def _ingest(data: dict, settings: dict, kfp_run_id: str, run_tags: dict):
+    """The ingest task, with the database password Secret mounted where a warehouse source's
+    ``ingest.warehouse.password_file`` can name it (optional: file sources and env-var passwords need none)."""
+    splits = ingest(data=data, settings=settings, pipeline_run_id=kfp_run_id, run_tags=run_tags)
+    kubernetes.use_secret_as_volume(splits, WAREHOUSE_SECRET, mount_path=WAREHOUSE_MOUNT, optional=True)
+    return splits
+
+
 def _release_inputs(splits, settings: dict, kfp_run_id: str) -> dict:
     """What release takes from ingest, besides the model."""
     return dict(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
@@ -107,7 +116,7 @@ def training(
         shared_pvc: ReadWriteMany PVC that a cluster training job's ranks share (mounted at /mnt/kfmlops).
     """
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    splits = ingest(data=data, settings=settings, pipeline_run_id=kfp_run_id, run_tags=run_tags)
+    splits = _ingest(data, settings, kfp_run_id, run_tags)
     task, mlflow_run = splits.outputs["task"], splits.outputs["run_id"]
     checked = validate(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
                        task=task, settings=settings, run_id=mlflow_run)
@@ -142,7 +151,7 @@ def bring_your_own_model(data: dict, model_uri: str, settings: dict = {}, run_ta
         run_tags: Extra MLflow tags for this run.
     """
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    splits = ingest(data=data, settings=settings, pipeline_run_id=kfp_run_id, run_tags=run_tags)
+    splits = _ingest(data, settings, kfp_run_id, run_tags)
     checked = validate(train_data=splits.outputs["train_data"], test_data=splits.outputs["test_data"],
                        task=splits.outputs["task"], settings=settings, run_id=splits.outputs["run_id"])
     imported = import_model(model_uri=model_uri, test_data=splits.outputs["test_data"], task=splits.outputs["task"],

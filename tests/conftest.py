@@ -12,6 +12,7 @@ os.environ.pop("KFMLOPS_IMAGE", None)  # the committed YAML names the default im
 
 from kfmlops.config import DataSpec, IngestConfig, MlflowConfig
 from kfmlops.ingest import IngestResult, ingest
+from postgres_server import postgres  # noqa: F401 (the session's PostgreSQL server, for the warehouse tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT = ROOT / "data" / "adult"

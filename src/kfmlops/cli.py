@@ -14,6 +14,7 @@ COMMANDS = {
     "models": ("kfmlops.registry:main", "list, show and compare registered model versions; roll the champion back; model cards"),
     "approve": ("kfmlops.approval:approve_main", "approve a version that waits for approval: champion, then deploy"),
     "reject": ("kfmlops.approval:reject_main", "reject a version that waits for approval"),
+    "data": ("kfmlops.dataset_diff:main", "the data a version was trained on, and how two versions' data differ"),
     "audit": ("kfmlops.audit:main", "show and verify the signed audit log of promotions, rollbacks and deploys"),
     "serve": ("kfmlops.serving.server:main", "serve a registered model with KServe's ModelServer"),
     "sink": ("kfmlops.monitoring.sink:main", "receive KServe inference-log CloudEvents into Parquet"),

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -28,7 +29,10 @@ TaskKind = Literal["binary", "multiclass", "regression"]
 class DataSpec(SettingsModel):
     """What the data is: the only settings most users change (they are pipeline parameters)."""
 
-    source: str = Field(description="Training data: a local path or an fsspec/pyarrow URI (CSV, Parquet, JSON Lines).")
+    source: str = Field(
+        description="Training data: a local path or an fsspec/pyarrow URI (CSV, Parquet, JSON Lines), or a database "
+        "table or query: postgresql://user@host:port/db?table=schema.name or ...?query=SELECT ... (kfmlops.warehouse)."
+    )
     test_source: str | None = Field(
         default=None, description="Held-out test data in the same layout; when unset the test split is cut from source."
     )
@@ -49,6 +53,22 @@ class DataSpec(SettingsModel):
         "ingest instead of counting as negative.",
     )
     sensitive_features: list[str] = Field(default=[], description="Columns the fairness gate slices by.")
+
+    @field_validator("source", "test_source")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v:
+            try:
+                password = urlsplit(v).password
+            except ValueError:  # a malformed port: the step that reads it says so
+                password = None
+            if password is not None:
+                raise PydanticCustomError(
+                    "password_in_uri",
+                    "the URI holds a password, which would be recorded in lineage and logs: remove it and give it "
+                    "through $PGPASSWORD or ingest.warehouse.password_file (a mounted Secret)",
+                )
+        return v
 
     @field_validator("positive_labels")
     @classmethod
@@ -76,14 +96,60 @@ class DataSpec(SettingsModel):
         return self.model_dump(mode="json", exclude_none=True, exclude_unset=True)
 
 
+class WarehouseConfig(SettingsModel):
+    """How a database source (``postgresql://...``, see :mod:`kfmlops.warehouse`) is connected to. The
+    password never sits in the config: it comes from a mounted Secret file or an environment variable."""
+
+    password_env: str = Field(
+        default="PGPASSWORD", min_length=1,
+        description="Environment variable holding the database password (a Secret as env); read when "
+        "password_file is unset. Neither set: libpq's own lookup (~/.pgpass, trust).",
+    )
+    password_file: str | None = Field(
+        default=None, description="File holding the database password (a mounted Secret); wins over password_env."
+    )
+    connect_timeout_s: int = Field(
+        default=10, ge=1, description="Seconds to wait for the database to answer before ingest fails (libpq's "
+        "connect_timeout; a connect_timeout in the URI wins)."
+    )
+
+
+class SnapshotConfig(SettingsModel):
+    """Where the content-addressed train/test snapshots of every run go (:mod:`kfmlops.snapshots`) and how
+    many are kept."""
+
+    directory: str | None = Field(
+        default=None,
+        description="Folder or URI (s3://, gs://, ...) of the snapshots; unset: $KFMLOPS_HOME/snapshots, beside the "
+        "local registry store. On a cluster, storage every step reaches (the artifact store's bucket, a shared volume).",
+    )
+    keep_last: int | None = Field(
+        default=None, ge=0,
+        description="Keep at most this many of the newest snapshots that no protected version points at; "
+        "None: keep every snapshot.",
+    )
+    keep_registered: bool = Field(
+        default=True,
+        description="True: a snapshot any registered version points at is never pruned. False: only the versions "
+        "with an alias (champion, challenger) protect theirs; the others count against keep_last.",
+    )
+
+
 class IngestConfig(SettingsModel):
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     na_values: list[str] = ["", "?", "NA", "N/A", "NaN", "null"]
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = 42
-    block_size_bytes: int = Field(default=16 << 20, ge=1 << 16, description="CSV/JSON read block; bounds memory.")
+    block_size_bytes: int = Field(
+        default=16 << 20, ge=1 << 16,
+        description="CSV/JSON read block, and the size of the batches a database sends; bounds memory.",
+    )
+    block_rows: int = Field(
+        default=65_536, ge=1, description="Most rows per record batch read from Parquet files and databases."
+    )
     drop_columns: list[str] = []
+    warehouse: WarehouseConfig = WarehouseConfig()
 
 
 class Expectation(SettingsModel):
@@ -375,6 +441,7 @@ class Settings(SettingsModel):
     """How each stage behaves; every field has a default."""
 
     ingest: IngestConfig = IngestConfig()
+    snapshots: SnapshotConfig = SnapshotConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     train: TrainConfig = TrainConfig()
     tuning: TuningConfig = TuningConfig()
@@ -418,13 +485,17 @@ class Settings(SettingsModel):
 
     def digest(self) -> str:
         """The config hash recorded in lineage: SHA-256 of the canonical JSON of every section but
-        ``mlflow``, ``provenance``, ``deploy``, ``audit``, ``governance``, ``model_card``, ``explain`` and
-        ``tuning`` (where a run is recorded, who signs it, how it is rolled out, where that is logged, who must
-        approve it, what its card says it is for and how it is explained do not change the model; a search
-        changes it only through the ``train`` settings it picks, and lineage records the search on its own).
-        Integral floats count as ints, because KFP carries every number of a parameter as a double."""
-        data = _canonical(self.model_dump(mode="json", exclude={"mlflow", "provenance", "deploy", "audit", "governance",
-                                                                "model_card", "explain", "tuning"}))
+        ``mlflow``, ``provenance``, ``deploy``, ``audit``, ``governance``, ``model_card``, ``explain``,
+        ``tuning``, ``snapshots``, ``ingest.warehouse`` and ``ingest.block_rows`` (where a run is recorded,
+        who signs it, how it is rolled out, where that is logged, who must approve it, what its card says it
+        is for, how it is explained, where its data is kept, how the database is logged into and how rows
+        are batched do not change the model; a search changes it only through the ``train`` settings it
+        picks, and lineage records the search on its own). Integral floats count as ints, because KFP
+        carries every number of a parameter as a double."""
+        data = _canonical(self.model_dump(mode="json", exclude={"mlflow": True, "provenance": True, "deploy": True,
+                                                                "audit": True, "governance": True, "model_card": True,
+                                                                "explain": True, "tuning": True, "snapshots": True,
+                                                                "ingest": {"warehouse", "block_rows"}}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,12 +1,15 @@
-"""Ingest: raw CSV / Parquet / JSON Lines in, normalised train and test Parquet splits out.
+"""Ingest: raw CSV / Parquet / JSON Lines, or a database table or query, in; normalised train and
+test Parquet splits out.
 
 Consumes a :class:`~kfmlops.config.DataSpec` (where the data is, the label, the sensitive columns)
 and an :class:`~kfmlops.config.IngestConfig`; produces two Parquet files and an
-:class:`IngestResult` (row counts, schema, label balance and a SHA-256 fingerprint of the source
-bytes for lineage).
+:class:`IngestResult` (row counts, schema, label balance and a SHA-256 fingerprint of the sources
+for lineage: over each file's stored bytes, and over a database result's rows as
+:class:`~kfmlops.digest.ArrowDigest` canonicalises them, each source followed by a NUL).
 
 Data is read and written one record batch at a time, so memory stays bounded by the block size
-whatever the file size. Column names are normalised to ``snake_case``, strings are trimmed and
+whatever the file or result size. A ``postgresql://`` source is read by :mod:`kfmlops.warehouse`
+and then goes through the same normalisation and split as a file. Column names are normalised to ``snake_case``, strings are trimmed and
 NA tokens become nulls, the label is written in its task's canonical form (class names, or numbers
 for regression: see :mod:`kfmlops.labels`, which also infers the task) and rows whose label is
 missing (null, blank or an NA token) are dropped and counted. The test split is stratified: within
@@ -141,16 +144,47 @@ def open_filesystem(uri: str) -> tuple[pa_fs.FileSystem, str]:
         return pa_fs.PyFileSystem(pa_fs.FSSpecHandler(fs)), path
 
 
-def fingerprint(uris: list[str], chunk: int = 4 << 20) -> str:
+def fingerprint(uris: list[str]) -> str:
     """SHA-256 over the stored bytes of each file, in order: the dataset identity recorded in lineage."""
     digest = hashlib.sha256()
     for uri in uris:
-        fs, path = open_filesystem(uri)
-        with fs.open_input_stream(path, compression=None) as stream:
-            while block := stream.read(chunk):
-                digest.update(block)
+        _hash_file(uri, digest)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _hash_file(uri: str, digest, chunk: int = 4 << 20) -> None:
+    fs, path = open_filesystem(uri)
+    with fs.open_input_stream(path, compression=None) as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+
+
+class _Fingerprint:
+    """The fingerprint of the sources :meth:`read` reads, in order: a file's stored bytes (hashed once it
+    has been read), a database result's rows as they are read (it cannot be read twice the same way)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def read(self, uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
+        """:func:`read_batches` of ``uri``, hashed into the fingerprint."""
+        from kfmlops import warehouse
+        from kfmlops.digest import ArrowDigest
+
+        if warehouse.is_sql(uri):
+            rows = ArrowDigest(self.digest)
+            for batch in read_batches(uri, config):
+                rows.update(batch)
+                yield batch
+            rows.finish()
+        else:
+            yield from read_batches(uri, config)
+            _hash_file(uri, self.digest)
+        self.digest.update(b"\0")
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
 def check_file(uri: str) -> None:
@@ -169,21 +203,31 @@ def check_file(uri: str) -> None:
 
 
 def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
-    """Raw record batches from one file, with bounded memory."""
+    """Raw record batches from one file or database source, with bounded memory."""
+    from kfmlops import warehouse
+
+    if warehouse.is_sql(uri):
+        yield from warehouse.read_batches(uri, config)
+        return
     fmt = detect_format(uri, config.format)
     check_file(uri)
     fs, path = open_filesystem(uri)
     with _parse_errors(uri, fmt, config):
         if fmt == "parquet":
             with fs.open_input_file(path) as handle:
-                yield from pq.ParquetFile(handle).iter_batches(batch_size=65_536)
+                yield from pq.ParquetFile(handle).iter_batches(batch_size=config.block_rows)
             return
         with fs.open_input_stream(path, compression="detect") as stream:
             yield from _stream_reader(stream, fmt, config, config.block_size_bytes)
 
 
 def header(uri: str, config: IngestConfig) -> list[str]:
-    """The raw column names of ``uri``, read from its first block only (a Parquet file's from its footer)."""
+    """The raw column names of ``uri``, read from its first block only (a Parquet file's from its footer, a
+    database result's from the server's description of it)."""
+    from kfmlops import warehouse
+
+    if warehouse.is_sql(uri):
+        return warehouse.column_names(uri, config)
     fmt = detect_format(uri, config.format)
     check_file(uri)
     fs, path = open_filesystem(uri)
@@ -228,7 +272,7 @@ def normalise_column(array: pa.Array, na_values: pa.Array) -> pa.Array:
         array = pc.if_else(pc.is_in(array, value_set=na_values), pa.scalar(None, pa.string()), array)
     elif pa.types.is_integer(array.type):
         array = array.cast(pa.int64())
-    elif pa.types.is_floating(array.type):
+    elif pa.types.is_floating(array.type) or pa.types.is_decimal(array.type):
         array = array.cast(pa.float64())
     return array
 
@@ -394,6 +438,7 @@ def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa
 def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, test_out: str | os.PathLike) -> IngestResult:
     """Read ``data.source`` (and ``data.test_source``), write normalised train/test Parquet splits."""
     normalise = _Normaliser(data, config)
+    sources = _Fingerprint()
     split = StratifiedSplit(config.seed, config.test_fraction)
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {"train": 0, "test": 0}
@@ -413,7 +458,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
     started = time.monotonic()
     try:
         row = 0
-        for raw in read_batches(data.source, config):
+        for raw in sources.read(data.source, config):
             batch = normalise(raw, data.source)
             if batch is None:
                 continue
@@ -426,11 +471,11 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
             row += batch.num_rows
             log.info("ingest: %d rows read from %s (%.1f s)", row, data.source, time.monotonic() - started)
         if normalise.schema is None and not normalise.dropped_unlabelled:
-            raise IngestError(f"{data.source!r} has a header but no data rows; name a file with data rows")
+            raise IngestError(_no_rows(data.source))
         _check_labelled(data, data.source, row, normalise)
         normalise.check_has_values(data.source)
         if data.test_source:
-            for raw in read_batches(data.test_source, config):
+            for raw in sources.read(data.test_source, config):
                 batch = normalise(raw, data.test_source)
                 if batch is not None:
                     write("test", batch)
@@ -445,7 +490,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
         test_path=paths["test"],
         train_rows=counts["train"],
         test_rows=counts["test"],
-        fingerprint=fingerprint([u for u in (data.source, data.test_source) if u]),
+        fingerprint=sources.hexdigest(),
         label=normalise.label,
         columns={f.name: str(f.type) for f in normalise.schema},
         task=task.to_json(),
@@ -484,6 +529,14 @@ class _LabelTally:
         if not self.n:
             return {"rows": 0}
         return {"rows": self.n, "mean": self.total / self.n, "min": self.low, "max": self.high}
+
+
+def _no_rows(uri: str) -> str:
+    from kfmlops import warehouse
+
+    if warehouse.is_sql(uri):
+        return f"{uri!r} returned no rows; check the query's conditions, or that the table holds data"
+    return f"{uri!r} has a header but no data rows; name a file with data rows"
 
 
 def _check_labelled(data: DataSpec, uri: str, rows: int, normalise: _Normaliser) -> None:

@@ -211,7 +211,7 @@ def _is_in(array: pa.Array, wanted: list, label: str) -> pa.Array:
     if pa.types.is_string(array.type):
         values = pa.array([str(v) for v in wanted], pa.string())
     elif pa.types.is_boolean(array.type):
-        values = pa.array([v for v in wanted if isinstance(v, bool) or v in (0, 1)], pa.bool_())
+        values = pa.array([bool(v) for v in wanted if isinstance(v, bool) or v in (0, 1)], pa.bool_())
     elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
         numeric = [v for v in wanted if isinstance(v, (int, float)) and not isinstance(v, bool)]
         numeric += [float(v) for v in wanted if isinstance(v, str) and _is_number(v)]

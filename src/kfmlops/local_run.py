@@ -1,5 +1,7 @@
 """``kfmlops run``: the training pipeline (or, with ``--model-uri``, the bring-your-own-model
-pipeline) on this machine through ``kfp.local``, then a summary.
+pipeline) on this machine through ``kfp.local``, then a summary. ``--from-version V`` trains on
+exactly the data version ``V`` of the config's model was trained and tested on (its snapshots,
+:mod:`kfmlops.snapshots`).
 
 The same compiled components run here (``SubprocessRunner(use_venv=False)``: each task is a
 subprocess of this interpreter, so the installed kfmlops is what runs) and in a cluster pod.
@@ -24,7 +26,9 @@ from kfmlops import preflight
 from kfmlops.config import PipelineConfig, Settings
 from kfmlops.durable import write_text_atomically
 from kfmlops.ingest import IngestError
+from kfmlops.registry import RegistryError
 from kfmlops.residency import ResidencyError
+from kfmlops.snapshots import retrain_config
 from kfmlops.task_logs import Step, TaskLogs, failure_reason
 from kfmlops.tracking import kfmlops_home, tracking_uri
 from kfmlops.typed import ConfigError
@@ -145,14 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="also print every step's full log")
     parser.add_argument("--model-uri", help="release this MLflow model (a path, an artifact URI, models:/NAME/VERSION) "
                                             "through the gates instead of training one")
+    parser.add_argument("--from-version", metavar="VERSION",
+                        help="train on exactly the train and test snapshots of this registered version of the config's "
+                             "model (kfmlops data show VERSION), in place of data.source and data.test_source")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per step, no download bars
     out = sys.stderr if args.json else sys.stdout
     try:
         config = PipelineConfig.from_yaml(args.config)
+        if args.from_version:
+            config = retrain_config(config, args.from_version)
         print(f"kfmlops run: {config.settings.mlflow.model_name} from {config.data.source}", file=out, flush=True)
         preflight.check(config)  # what a look at the config and the data headers finds, before any step
-    except (ConfigError, IngestError, ResidencyError) as exc:
+    except (ConfigError, IngestError, ResidencyError, RegistryError) as exc:
         summary = run_summary.refused(exc)
     else:
         summary = run_and_summarise(config, progress=out, verbose=args.verbose, pipeline_root=args.pipeline_root,

@@ -3,7 +3,8 @@
 Consumes the Model artifact (an MLflow model directory of any framework, see
 :mod:`kfmlops.model_contract`), the data's :class:`~kfmlops.tasks.Task`, the MLflow run the
 pipeline logs to, a :class:`Lineage` (dataset fingerprint, config hash, code commit, pipeline run
-id, test metrics, the primary metric and every gate's verdict), a few test rows without the label
+id, test metrics, the primary metric, every gate's verdict and the URIs of the train and test
+snapshots, :mod:`kfmlops.snapshots`), a few test rows without the label
 and an Ed25519 signing key. A copy of the model directory must score those rows for the task
 (a model of another task, other classes or other columns is refused); a model without kfmlops
 metadata gets it (the task, its columns, trainer ``imported``) and one without a column signature
@@ -49,6 +50,7 @@ CARD_TAG = TAG_PREFIX + "card"  # written by kfmlops.model_card.attach: where th
 CARD_HTML_TAG = CARD_TAG + ".html"
 INTENDED_USE_TAG = CARD_TAG + ".intended_use"
 LIMITATIONS_TAG = CARD_TAG + ".limitations"
+SNAPSHOT_TAG_PREFIX = TAG_PREFIX + "snapshot."  # + train / test: where the split's snapshot is (kfmlops.snapshots)
 TAG_LIMIT = 5000  # MLflow's limit on a tag value
 MODEL_ARTIFACT = "model"
 """Where in the pipeline's MLflow run the registered model directory is logged."""
@@ -82,6 +84,7 @@ class Lineage:
     tuning: dict[str, str] | None = None
     """The search that picked the train settings, as :mod:`kfmlops.tune` tags it (``kfmlops.tuning.*``:
     space digest, budget, best trial and value); None when the settings were not tuned."""
+    snapshots: dict[str, str] | None = None  # split -> snapshot URI (kfmlops.snapshots)
 
     @property
     def all_gates_passed(self) -> bool:
@@ -100,6 +103,7 @@ class Lineage:
         tags |= {f"metric.{k}": f"{v:.6g}" for k, v in (self.metrics or {}).items()}
         if self.primary_metric:
             tags["primary_metric"] = self.primary_metric
+        tags |= {f"snapshot.{split}": uri for split, uri in (self.snapshots or {}).items()}
         tags = {TAG_PREFIX + k: v for k, v in tags.items()} | dict(self.tuning or {})
         for name, gate in (self.gates or {}).items():
             tags |= gate_tags(name, gate.passed, gate.reasons)

@@ -18,6 +18,11 @@ Rules:
   the location's path as a whole-segment prefix, so ``s3://uae-bucket-evil/`` is not under
   ``s3://uae-bucket/``), or its bucket/host has a configured region in ``allowed_regions``. Remote
   paths with a ``..`` segment are refused.
+* A database (``postgresql://`` or ``postgres://``, one scheme for both) is a remote URI whose host
+  is the database server and whose first path segment is the database: ``postgresql://db.internal/``
+  allows every database there, ``postgresql://db.internal:5432/analytics`` one. A database URI that
+  names several hosts, or sets ``host``, ``hostaddr``, ``service``, ``port`` or ``dbname`` in its
+  parameters (libpq would connect there instead), is refused.
 * Anything else is refused, with a reason naming the URI, the purpose and the allowed set.
 
 Passwords in URIs are masked in verdicts and messages.
@@ -35,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # MLflow URIs without "://" that name a hosted remote service, not a local directory.
 _BARE_REMOTE = frozenset({"databricks", "databricks-uc"})
+_DATABASE_SCHEMES = frozenset({"postgresql", "postgres"})
+_REDIRECTS = frozenset({"host", "hostaddr", "service", "port", "dbname"})  # libpq settings that override the URI's place
 
 
 class ResidencyError(ValueError):
@@ -85,6 +92,8 @@ def _parse(uri: str) -> _Local | _Remote:
         if parts.netloc or len(parts.path) < 2:
             raise _Unparseable("sqlite URI names no database file (expected sqlite:///path)")
         return _Local(parts.path[1:])
+    if scheme in _DATABASE_SCHEMES:
+        scheme = _database_location(uri, parts)
     try:
         host, port = parts.hostname, parts.port
     except ValueError as exc:
@@ -97,7 +106,19 @@ def _parse(uri: str) -> _Local | _Remote:
     return _Remote(scheme, host.lower(), port, segments)
 
 
-def _redact(uri: str) -> str:
+def _database_location(uri: str, parts) -> str:
+    """The scheme a database URI is placed under (``postgres://`` counts as ``postgresql://``); raises
+    _Unparseable when the URI could connect anywhere but its one named host."""
+    if "," in parts.netloc:
+        raise _Unparseable("database URI names several hosts")
+    settings = uri.partition("?")[2].split("query=", 1)[0]  # a query's SQL is not a connection setting
+    redirects = sorted({key for key, _, _ in (item.partition("=") for item in settings.split("&"))} & _REDIRECTS)
+    if redirects:
+        raise _Unparseable(f"database URI sets {', '.join(redirects)}, which would connect elsewhere than its host")
+    return "postgresql"
+
+
+def redact(uri: str) -> str:
     """The URI with any password in it replaced by ``***``."""
     parts = urlsplit(uri)
     if not parts.password:
@@ -195,7 +216,7 @@ def check(uri: str, policy: ResidencyPolicy | None, *, purpose: str) -> Residenc
     purpose such as ``"read data"``. Produces a :class:`ResidencyVerdict`; never raises for a bad URI
     (it is refused, with the reason).
     """
-    shown = _redact(uri)
+    shown = redact(uri)
     if policy is None:
         return ResidencyVerdict(shown, purpose, True, "no residency policy")
 

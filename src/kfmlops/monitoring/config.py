@@ -98,7 +98,8 @@ class WindowConfig(SettingsModel):
 
 class ReferenceConfig(SettingsModel):
     uri: str | None = Field(
-        default=None, description="Reference data; unset: the served version's `kfmlops.train_data` lineage tag."
+        default=None, description="Reference data; unset: the served version's train snapshot (`kfmlops.snapshot.train`), "
+        "else its `kfmlops.train_data` lineage tag."
     )
     model_version: str | None = Field(
         default=None, description="The served version; unset: the window's most common `model_version`, else `alias`."

@@ -2,8 +2,8 @@
 
 Consumes a :class:`~kfmlops.monitoring.config.DriftConfig`: the current data (a window of whole
 hours of the inference log, or any dataset), the training config the served model was built with,
-and the reference (the served version's training data, found through its ``kfmlops.train_data``
-lineage tag, or a given URI). The served model's task (binary, multiclass or regression: its MLflow
+and the reference (the served version's train split, found through its ``kfmlops.snapshot.train``
+tag, else its training data through its ``kfmlops.train_data`` lineage tag, or a given URI). The served model's task (binary, multiclass or regression: its MLflow
 metadata, else the training data's under the training config) says what labels and outputs mean:
 labels are canonical (class names, or numbers), the log's served outputs become the predictions
 dataset's columns (``prediction``: the class or value; ``proba:<class>``), and the reference's are
@@ -402,9 +402,10 @@ def load_served_reference(
     served, uri = None, config.reference.uri
     if uri is None:
         served = _served(config, training, raw)
-        if not served.train_data:
-            raise ConfigError(f"model {served.name} version {served.version} has no kfmlops.train_data tag; set reference.uri")
-        uri = served.train_data
+        uri = served.train_snapshot or served.train_data  # a snapshot is exactly the train split, a source is read again
+        if not uri:
+            raise ConfigError(f"model {served.name} version {served.version} has no kfmlops.snapshot.train or "
+                              "kfmlops.train_data tag; set reference.uri")
     table, data_task = load_reference(uri, training)
     predicted = any(raw[c].null_count < raw.num_rows for c in _output_columns(raw, from_log))
     score = config.reference.score_with_model and predicted and PREDICTION not in table.column_names

@@ -1,7 +1,9 @@
 """The drift job's reference: the served model version, its task and its training data, found by lineage.
 
 :func:`served_model` looks the version up in the MLflow registry (by number, else by alias) and
-reads its ``kfmlops.train_data`` tag; :func:`download_model` fetches its MLflow model directory,
+reads its ``kfmlops.snapshot.train`` tag (the train split it was fitted on, kept by
+:mod:`kfmlops.snapshots`) and its ``kfmlops.train_data`` tag (the source: a file or a database
+table or query, read again with the credentials of the drift job's environment); :func:`download_model` fetches its MLflow model directory,
 whose metadata holds the task the model was trained for (:func:`kfmlops.model_contract.read_info`).
 :func:`load_reference` re-ingests the training data with the training config's settings, so the
 reference is exactly the model's train split, with the same normalised columns and canonical
@@ -22,12 +24,12 @@ import pyarrow.parquet as pq
 from kfmlops.config import DataSpec, IngestConfig, MlflowConfig, PipelineConfig
 from kfmlops.ingest import IngestError, detect_format, held_out_rows, normalised_table, open_filesystem, read_batches
 from kfmlops.model_contract import LoadedModel, predictions
-from kfmlops.register import TAG_PREFIX
+from kfmlops.register import SNAPSHOT_TAG_PREFIX, TAG_PREFIX
+from kfmlops.snapshots import TASK_KEY
 from kfmlops.tasks import Task
 from kfmlops.typed import ConfigError
 
 TRAIN_DATA_TAG = TAG_PREFIX + "train_data"
-TASK_KEY = b"kfmlops.task"  # Parquet metadata of data written by the retraining trigger: its task, as JSON
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ServedModel:
     version: str
     train_data: str | None  # the kfmlops.train_data lineage tag
     model_uri: str
+    train_snapshot: str | None = None  # the kfmlops.snapshot.train tag: exactly the rows it was trained on
 
 
 def served_model(config: MlflowConfig, version: str | None, alias: str) -> ServedModel:
@@ -67,7 +70,8 @@ def served_model(config: MlflowConfig, version: str | None, alias: str) -> Serve
         aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(registered.aliases.items())) or "none"
         raise ConfigError(f"model {name!r} has no alias {alias!r} (aliases: {aliases}): promote a version first, "
                           "or set reference.alias or reference.model_version") from None
-    return ServedModel(name, str(found.version), found.tags.get(TRAIN_DATA_TAG), f"models:/{name}/{found.version}")
+    return ServedModel(name, str(found.version), found.tags.get(TRAIN_DATA_TAG), f"models:/{name}/{found.version}",
+                       found.tags.get(SNAPSHOT_TAG_PREFIX + "train"))
 
 
 def download_model(served: ServedModel, config: MlflowConfig, destination: Path) -> Path:
