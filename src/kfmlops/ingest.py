@@ -3,7 +3,9 @@
 Consumes a :class:`~kfmlops.config.DataSpec` (where the data is, the label, the sensitive columns)
 and an :class:`~kfmlops.config.IngestConfig`; produces two Parquet files and an
 :class:`IngestResult` (row counts, schema, label balance and a SHA-256 fingerprint of the source
-bytes for lineage).
+bytes for lineage). With ``data.feature_store`` set, each source is an entity table whose rows get
+their features from a Feast feature service at their event times (:mod:`kfmlops.feature_store`)
+before anything else happens to them, and the fingerprint covers the feature service too.
 
 Data is read and written one record batch at a time, so memory stays bounded by the block size
 whatever the file size. Column names are normalised to ``snake_case``, strings are trimmed and
@@ -18,6 +20,7 @@ sizes (a regression label is one "class": a plain seeded split).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -141,8 +144,10 @@ def open_filesystem(uri: str) -> tuple[pa_fs.FileSystem, str]:
         return pa_fs.PyFileSystem(pa_fs.FSSpecHandler(fs)), path
 
 
-def fingerprint(uris: list[str], chunk: int = 4 << 20) -> str:
-    """SHA-256 over the stored bytes of each file, in order: the dataset identity recorded in lineage."""
+def fingerprint(uris: list[str], chunk: int = 4 << 20, definition: dict | None = None) -> str:
+    """SHA-256 over the stored bytes of each file, in order, each followed by a NUL byte, then the
+    canonical JSON (sorted keys, no spaces) of ``definition`` when given: the dataset identity
+    recorded in lineage."""
     digest = hashlib.sha256()
     for uri in uris:
         fs, path = open_filesystem(uri)
@@ -150,7 +155,22 @@ def fingerprint(uris: list[str], chunk: int = 4 << 20) -> str:
             while block := stream.read(chunk):
                 digest.update(block)
         digest.update(b"\0")
+    if definition is not None:
+        digest.update(json.dumps(definition, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()
+
+
+def source_fingerprint(data: DataSpec) -> str:
+    """The fingerprint of ``data``'s sources: the bytes of ``data.source`` and ``data.test_source``;
+    with a feature store, then the bytes of every offline file its feature service's views read and
+    the service's definition (:func:`kfmlops.feature_store.fingerprint_inputs`)."""
+    uris = [u for u in (data.source, data.test_source) if u]
+    if data.feature_store is None:
+        return fingerprint(uris)
+    from kfmlops.feature_store import fingerprint_inputs
+
+    files, definition = fingerprint_inputs(data.feature_store)
+    return fingerprint(uris + files, definition=definition)
 
 
 def check_file(uri: str) -> None:
@@ -180,6 +200,29 @@ def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
             return
         with fs.open_input_stream(path, compression="detect") as stream:
             yield from _stream_reader(stream, fmt, config, config.block_size_bytes)
+
+
+def source_batches(uri: str, data: DataSpec, config: IngestConfig) -> Iterator[pa.RecordBatch]:
+    """Raw record batches of one source of ``data``: the file's own, or, with ``data.feature_store``,
+    the file's entity rows joined with their features at their event times
+    (:func:`kfmlops.feature_store.training_table`, held whole in memory)."""
+    if data.feature_store is None:
+        yield from read_batches(uri, config)
+        return
+    from kfmlops.feature_store import training_table
+
+    yield from training_table(uri, data.feature_store, config).to_batches(max_chunksize=65_536)
+
+
+def source_header(uri: str, data: DataSpec, config: IngestConfig) -> list[str]:
+    """The raw column names :func:`source_batches` gives for ``uri``, from its header (and, with a
+    feature store, its registry) only."""
+    if data.feature_store is None:
+        return header(uri, config)
+    from kfmlops.feature_store import describe, joined_columns, open_store
+
+    service = describe(open_store(data.feature_store), data.feature_store)
+    return joined_columns(header(uri, config), data.feature_store, service, uri)
 
 
 def header(uri: str, config: IngestConfig) -> list[str]:
@@ -385,14 +428,15 @@ def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa
     the label's task; no split, no files, no fingerprint (:func:`held_out_rows` over the labels gives
     ingest's seeded test split). Holds the whole table in memory."""
     normalise = _Normaliser(data, config)
-    batches = [batch for raw in read_batches(uri, config) if (batch := normalise(raw, uri)) is not None]
+    batches = [batch for raw in source_batches(uri, data, config) if (batch := normalise(raw, uri)) is not None]
     if not batches:
         raise IngestError(f"{uri!r} has no labelled data rows")
     return pa.Table.from_batches(batches, schema=normalise.schema), normalise.task()
 
 
 def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, test_out: str | os.PathLike) -> IngestResult:
-    """Read ``data.source`` (and ``data.test_source``), write normalised train/test Parquet splits."""
+    """Read ``data.source`` (and ``data.test_source``; with ``data.feature_store``, the entity rows
+    joined with their features), write normalised train/test Parquet splits."""
     normalise = _Normaliser(data, config)
     split = StratifiedSplit(config.seed, config.test_fraction)
     writers: dict[str, pq.ParquetWriter] = {}
@@ -413,7 +457,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
     started = time.monotonic()
     try:
         row = 0
-        for raw in read_batches(data.source, config):
+        for raw in source_batches(data.source, data, config):
             batch = normalise(raw, data.source)
             if batch is None:
                 continue
@@ -430,7 +474,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
         _check_labelled(data, data.source, row, normalise)
         normalise.check_has_values(data.source)
         if data.test_source:
-            for raw in read_batches(data.test_source, config):
+            for raw in source_batches(data.test_source, data, config):
                 batch = normalise(raw, data.test_source)
                 if batch is not None:
                     write("test", batch)
@@ -445,7 +489,7 @@ def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, t
         test_path=paths["test"],
         train_rows=counts["train"],
         test_rows=counts["test"],
-        fingerprint=fingerprint([u for u in (data.source, data.test_source) if u]),
+        fingerprint=source_fingerprint(data),
         label=normalise.label,
         columns={f.name: str(f.type) for f in normalise.schema},
         task=task.to_json(),
