@@ -320,6 +320,7 @@ def test_the_pipeline_trains_from_a_feature_store_and_registers_a_version(adult_
     raw = demo.settings.model_dump(mode="json", by_alias=True, exclude={"ingest"})
     raw["mlflow"] = {"experiment": "adult-features", "model_name": "adult-features"}
     raw["evaluate"] = {**raw["evaluate"], "limits": {"roc_auc": 0.85}}
+    raw["fairness"] = {"min_group_size": 100}  # 600 test rows: the figures by sex are reported, not gated
     config = PipelineConfig(data=data, settings=type(demo.settings).parse(raw))
     preflight.check(config)
     run = run_pipeline(config.pipeline_arguments())

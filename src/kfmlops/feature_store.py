@@ -9,9 +9,10 @@ and the label. Produces:
   feature values as they were at its event time: Feast's point-in-time join
   (``get_historical_features``), which for each feature view takes the latest feature row at or
   before the event time (and not older than the view's ``ttl``, when it has one; none found: null).
-  A value recorded after the event time never reaches the row. The event time and the join keys
-  are then dropped (unless named in ``keep_columns``), so they never become model features; ingest
-  normalises, splits and writes the table as it does a file's rows.
+  A value recorded after the event time never reaches the row. Every entity row is kept, in file
+  order, even where Feast's answer leaves it out. The event time and the join keys are then dropped
+  (unless named in ``keep_columns``), so they never become model features; ingest normalises,
+  splits and writes the table as it does a file's rows.
 - :func:`joined_columns`: the columns :func:`training_table` gives, from the entity table's header
   and the registry alone (preflight's check, before any join).
 - :func:`fingerprint_inputs`: what the dataset fingerprint covers besides the entity files: the
