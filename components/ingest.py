@@ -23,7 +23,9 @@ def ingest(
             any fsspec URI; or a database table or query, postgresql://user@host/db?table=... or
             ?query=..., the password from $PGPASSWORD or a mounted Secret file, see kfmlops.warehouse),
             `label` (raw or normalised name), and optionally `task` (binary, multiclass, regression;
-            inferred when absent), `test_source`, `positive_labels`, `sensitive_features`.
+            inferred when absent), `test_source`, `positive_labels`, `sensitive_features`,
+            `feature_store` (`source` and `test_source` are then entity tables joined point-in-time
+            with a Feast feature service: kfmlops.feature_store).
         settings: kfmlops.config.Settings as JSON (the `ingest`, `snapshots` and `mlflow` sections are read).
         pipeline_run_id: The KFP run id, recorded for lineage.
         run_tags: Extra tags for the MLflow run (e.g. why it was started).
@@ -35,7 +37,8 @@ def ingest(
         test_data: Test split, same schema.
         task: kfmlops.tasks.Task as JSON: kind, the label's normalised name, classes, and why.
         sensitive_columns: The sensitive features' normalised names.
-        fingerprint: SHA-256 of the source bytes (of a database result's rows: kfmlops.digest).
+        fingerprint: SHA-256 of the source bytes (of a database result's rows: kfmlops.digest; with a
+            feature store, also of its offline files and the feature service's definition).
         run_id: The MLflow run every later step records into; it is tagged kfmlops.snapshot.train/test with the
             snapshots' URIs (kfmlops.snapshots), which register copies onto the version.
     """
@@ -55,6 +58,10 @@ def ingest(
     spec = DataSpec.parse(data)
     enforce({"read": [spec.source, spec.test_source], "write": [train_data.uri, test_data.uri],
              "snapshots": snapshots.directory(cfg.snapshots), "mlflow": tracking_uri(cfg.mlflow)}, cfg.residency)
+    if spec.feature_store is not None:
+        from kfmlops.feature_store import check_residency
+
+        check_residency(spec.feature_store, cfg.residency)  # the repository, its registry, its offline files
     result = run_ingest(spec, cfg.ingest, train_data.path, test_data.path)
     check_task_settings(Task.from_json(result.task), cfg)  # a metric or threshold of another task: stop now
     run_id = start_run(cfg.mlflow, run_name=f"train-{pipeline_run_id}", tags={

@@ -20,10 +20,28 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from kfmlops.residency import ResidencyPolicy
-from kfmlops.serving.config import DeployConfig
+from kfmlops.serving.config import DeployConfig, FeatureStoreRef
 from kfmlops.typed import SettingsModel, load_yaml, parse, resolve_path
 
 TaskKind = Literal["binary", "multiclass", "regression"]
+
+
+class FeatureStoreSource(FeatureStoreRef):
+    """Training data as a Feast feature store's point-in-time join (:mod:`kfmlops.feature_store`):
+    ``data.source`` (and ``data.test_source``) are entity tables, each row an entity's join keys, its
+    event time and its label; the feature service's features are joined onto each row as they were
+    at its event time."""
+
+    timestamp_column: str = Field(
+        default="event_timestamp",
+        min_length=1,
+        description="The entity table's event time column (as named in the file); naive times are read as UTC.",
+    )
+    keep_columns: list[str] = Field(
+        default=[],
+        description="Join keys to keep as model features; the event time and the other join keys are dropped "
+        "from the training table.",
+    )
 
 
 class DataSpec(SettingsModel):
@@ -53,6 +71,11 @@ class DataSpec(SettingsModel):
         "ingest instead of counting as negative.",
     )
     sensitive_features: list[str] = Field(default=[], description="Columns the fairness gate slices by.")
+    feature_store: FeatureStoreSource | None = Field(
+        default=None,
+        description="Join features from a Feast feature service onto the source's entity rows at their event "
+        "times; unset: the source holds every feature.",
+    )
 
     @field_validator("source", "test_source")
     @classmethod
@@ -530,6 +553,9 @@ class PipelineConfig(SettingsModel):
         config = parse(cls, raw, str(path))
         data = config.data
         resolved = {f: resolve_path(getattr(data, f), base) for f in ("source", "test_source")}
+        if data.feature_store is not None:
+            repo = resolve_path(data.feature_store.repo_path, base)
+            resolved["feature_store"] = data.feature_store.model_copy(update={"repo_path": repo})
         return config.model_copy(update={"data": data.model_copy(update=resolved)})
 
     def pipeline_arguments(self) -> dict[str, Any]:

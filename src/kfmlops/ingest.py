@@ -5,7 +5,11 @@ Consumes a :class:`~kfmlops.config.DataSpec` (where the data is, the label, the 
 and an :class:`~kfmlops.config.IngestConfig`; produces two Parquet files and an
 :class:`IngestResult` (row counts, schema, label balance and a SHA-256 fingerprint of the sources
 for lineage: over each file's stored bytes, and over a database result's rows as
-:class:`~kfmlops.digest.ArrowDigest` canonicalises them, each source followed by a NUL).
+:class:`~kfmlops.digest.ArrowDigest` canonicalises them, each source followed by a NUL). With
+``data.feature_store`` set, each source is an entity table whose rows get their features from a
+Feast feature service at their event times (:mod:`kfmlops.feature_store`) before anything else
+happens to them, and the fingerprint then covers the feature service's offline files and its
+definition too.
 
 Data is read and written one record batch at a time, so memory stays bounded by the block size
 whatever the file or result size. A ``postgresql://`` source is read by :mod:`kfmlops.warehouse`
@@ -21,6 +25,7 @@ sizes (a regression label is one "class": a plain seeded split).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -150,6 +155,8 @@ def fingerprint(uris: list[str]) -> str:
     for uri in uris:
         _hash_file(uri, digest)
         digest.update(b"\0")
+    if definition is not None:
+        digest.update(json.dumps(definition, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()
 
 
@@ -164,26 +171,40 @@ class _Fingerprint:
     """The fingerprint of the sources :meth:`read` reads, in order: a file's stored bytes (hashed once it
     has been read), a database result's rows as they are read (it cannot be read twice the same way)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data: DataSpec) -> None:
         self.digest = hashlib.sha256()
+        self.data = data
 
     def read(self, uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
-        """:func:`read_batches` of ``uri``, hashed into the fingerprint."""
+        """:func:`source_batches` of ``uri``, hashed into the fingerprint."""
         from kfmlops import warehouse
         from kfmlops.digest import ArrowDigest
 
         if warehouse.is_sql(uri):
+            if self.data.feature_store is not None:
+                raise IngestError(f"{uri}: a feature store's entity table must be a file")
             rows = ArrowDigest(self.digest)
             for batch in read_batches(uri, config):
                 rows.update(batch)
                 yield batch
             rows.finish()
         else:
-            yield from read_batches(uri, config)
+            yield from source_batches(uri, self.data, config)
             _hash_file(uri, self.digest)
         self.digest.update(b"\0")
 
     def hexdigest(self) -> str:
+        """The fingerprint, once every source is read; with a feature store, the bytes of every offline
+        file its service's views read and the service's definition are hashed in first
+        (:func:`kfmlops.feature_store.fingerprint_inputs`)."""
+        if self.data.feature_store is not None:
+            from kfmlops.feature_store import fingerprint_inputs
+
+            files, definition = fingerprint_inputs(self.data.feature_store)
+            for uri in files:
+                _hash_file(uri, self.digest)
+                self.digest.update(b"\0")
+            self.digest.update(json.dumps(definition, sort_keys=True, separators=(",", ":")).encode())
         return self.digest.hexdigest()
 
 
@@ -219,6 +240,29 @@ def read_batches(uri: str, config: IngestConfig) -> Iterator[pa.RecordBatch]:
             return
         with fs.open_input_stream(path, compression="detect") as stream:
             yield from _stream_reader(stream, fmt, config, config.block_size_bytes)
+
+
+def source_batches(uri: str, data: DataSpec, config: IngestConfig) -> Iterator[pa.RecordBatch]:
+    """Raw record batches of one source of ``data``: the file's own, or, with ``data.feature_store``,
+    the file's entity rows joined with their features at their event times
+    (:func:`kfmlops.feature_store.training_table`, held whole in memory)."""
+    if data.feature_store is None:
+        yield from read_batches(uri, config)
+        return
+    from kfmlops.feature_store import training_table
+
+    yield from training_table(uri, data.feature_store, config).to_batches(max_chunksize=65_536)
+
+
+def source_header(uri: str, data: DataSpec, config: IngestConfig) -> list[str]:
+    """The raw column names :func:`source_batches` gives for ``uri``, from its header (and, with a
+    feature store, its registry) only."""
+    if data.feature_store is None:
+        return header(uri, config)
+    from kfmlops.feature_store import describe, joined_columns, open_store
+
+    service = describe(open_store(data.feature_store), data.feature_store)
+    return joined_columns(header(uri, config), data.feature_store, service, uri)
 
 
 def header(uri: str, config: IngestConfig) -> list[str]:
@@ -429,16 +473,17 @@ def normalised_table(uri: str, data: DataSpec, config: IngestConfig) -> tuple[pa
     the label's task; no split, no files, no fingerprint (:func:`held_out_rows` over the labels gives
     ingest's seeded test split). Holds the whole table in memory."""
     normalise = _Normaliser(data, config)
-    batches = [batch for raw in read_batches(uri, config) if (batch := normalise(raw, uri)) is not None]
+    batches = [batch for raw in source_batches(uri, data, config) if (batch := normalise(raw, uri)) is not None]
     if not batches:
         raise IngestError(f"{uri!r} has no labelled data rows")
     return pa.Table.from_batches(batches, schema=normalise.schema), normalise.task()
 
 
 def ingest(data: DataSpec, config: IngestConfig, train_out: str | os.PathLike, test_out: str | os.PathLike) -> IngestResult:
-    """Read ``data.source`` (and ``data.test_source``), write normalised train/test Parquet splits."""
+    """Read ``data.source`` (and ``data.test_source``; with ``data.feature_store``, the entity rows
+    joined with their features), write normalised train/test Parquet splits."""
     normalise = _Normaliser(data, config)
-    sources = _Fingerprint()
+    sources = _Fingerprint(data)
     split = StratifiedSplit(config.seed, config.test_fraction)
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {"train": 0, "test": 0}

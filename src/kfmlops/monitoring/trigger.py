@@ -116,9 +116,10 @@ def fresh_test_data(training: PipelineConfig, task: Task, path: Path) -> int:
 
 def fresh_pipeline_config(training: PipelineConfig, train_path: str, test_path: str, task: Task) -> PipelineConfig:
     """The training config pointed at fresh data: Parquet, canonical labels read under ``task``
-    (:func:`~kfmlops.monitoring.lineage.canonical_spec`: ``data.task`` carried over), every other
-    setting (the gates included) unchanged."""
-    data = canonical_spec(training.data, task).model_copy(update={"source": train_path, "test_source": test_path})
+    (:func:`~kfmlops.monitoring.lineage.canonical_spec`: ``data.task`` carried over; no feature store:
+    the fresh rows hold their features), every other setting (the gates included) unchanged."""
+    data = canonical_spec(training.data, task).model_copy(update={"source": train_path, "test_source": test_path,
+                                                                  "feature_store": None})
     ingest_settings = training.settings.ingest.model_copy(update={"format": "parquet"})
     return PipelineConfig(data=data, settings=training.settings.model_copy(update={"ingest": ingest_settings}))
 

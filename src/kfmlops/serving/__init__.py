@@ -3,7 +3,8 @@
 - :mod:`~kfmlops.serving.predictor`: the ``kserve.Model`` (model from MLflow or ``/mnt/models``),
   with request checks in :mod:`~kfmlops.serving.schema`, the compiled forward pass in
   :mod:`~kfmlops.serving.scorer`, micro-batching in :mod:`~kfmlops.serving.batching` and
-  Prometheus metrics in :mod:`~kfmlops.serving.metrics`;
+  Prometheus metrics in :mod:`~kfmlops.serving.metrics`, online features from a Feast feature
+  store in :mod:`~kfmlops.serving.online_features`;
 - :mod:`~kfmlops.serving.server`: ``kfmlops serve`` (KServe's ``ModelServer``);
 - :mod:`~kfmlops.serving.inferenceservice`: the ``serving.kserve.io/v1beta1`` manifest;
 - :mod:`~kfmlops.serving.deploy`: validate before push, canary, promote or roll back, over the

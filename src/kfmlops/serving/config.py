@@ -1,7 +1,10 @@
 """Typed settings for serving and deployment, validated once at the boundary like :mod:`kfmlops.config`.
 
 - :class:`ServingConfig`: how the predictor treats requests (unseen categories, size limits,
-  micro-batching); travels to the serving container as one JSON flag.
+  micro-batching, online features from a feature store); travels to the serving container as one
+  JSON flag.
+- :class:`FeatureStoreRef`: a feature service of a Feast repository (training's
+  ``data.feature_store`` and serving's ``serving.feature_store`` both name one).
 - :class:`InferenceServiceConfig`: what the KServe ``InferenceService`` looks like (runtime, image,
   resources, replicas and autoscaling, request logger, scheduling).
 - :class:`DeployConfig`: the deploy stage (target, SLOs for the pre-push validation and for the
@@ -18,6 +21,13 @@ from kfmlops import IMAGE
 from kfmlops.typed import SettingsModel
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class FeatureStoreRef(SettingsModel):
+    """A feature service of a Feast feature repository (:mod:`kfmlops.feature_store`)."""
+
+    repo_path: str = Field(description="The Feast repository: the folder that holds its feature_store.yaml.")
+    feature_service: str = Field(min_length=1, description="The feature service whose features the model reads.")
 
 
 class ServingConfig(SettingsModel):
@@ -53,6 +63,12 @@ class ServingConfig(SettingsModel):
     explain_max_rows: int = Field(
         default=64, ge=1, description="Most instances one :explain request may hold; more is answered 400 (the deploy "
         "stage sets it to explain.serving_max_rows).",
+    )
+    feature_store: FeatureStoreRef | None = Field(
+        default=None,
+        description="Look up the feature service's online features by entity key before scoring: a request that "
+        "carries the join keys gets the features it does not carry itself (kfmlops.serving.online_features). "
+        "Unset: requests carry every feature.",
     )
 
 

@@ -17,7 +17,9 @@ as the ``/mnt/models`` that KServe's storage initializer fills. :class:`Predicto
    a custom pyfunc...) through :meth:`LoadedModel.scores <kfmlops.model_contract.LoadedModel.scores>`;
 4. checks the request path end to end on the model's input example against the model's own scores
    (:func:`~kfmlops.serving.outputs.score_diff` within ``serving.parity_tolerance``) before it
-   reports ready.
+   reports ready;
+5. with ``serving.feature_store`` set, opens the Feast feature service whose online features it
+   joins into requests that carry entity keys (:mod:`kfmlops.serving.online_features`).
 
 ``predict`` takes KServe's decoded V1 body (``{"instances": [...]}``) or V2 ``InferRequest`` (one
 input per column), scores the rows (micro-batched with ``serving.micro_batching``) and answers with
@@ -211,6 +213,7 @@ class Predictor(kserve.Model):
         self.served: ServedModel | None = None
         self._rows = REQUEST_ROWS.labels(name)
         self._batcher: MicroBatcher | None = None
+        self._online = None
 
     def load(self) -> bool:
         self.source = resolve_model(self.source_uri, self.tracking_uri)
@@ -230,6 +233,10 @@ class Predictor(kserve.Model):
         else:
             log.warning("serving %s without verifying its provenance", self.source.uri)
         self.served = load_served(model_dir, self.config)
+        if self.config.feature_store is not None:
+            from kfmlops.serving.online_features import OnlineFeatures
+
+            self._online = OnlineFeatures.open(self.config.feature_store)
         if self.config.micro_batching:
             batch_rows = BATCH_ROWS.labels(self.name)
             self._batcher = MicroBatcher(
@@ -243,6 +250,8 @@ class Predictor(kserve.Model):
     async def predict(self, payload, headers=None, response_headers=None):
         served = self.served
         v2 = isinstance(payload, InferRequest)
+        if self._online is not None:  # entity keys -> their online features, before the schema checks
+            payload = self._online.join_v2(payload, served.schema) if v2 else self._online.join_v1(payload, served.schema)
         columns = served.schema.columns_from_v2(payload.inputs) if v2 else served.schema.columns_from_v1(payload)
         arrays = served.encode(columns)
         self._rows.observe(len(arrays[0]))

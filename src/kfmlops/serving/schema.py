@@ -51,7 +51,8 @@ class RequestRejected(InvalidInput):
     Kinds: ``malformed``, ``empty``, ``too_large``, ``missing_column``, ``wrong_type``,
     ``unseen_category``, ``missing_value``, ``refused_by_model`` (the model's own input checks,
     e.g. MLflow's schema enforcement, refused the rows), ``not_explainable`` (501: ``:explain`` on a
-    model with no attribution method).
+    model with no attribution method), ``unknown_entity`` (an entity key the online feature store has
+    no features for: :mod:`kfmlops.serving.online_features`).
     """
 
     def __init__(self, message: str, kind: str, status: int = HTTPStatus.BAD_REQUEST):
@@ -143,7 +144,7 @@ class RequestSchema:
         rows = payload["instances"]
         if not isinstance(rows, list):
             raise RequestRejected('"instances" must be a list of rows', "malformed")
-        self._check_size(len(rows), "instances")
+        self.check_size(len(rows), "instances")
         if isinstance(rows[0], dict):
             return self._from_objects(rows)
         if isinstance(rows[0], list):
@@ -167,7 +168,7 @@ class RequestSchema:
             tensor = by_name.get(column.name)
             if tensor is None or column.kind == "unused":
                 continue
-            values = _tensor_values(tensor)
+            values = tensor_values(tensor)
             shape = list(tensor.shape)
             if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] != len(values):
                 raise RequestRejected(
@@ -176,7 +177,7 @@ class RequestSchema:
                 )
             if n is None:
                 n = len(values)
-                self._check_size(n, f"input {column.name!r}")
+                self.check_size(n, f"input {column.name!r}")
             elif len(values) != n:
                 raise RequestRejected(f"input {column.name!r} has {len(values)} values; other inputs have {n}", "malformed")
             _check_datatype(column, tensor.datatype)
@@ -185,7 +186,8 @@ class RequestSchema:
             raise RequestRejected("no input carries a model feature", "empty")
         return {name: columns.get(name, [None] * n) for name in self.features}
 
-    def _check_size(self, n: int, where: str) -> None:
+    def check_size(self, n: int, where: str) -> None:
+        """A :class:`RequestRejected` naming ``where`` unless a request of ``n`` rows is within ``max_rows``."""
         if n == 0:
             raise RequestRejected(f"{where} is empty: send at least one row", "empty")
         if n > self.max_rows:
@@ -374,7 +376,7 @@ def _numbers(column: Column, values: Sequence) -> Sequence:
     return _numbers(column, out)
 
 
-def _tensor_values(tensor) -> list:
+def tensor_values(tensor) -> list:
     """A V2 input's values as a flat list (JSON ``data``, nested or not, or binary ``raw_data``)."""
     data = tensor.data
     if data is None:
