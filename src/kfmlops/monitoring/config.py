@@ -40,6 +40,21 @@ class InferenceLogConfig(SettingsModel):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
+class CompactionConfig(SettingsModel):
+    """Merging the small Parquet files of closed hours (:mod:`~kfmlops.monitoring.compaction`)."""
+
+    target_file_bytes: int = Field(
+        default=128 << 20, ge=1 << 10,
+        description="Files smaller than this are merged, in groups of at most this many bytes (as stored).",
+    )
+    settle_minutes: float = Field(
+        default=10.0, ge=0.0, description="An hour is compacted once it ended at least this long ago."
+    )
+    interval_minutes: float = Field(
+        default=60.0, ge=0.0, description="The sink compacts the log this often (0: never; `kfmlops sink compact` does)."
+    )
+
+
 class SinkConfig(SettingsModel):
     log: InferenceLogConfig
     host: str = "127.0.0.1"
@@ -66,6 +81,7 @@ class SinkConfig(SettingsModel):
         default=64 << 20, ge=1024,
         description="Commit to Parquet and release the write-ahead log after this many bytes (or log.flush_interval_s).",
     )
+    compaction: CompactionConfig = CompactionConfig()
 
     @property
     def rows_per_event(self) -> int:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from kfmlops.monitoring.compaction import compact
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
 from kfmlops.monitoring.store import InferenceLog, PredictionRecord, committed_request_ids, import_ground_truth
@@ -288,12 +289,15 @@ class Sink:
         self._committer: asyncio.Task | None = None
         self._ticker: asyncio.Task | None = None
         self._checkpoint: asyncio.Task | None = None
+        self._compactor: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.wal = await asyncio.to_thread(WriteAheadLog, self.config.wal_path)
         await asyncio.to_thread(self._replay)
         self._committer = asyncio.create_task(self._commit_forever())
         self._ticker = asyncio.create_task(self._tick())
+        if self.config.compaction.interval_minutes:
+            self._compactor = asyncio.create_task(self._compact_periodically())
 
     async def submit(self, event: InferenceEvent, headers: dict[str, str], body: bytes, received: datetime) -> None:
         """Return once ``event`` is in the write-ahead log, fsync'd; raises :class:`Unavailable`."""
@@ -317,6 +321,8 @@ class Sink:
         the write-ahead log is kept for the next start (logged, never raised)."""
         self._stopping = True
         self._ticker.cancel()
+        if self._compactor is not None:
+            self._compactor.cancel()
         self._wake.set()
         try:
             if self._committer is not None:
@@ -367,6 +373,21 @@ class Sink:
         self.log.append(records)
         log.info("sink: replayed %d events from the write-ahead log (%d requests already committed)",
                  self.replayed, len(committed))
+
+    async def _compact_periodically(self) -> None:
+        """Compact the log's closed hours every ``compaction.interval_minutes`` (an hour another
+        replica is compacting is skipped); a failure is logged and counted, and never refuses events."""
+        while True:
+            await asyncio.sleep(self.config.compaction.interval_minutes * 60)
+            try:
+                done = await asyncio.to_thread(compact, self.log.root, self.config.compaction, self.config.log.compression)
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = f"compacting the log: {type(exc).__name__}: {exc}"
+                log.exception("sink: compacting the log failed (tried again in %s min)", self.config.compaction.interval_minutes)
+                continue
+            log.info("sink: compacted %d files into %d (%d rows) in %d closed hours", done.inputs, done.outputs, done.rows,
+                     done.hours)
 
     async def _tick(self) -> None:
         """Wake the committer now and then: waiting events expire even when nothing arrives."""
@@ -530,7 +551,8 @@ def serve(config: SinkConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kfmlops sink serve`` runs the receiver; ``kfmlops sink import-labels`` commits ground truth."""
+    """``kfmlops sink serve`` runs the receiver; ``kfmlops sink import-labels`` commits ground truth;
+    ``kfmlops sink compact`` merges the small files of closed hours (:mod:`~kfmlops.monitoring.compaction`)."""
     parser = argparse.ArgumentParser(prog="kfmlops sink", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="receive inference-log CloudEvents into Parquet")
@@ -545,11 +567,25 @@ def main(argv: list[str] | None = None) -> int:
     labels.add_argument("file")
     labels.add_argument("--label-column", default="label")
     labels.add_argument("--request-id-column", default="request_id")
+    compaction = commands.add_parser(
+        "compact", help="merge the small Parquet files of closed hours into larger ones (safe beside running sinks)"
+    )
+    compaction.add_argument("--config", help="sink YAML (SinkConfig): its log root and compaction settings")
+    compaction.add_argument("--root", help="the inference log directory")
     args = parser.parse_args(argv)
 
     if args.command == "import-labels":
         n = import_ground_truth(args.root, args.file, label=args.label_column, request_id=args.request_id_column)
         print(f"imported {n} labels into {args.root}")
+        return 0
+    if args.command == "compact":
+        if not (args.config or args.root):
+            parser.error("compact needs --config or --root")
+        config = SinkConfig.from_yaml(args.config) if args.config else SinkConfig(log=InferenceLogConfig(root=args.root))
+        root = args.root or config.log.root
+        done = compact(root, config.compaction, config.log.compression)
+        print(f"compacted {done.inputs} files into {done.outputs} ({done.rows} rows) in {done.hours} closed hours of "
+              f"{root}; {done.recovered} interrupted compactions recovered, {done.busy} hours busy")
         return 0
     if args.config:
         config = SinkConfig.from_yaml(args.config)
