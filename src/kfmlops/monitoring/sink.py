@@ -29,6 +29,12 @@ already hold, so a SIGKILL loses no acknowledged event and duplicates none. On s
 pending event is written, the log committed and the write-ahead log removed. A failure in the
 background (a commit that fails) is logged, counted in ``/healthz`` and retried; it never stops
 the sink, and the events stay in the write-ahead log until they are committed.
+
+In production: with ``auth_token_file`` (or ``$KFMLOPS_SINK_AUTH_TOKEN_FILE``) every POST must carry
+``Authorization: Bearer <token>`` (:mod:`~kfmlops.monitoring.bearer`; 401 otherwise, nothing
+written); with ``tls_cert_file`` and ``tls_key_file`` it serves HTTPS where the mesh does not. Every
+``compaction.interval_minutes`` it merges the small files of closed hours
+(:mod:`~kfmlops.monitoring.compaction`; ``kfmlops sink compact`` does it on demand).
 """
 
 from __future__ import annotations
@@ -39,12 +45,14 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from kfmlops.monitoring.bearer import BearerToken
 from kfmlops.monitoring.compaction import compact
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
@@ -60,6 +68,7 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
 _CLOCK_SLACK_NS = 600 * 10**9  # replay reads files committed up to 10 min before the oldest segment (clock steps)
 _MAX_SYNCS_IN_FLIGHT = 8
+AUTH_TOKEN_ENV = "KFMLOPS_SINK_AUTH_TOKEN_FILE"
 
 
 class EventError(ValueError):
@@ -481,8 +490,14 @@ def _answer(futures: list[asyncio.Future], error: Exception | None) -> None:
 
 
 def create_app(log_: InferenceLog, config: SinkConfig):
-    """The sink as an ASGI application writing into ``log_``; the app closes the log at shutdown."""
+    """The sink as an ASGI application writing into ``log_``; the app closes the log at shutdown.
+
+    With ``auth_token_file`` set, a POST without ``Authorization: Bearer <token>`` (or with another
+    token) is answered 401 before its body is read, and nothing of it is written
+    (:class:`~kfmlops.monitoring.bearer.BearerToken`); ``GET /healthz`` asks no token (probes).
+    """
     state: dict[str, Sink] = {}
+    token = BearerToken(config.auth_token_file) if config.auth_token_file else None
 
     async def lifespan(receive, send) -> None:
         while True:
@@ -504,10 +519,16 @@ def create_app(log_: InferenceLog, config: SinkConfig):
             return
         sink = state["sink"]
         if scope["method"] == "GET" and scope["path"] in ("/healthz", "/ready"):
-            await _respond(send, 200, sink.health())
+            auth = {"auth": "bearer" if token else "none", "auth_problem": token.problem if token else None}
+            await _respond(send, 200, sink.health() | auth)
             return
         if scope["method"] != "POST":
             await _respond(send, 405, {"error": "POST CloudEvents here"})
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if token is not None and not token.accepts(headers.get("authorization")):
+            await _respond(send, 401, {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                           [(b"www-authenticate", b'Bearer realm="kfmlops-sink"')])
             return
         body = bytearray()
         while True:
@@ -518,7 +539,6 @@ def create_app(log_: InferenceLog, config: SinkConfig):
                 return
             if not message.get("more_body"):
                 break
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         received = datetime.now(timezone.utc)
         try:
             event = parse_event(headers, bytes(body), received, config.rows_per_event)
@@ -535,19 +555,27 @@ def create_app(log_: InferenceLog, config: SinkConfig):
     return app
 
 
-async def _respond(send, status: int, payload: dict[str, Any]) -> None:
+async def _respond(send, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def server_config(app, config: SinkConfig):
+    """uvicorn's settings for the sink: ``host``/``port``, and HTTPS when ``tls_cert_file`` is set."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=config.host, port=config.port, lifespan="on", log_level="warning",
+                          ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file)
 
 
 def serve(config: SinkConfig) -> None:
     """Run the sink with uvicorn until SIGINT/SIGTERM, then write what is pending and commit."""
     import uvicorn
 
-    app = create_app(InferenceLog(config.log), config)
-    uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, lifespan="on", log_level="warning")).run()
+    uvicorn.Server(server_config(create_app(InferenceLog(config.log), config), config)).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -560,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", help="the inference log directory")
     run.add_argument("--host")
     run.add_argument("--port", type=int)
+    run.add_argument("--auth-token-file", help=f"the bearer token's file (a mounted Secret); also ${AUTH_TOKEN_ENV}")
+    run.add_argument("--tls-cert-file", help="serve HTTPS with this PEM certificate (with --tls-key-file)")
+    run.add_argument("--tls-key-file")
     labels = commands.add_parser(
         "import-labels", help="commit a file of request id -> label (the model's class names, or numbers) under the log"
     )
@@ -593,8 +624,10 @@ def main(argv: list[str] | None = None) -> int:
         config = SinkConfig(log=InferenceLogConfig(root=args.root))
     else:
         parser.error("serve needs --config or --root")
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    flags = {"host": args.host, "port": args.port, "auth_token_file": args.auth_token_file or os.environ.get(AUTH_TOKEN_ENV),
+             "tls_cert_file": args.tls_cert_file, "tls_key_file": args.tls_key_file}
+    overrides = {k: v for k, v in flags.items() if v}
     if args.root and args.config:
         overrides["log"] = config.log.model_copy(update={"root": args.root})
-    serve(config.model_copy(update=overrides))
+    serve(SinkConfig.model_validate(config.model_dump() | overrides))
     return 0

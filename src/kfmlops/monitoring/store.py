@@ -351,7 +351,7 @@ def hour_files(hour_dir: Path) -> tuple[list[Path], frozenset[str]]:
     """
     try:
         names = {entry.name for entry in os.scandir(hour_dir)}
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return [], frozenset()
     files = {n for n in names if n.endswith(".parquet") and not n.startswith((".", "_"))}
     manifests = {n for n in names if n.startswith(MANIFEST_PREFIX) and n.endswith(".json")}
