@@ -1,6 +1,7 @@
-"""Late labels: a window judged before its labels arrived is re-evaluated once they do, and its
-labelled performance below the policy's minimum starts one retrain, exactly once, through the
-same policy as drift (ledger, cool-down, cap), however often the job runs and labels arrive."""
+"""The drift job on late labels: a window judged before its labels arrived is re-evaluated once
+they do, and its labelled performance below the policy's minimum starts one retrain, exactly once,
+through the same policy as drift (ledger, cool-down, cap), however often the job runs and labels
+arrive. And its serving anomalies: reported, never a reason to retrain."""
 
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def test_late_labels_retrain_exactly_once(setup):
     first = run(config, NOW, submit)  # judged with no labels at all: recorded as awaiting them
     assert first["status"] == "checked" and first["labelled_rows"] == 0 and not first["decision"]["fire"]
     assert first["late_labels"] == {"evaluated": [], "awaiting": 1, "expired": 0}
+    assert not first["anomalies"]["anomalous"] and "0 trailing intervals" in first["anomalies"]["rate"]["note"]
     late = LateLabels(base / "ledger" / DIRECTORY)
     (window,) = late.all()
     assert (window.window_id, window.status, window.labelled_rows) == (first["window_id"], AWAITING, 0)
@@ -158,3 +160,25 @@ def test_windows_without_labels_expire():
                         labelled_rows=0)
     policy = PolicyConfig(label_wait_hours=24)
     assert not expired(window, policy, 23 * 3600) and expired(window, policy, 25 * 3600)
+
+
+def test_serving_anomaly_is_reported_and_retrains_nothing(setup):
+    """A day of steady traffic with P(yes) around 0.3 before the window; the window's scores are
+    uniform: the score shift is reported (summary, metrics), the rate is steady, nothing fires."""
+    base, _ = setup
+    rng = np.random.default_rng(5)
+    since = NOW.replace(hour=0, minute=0) - timedelta(hours=24)
+    with InferenceLog(InferenceLogConfig(root=str(base / "log"))) as log:
+        log.append(PredictionRecord(model="m", request_id=f"t{i}", output=float(rng.beta(2, 5)), model_version="1",
+                                    inputs={"x": float(rng.normal()), "g": "a"}, timestamp=since + timedelta(seconds=28 * i))
+                   for i in range(24 * 3600 // 28))
+    config = _config(base).model_copy(update={"anomaly": _config(base).anomaly.model_copy(update={"trailing_hours": 24})})
+    summary = run(config, NOW, lambda arguments: pytest.fail("an anomaly is no reason to retrain"))
+    anomalies = summary["anomalies"]
+    assert anomalies["scores"]["anomalous"] and anomalies["scores"]["psi"] > 0.25
+    assert anomalies["rate"]["checked"] and not anomalies["rate"]["anomalous"]
+    assert anomalies["reasons"][0].startswith("served scores: PSI") and not summary["decision"]["fire"]
+    prom = (base / "drift.prom").read_text()
+    assert 'kfmlops_serving_anomaly{check="scores",model="m"} 1.0' in prom
+    assert 'kfmlops_serving_anomaly{check="rate",model="m"} 0.0' in prom
+    assert "Serving anomalies" in (base / "out" / "report.html").read_text()
