@@ -457,7 +457,11 @@ def test_sink_and_drift_job(overlay):
     name, objs = overlay
     sink = get(objs, "Deployment", "inference-log-sink")
     (c,) = sink["spec"]["template"]["spec"]["containers"]
-    assert c["command"] == ["kfmlops", "sink", "--host", "0.0.0.0", "--port", "8080", "--root", "/data/inference-log"]
+    assert c["command"] == ["kfmlops", "sink", "serve", "--host", "0.0.0.0", "--port", "8080", "--root", "/data/inference-log"]
+    (token,) = [v for v in sink["spec"]["template"]["spec"]["volumes"] if v["name"] == "token"]
+    assert token["secret"] == {"secretName": "kfmlops-sink-token", "optional": True, "defaultMode": 0o440,
+                               "items": [{"key": "token", "path": "token"}]}
+    assert {"name": "token", "mountPath": "/etc/kfmlops/sink-token", "readOnly": True} in c["volumeMounts"]
     assert sink["spec"]["replicas"] == (2 if name == "prod" else 1)
     pvc = get(objs, "PersistentVolumeClaim", "inference-log")
     assert pvc["spec"]["accessModes"] == (["ReadWriteMany"] if name == "prod" else ["ReadWriteOnce"])

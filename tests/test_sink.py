@@ -28,7 +28,7 @@ import uvicorn
 
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
-from kfmlops.monitoring.sink import REQUEST, RESPONSE, EventError, EventJoiner, create_app, parse_event
+from kfmlops.monitoring.sink import REQUEST, RESPONSE, EventError, EventJoiner, create_app, parse_event, server_config
 from kfmlops.monitoring.wal import WriteAheadLog, read_segment, sync
 from kfmlops.monitoring.store import (
     InferenceLog,
@@ -209,7 +209,7 @@ def running_sink(config: SinkConfig):
     app = create_app(InferenceLog(config.log), config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    server = uvicorn.Server(server_config(app, config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -217,7 +217,7 @@ def running_sink(config: SinkConfig):
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"{'https' if config.tls_cert_file else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -508,3 +508,92 @@ def test_write_ahead_log_adopts_only_dead_writers_and_stops_at_a_torn_tail(tmp_p
     assert not live.own.exists()  # released: the dead writer's directory is gone
     heir.close(remove=True)
     assert not any(tmp_path.iterdir())
+
+
+def _rotate(path: Path, token: str) -> None:
+    """Replace the token file as the kubelet updates a Secret: a new file renamed into place."""
+    (path.parent / ".new").write_text(token + "\n")
+    os.replace(path.parent / ".new", path)
+
+
+def test_sink_asks_for_the_bearer_token_and_follows_its_rotation(tmp_path):
+    token = tmp_path / "secret" / "token"
+    token.parent.mkdir()
+    _rotate(token, "first-token")
+    config = SinkConfig(log=InferenceLogConfig(root=str(tmp_path / "log")), auth_token_file=str(token), join_timeout_s=60)
+
+    def post(url: str, event_id: str, authorization: str | None) -> httpx.Response:
+        event = _event(REQUEST, event_id, {"instances": [{"age": 1}]})
+        headers = event["headers"] | ({"authorization": authorization} if authorization else {})
+        return httpx.post(url, headers=headers, content=event["content"])
+
+    with running_sink(config) as url:
+        refused = [post(url, "none", None), post(url, "wrong", "Bearer first-tokeN"), post(url, "basic", "Basic Zmlyc3Q="),
+                   post(url, "prefix", "Bearer first")]
+        assert [r.status_code for r in refused] == [401] * 4
+        assert refused[0].headers["www-authenticate"].startswith("Bearer") and "bearer token" in refused[0].json()["error"]
+        assert post(url, "ok-1", "Bearer first-token").status_code == 200
+        assert post(url, "ok-2", "bearer   first-token").status_code == 200  # the scheme is case-insensitive
+        _rotate(token, "second-token")
+        assert post(url, "old", "Bearer first-token").status_code == 401
+        assert post(url, "ok-3", "Bearer second-token").status_code == 200
+        token.unlink()  # a Secret gone: every event refused, never an open sink
+        assert post(url, "gone", "Bearer second-token").status_code == 401
+        health = httpx.get(url + "/healthz").json()  # probes ask no token
+        assert health["auth"] == "bearer" and "No such file" in health["auth_problem"]
+        _rotate(token, "second-token")
+        assert post(url, "ok-4", "Bearer second-token").status_code == 200
+        assert httpx.get(url + "/healthz").json()["auth_problem"] is None
+    ids = read_window(tmp_path / "log", "adult", *ALL_TIME)["request_id"].to_pylist()
+    assert sorted(ids) == ["ok-1", "ok-2", "ok-3", "ok-4"]  # nothing refused was written
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (an IP address SAN) and its key, made here with cryptography."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kfmlops-sink-test")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_sink_serves_https_with_its_certificate(tmp_path):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "token").write_text("t0k3n")
+    config = SinkConfig(log=InferenceLogConfig(root=str(tmp_path / "log")), tls_cert_file=str(cert), tls_key_file=str(key),
+                        auth_token_file=str(tmp_path / "token"), join_timeout_s=60)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    with running_sink(config) as url:
+        assert url.startswith("https://127.0.0.1:")
+        with httpx.Client(verify=trusted) as client:
+            for kind, body in ((REQUEST, {"instances": [{"age": 7}]}), (RESPONSE, {"predictions": [0.5]})):
+                event = _event(kind, "tls-1", body)
+                response = client.post(url, headers=event["headers"] | {"authorization": "Bearer t0k3n"},
+                                       content=event["content"])
+                assert response.status_code == 200
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(url + "/healthz")  # a client that does not trust the certificate
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https", "http") + "/healthz")  # no plain HTTP on the TLS port
+    (row,) = read_window(tmp_path / "log", "adult", *ALL_TIME).to_pylist()
+    assert (row["request_id"], row["input.age"], row["prediction"]) == ("tls-1", 7, 0.5)
+    with pytest.raises(ValueError, match="both tls_cert_file and tls_key_file"):
+        SinkConfig(log=InferenceLogConfig(root="x"), tls_cert_file=str(cert))

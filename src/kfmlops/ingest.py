@@ -155,8 +155,6 @@ def fingerprint(uris: list[str]) -> str:
     for uri in uris:
         _hash_file(uri, digest)
         digest.update(b"\0")
-    if definition is not None:
-        digest.update(json.dumps(definition, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()
 
 

@@ -5,7 +5,8 @@ how long a request waits for its response, how large an event may be). :class:`D
 configures ``kfmlops drift``: what to check (a window of the inference log or any dataset),
 against what (the served model version's training data), how (Evidently stat tests), what counts
 as a reason to retrain (:class:`PolicyConfig`), where the figures go (:class:`MetricsConfig`) and
-how retraining is submitted (:class:`TriggerConfig`).
+how retraining is submitted (:class:`TriggerConfig`), and which shifts of the serving metrics are
+reported as anomalies (:class:`AnomalyConfig`).
 Both load from YAML; relative paths in a file are relative to that file.
 """
 
@@ -40,6 +41,21 @@ class InferenceLogConfig(SettingsModel):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
+class CompactionConfig(SettingsModel):
+    """Merging the small Parquet files of closed hours (:mod:`~kfmlops.monitoring.compaction`)."""
+
+    target_file_bytes: int = Field(
+        default=128 << 20, ge=1 << 10,
+        description="Files smaller than this are merged, in groups of at most this many bytes (as stored).",
+    )
+    settle_minutes: float = Field(
+        default=10.0, ge=0.0, description="An hour is compacted once it ended at least this long ago."
+    )
+    interval_minutes: float = Field(
+        default=60.0, ge=0.0, description="The sink compacts the log this often (0: never; `kfmlops sink compact` does)."
+    )
+
+
 class SinkConfig(SettingsModel):
     log: InferenceLogConfig
     host: str = "127.0.0.1"
@@ -66,6 +82,22 @@ class SinkConfig(SettingsModel):
         default=64 << 20, ge=1024,
         description="Commit to Parquet and release the write-ahead log after this many bytes (or log.flush_interval_s).",
     )
+    compaction: CompactionConfig = CompactionConfig()
+    auth_token_file: str | None = Field(
+        default=None,
+        description="A file holding the bearer token every POST must carry (a mounted Secret, re-read when it changes); "
+        "unset: no token asked. $KFMLOPS_SINK_AUTH_TOKEN_FILE overrides it.",
+    )
+    tls_cert_file: str | None = Field(
+        default=None, description="Serve HTTPS with this PEM certificate (chain) where the mesh does not; with tls_key_file."
+    )
+    tls_key_file: str | None = Field(default=None, description="The PEM private key of tls_cert_file.")
+
+    @model_validator(mode="after")
+    def _tls_needs_both(self) -> "SinkConfig":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        return self
 
     @property
     def rows_per_event(self) -> int:
@@ -83,6 +115,8 @@ class SinkConfig(SettingsModel):
         return config.model_copy(update={
             "log": config.log.model_copy(update={"root": resolve_path(config.log.root, base)}),
             "wal_dir": resolve_path(config.wal_dir, base),
+            **{field: resolve_path(getattr(config, field), base)
+               for field in ("auth_token_file", "tls_cert_file", "tls_key_file")},
         })
 
 
@@ -146,6 +180,11 @@ class PolicyConfig(SettingsModel):
         description="The performance signal's limits on the labelled window, each in its metric's direction: "
         "{roc_auc: 0.8} fires below 0.8, {rmse: 4.0} above 4.0 (see WATCHED_METRICS for each task's metrics).",
     )
+    label_wait_hours: float = Field(
+        default=168.0, ge=0.0,
+        description="performance: a window judged with fewer than min_labelled_rows labels is re-evaluated when they "
+        "arrive, for this long after it was judged (kfmlops.monitoring.late_labels).",
+    )
     cooldown_hours: float = Field(default=24.0, ge=0.0, description="Least time between two retrains of a model.")
     max_retrains_per_day: int = Field(default=1, ge=0, description="Per model, over any 24 hours; 0 never retrains.")
 
@@ -159,6 +198,23 @@ class PolicyConfig(SettingsModel):
             raise ValueError(f"min_performance names unknown metrics {unknown}; known: "
                              + "; ".join(f"{task}: {', '.join(m)}" for task, m in WATCHED_METRICS.items()))
         return self
+
+
+class AnomalyConfig(SettingsModel):
+    """Anomalies in the serving metrics of a window of the log (:mod:`~kfmlops.monitoring.anomaly`); reported, never retrained on."""
+
+    trailing_hours: int = Field(
+        default=168, ge=0, description="The window is compared with this many hours before it (0: no anomaly check)."
+    )
+    interval_minutes: int = Field(default=60, ge=1, le=1440, description="Predictions are counted per interval this long.")
+    rate_z: float = Field(
+        default=5.0, gt=0.0, description="A window interval whose count is this many robust standard deviations off the trailing median."
+    )
+    score_psi: float = Field(
+        default=0.25, gt=0.0, description="The window's served scores shifted: PSI against the trailing scores at least this."
+    )
+    min_trailing_intervals: int = Field(default=6, ge=2, description="Fewer trailing intervals with traffic: no rate check.")
+    min_scores: int = Field(default=100, ge=10, description="Fewer scores in the window or before it: no score check.")
 
 
 class MetricsConfig(SettingsModel):
@@ -198,6 +254,7 @@ class DriftConfig(SettingsModel):
     reference: ReferenceConfig = ReferenceConfig()
     drift: DriftTestConfig = DriftTestConfig()
     policy: PolicyConfig = PolicyConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
     metrics: MetricsConfig = MetricsConfig()
     trigger: TriggerConfig = TriggerConfig()
 

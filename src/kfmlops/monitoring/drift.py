@@ -15,6 +15,12 @@ recomputed with the served model (:mod:`~kfmlops.monitoring.window`,
   predicted value, a numerical one; for a binary task P(positive) too), data quality, performance
   on labelled rows (binary ROC AUC and the figures at the threshold, multiclass accuracy and macro
   F1, regression RMSE and MAE), the policy decision and the retrain it started, if any;
+  ``anomalies`` (a window of the log): shifts of the prediction rate and of the served scores
+  against the hours before the window (:mod:`~kfmlops.monitoring.anomaly`; reported, never a
+  reason to retrain); ``late_labels``: the earlier windows, judged before their labels arrived,
+  that this run re-evaluated on their labels now imported, each with its performance, the
+  policy's decision and the retrain it started (:mod:`~kfmlops.monitoring.late_labels`), and how
+  many still await labels;
 - ``report.html``: the same as a self-contained page;
 - ``evidently.html`` / ``evidently_performance.html``: Evidently's interactive reports (column
   statistics and current-vs-reference distributions; classification or regression quality) on a
@@ -33,7 +39,7 @@ beside it (:func:`exit_code`):
 - ``too_small``, exit 0 as well: a window below ``policy.min_rows`` (a quiet hour on a schedule,
   not a fault: nothing is checked and nothing triggered, and the console, report and ``problems``
   say so) — a CronJob is not marked failed, or retried, for traffic that did not come;
-- ``retrain`` failed to start (``retrain.status`` ``failed``), exit 1;
+- ``retrain`` failed to start (``retrain.status`` ``failed``, or a late-label retrain's), exit 1;
 - ``misconfigured``, exit 2: nothing was checked because the configuration points at nothing
   (an unknown model in the registry, no such version or alias, a ``window.model`` with no
   predictions in the log, unreadable data, a model whose task its training data contradicts, a
@@ -57,8 +63,8 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +78,7 @@ from kfmlops.durable import write_text_atomically
 from kfmlops.ingest import IngestError, fingerprint, normalise_name, read_batches
 from kfmlops.model_contract import ModelContractError, load, read_info
 from kfmlops.monitoring import prometheus
+from kfmlops.monitoring.anomaly import serving_anomalies
 from kfmlops.monitoring.config import DriftConfig, DriftTestConfig
 from kfmlops.monitoring.lineage import (
     ServedModel,
@@ -81,6 +88,16 @@ from kfmlops.monitoring.lineage import (
     resolve_task,
     score_reference,
     served_model,
+)
+from kfmlops.monitoring.late_labels import (
+    DIRECTORY,
+    EVALUATED,
+    EXPIRED,
+    LateLabels,
+    LateWindow,
+    awaits_labels,
+    expired,
+    late_window_id,
 )
 from kfmlops.monitoring.policy import Decision, Figures, Ledger, check_performance_limits, decide, window_id
 from kfmlops.monitoring.stats import CATEGORICAL, NUMERICAL, ColumnDrift, column_drift, column_quality, column_type, performance
@@ -102,6 +119,7 @@ from kfmlops.typed import ConfigError
 log = logging.getLogger(__name__)
 
 CHECKED, INCOMPLETE, TOO_SMALL, MISCONFIGURED = "checked", "incomplete", "too_small", "misconfigured"
+NOT_SUBMITTED = {"submitted": False, "status": "not submitted: no submitter (trigger.submitter is none, or --dry-run)"}
 EXIT_OK, EXIT_RETRAIN_FAILED, EXIT_MISCONFIGURED, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
@@ -307,7 +325,8 @@ def exit_code(summary: dict[str, Any]) -> int:
     """``kfmlops drift``'s exit code for a summary (see the module docstring)."""
     if summary["status"] == MISCONFIGURED:
         return EXIT_MISCONFIGURED
-    if summary["retrain"].get("status") == "failed":
+    late = (summary.get("late_labels") or {}).get("evaluated", [])
+    if summary["retrain"].get("status") == "failed" or any(w["retrain"].get("status") == "failed" for w in late):
         return EXIT_RETRAIN_FAILED
     return EXIT_INCOMPLETE if summary["status"] == INCOMPLETE else EXIT_OK
 
@@ -446,12 +465,18 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
         "model": model, "window": identity, "window_id": window_id(identity), "run_at": now.timestamp(),
         "rows": raw.num_rows, "labelled_rows": _raw_labelled_rows(raw, normalise_name(training.data.label), from_log),
         "task": None, "served": None, "reference": None, "drift": None, "prediction_drift": None, "quality": None,
-        "performance": None, "retrain": {}, "reports": {}, "problems": [],
+        "performance": None, "retrain": {}, "reports": {}, "problems": [], "anomalies": None, "late_labels": None,
     }
+    if from_log and config.anomaly.trailing_hours:
+        t = time.monotonic()
+        summary["anomalies"] = _anomalies(config, raw, identity)
+        timings["anomalies"] = time.monotonic() - t
     ledger = Ledger(config.trigger.ledger_dir or kfmlops_home() / "drift" / "ledger")
+    late = LateLabels(ledger.directory / DIRECTORY)
     if raw.num_rows < config.policy.min_rows:
         decision = decide(Figures(rows=raw.num_rows), config.policy, ledger, summary["window_id"], model, now.timestamp())
         summary |= {"status": TOO_SMALL, "decision": decision.as_dict(), "problems": decision.blocked}
+        summary["late_labels"] = _late_labels(config, training, ledger, late, submit, now)
         return _finish(summary, config, ledger, out, timings, started)
 
     t = time.monotonic()
@@ -464,7 +489,7 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
 
     t = time.monotonic()
     current, data_issues = current_for(raw, from_log, task, training, na_values)
-    labelled_rows = int(len(current) - current[task.label].null_count) if task.label in current.column_names else 0
+    labelled_rows = _labelled_rows(current, task)
     features = config.drift.columns or [c for c in reference.table.column_names
                                         if c != task.label and c != PREDICTION and not c.startswith(PROBA_PREFIX)]
     comparison = compare(current, reference.table, features, task, config)
@@ -501,22 +526,98 @@ def _run(config: DriftConfig, now: datetime, submit: Submitter | None, out: Path
     summary["decision"] = decision.as_dict()
     if decision.fire:
         t = time.monotonic()
-        summary["retrain"] = _retrain(decision, summary, current, reference.table, task, training, ledger, submit, config, now)
+        reason = {
+            "window": summary["window"], "window_id": decision.window_id, "reasons": decision.reasons,
+            "signals": decision.signals, "drift_share": drift_share, "drifted": drifted,
+            "prediction_drift": summary["prediction_drift"], "performance": summary["performance"],
+        }
+        summary["retrain"] = (_retrain(decision, reason, current, reference.table, task, training, ledger, submit, config, now)
+                              if submit else NOT_SUBMITTED)
         timings["retrain"] = time.monotonic() - t
+    if awaits_labels(config.policy, from_log, True, labelled_rows):
+        late.create(LateWindow(summary["window_id"], model, identity["start"], identity["end"], task.to_json(),
+                               reference.uri, now.timestamp(), labelled_rows))
+    t = time.monotonic()
+    summary["late_labels"] = _late_labels(config, training, ledger, late, submit, now)
+    timings["late_labels"] = time.monotonic() - t
     return _finish(summary, config, ledger, out, timings, started)
 
 
+def _labelled_rows(current: pa.Table, task: Task) -> int:
+    return int(len(current) - current[task.label].null_count) if task.label in current.column_names else 0
+
+
+def _anomalies(config: DriftConfig, raw: pa.Table, identity: dict[str, Any]) -> dict[str, Any]:
+    """:func:`~kfmlops.monitoring.anomaly.serving_anomalies` of the window's rows against the
+    ``anomaly.trailing_hours`` of the log before it."""
+    start, end = datetime.fromisoformat(identity["start"]), datetime.fromisoformat(identity["end"])
+    since = start - timedelta(hours=config.anomaly.trailing_hours)
+    trailing = read_window(config.log_root, config.model_name, since, start,
+                           lambda name: name == "prediction" or name.startswith(OUTPUT_PREFIX))
+    return serving_anomalies(raw, trailing, start, end, config.anomaly)
+
+
+def _late_labels(config: DriftConfig, training: PipelineConfig, ledger: Ledger, late: LateLabels,
+                 submit: Submitter | None, now: datetime) -> dict[str, Any]:
+    """Re-evaluate the model's windows awaiting labels whose labels arrived (see
+    :mod:`~kfmlops.monitoring.late_labels`); what became of each, and how many still wait."""
+    report: dict[str, Any] = {"evaluated": [], "awaiting": 0, "expired": 0}
+    if config.log_root is None or "performance" not in config.policy.signals:
+        return report
+    for window in late.awaiting(config.model_name):
+        if expired(window, config.policy, now.timestamp()):
+            late.replace(replace(window, status=EXPIRED))
+            report["expired"] += 1
+            continue
+        start, end = datetime.fromisoformat(window.start), datetime.fromisoformat(window.end)
+        keys = read_window(config.log_root, config.model_name, start, end, lambda _: False)
+        labelled = keys.num_rows - keys["label"].null_count if "label" in keys.column_names else 0
+        if labelled < config.policy.min_labelled_rows:
+            report["awaiting"] += 1
+            continue
+        outcome = _evaluate_late(window, config, training, ledger, submit, now)
+        report["evaluated"].append(outcome)
+        if outcome["decision"]["fire"] and submit is None:  # a run that may submit will
+            report["awaiting"] += 1
+            continue
+        late.replace(replace(window, status=EVALUATED, evaluated_at=now.timestamp(), labelled_rows=outcome["labelled_rows"],
+                             performance=outcome["performance"], decision=outcome["decision"]))
+    return report
+
+
+def _evaluate_late(window: LateWindow, config: DriftConfig, training: PipelineConfig, ledger: Ledger,
+                   submit: Submitter | None, now: datetime) -> dict[str, Any]:
+    """The labelled performance of a window judged before its labels arrived, under the task it was
+    judged with; the policy's decision on it (the performance signal only) and the retrain it started."""
+    task = Task.from_json(window.task)
+    start, end = datetime.fromisoformat(window.start), datetime.fromisoformat(window.end)
+    raw = read_window(config.log_root, config.model_name, start, end, _logged_column)
+    current, problems = current_for(raw, True, task, training, training.settings.ingest.na_values)
+    labelled_rows = _labelled_rows(current, task)
+    performance = window_performance(current, task)
+    figures = Figures(rows=current.num_rows, labelled_rows=labelled_rows, task=task.kind, performance=performance or {})
+    policy = config.policy.model_copy(update={"signals": ["performance"]})
+    decision = decide(figures, policy, ledger, late_window_id(window.identity), config.model_name, now.timestamp())
+    retrain_: dict[str, Any] = {}
+    if decision.fire:
+        reason = {"window": window.identity, "window_id": decision.window_id, "judged_window_id": window.window_id,
+                  "reasons": decision.reasons, "signals": decision.signals, "late_labels": True, "performance": performance}
+        if submit is None:
+            retrain_ = NOT_SUBMITTED
+        else:
+            reference, _ = load_reference(window.reference_uri, training)
+            retrain_ = _retrain(decision, reason, current, reference, task, training, ledger, submit, config, now)
+    return {"window_id": window.window_id, "window": window.identity, "rows": current.num_rows,
+            "labelled_rows": labelled_rows, "performance": performance, "problems": problems,
+            "decision": decision.as_dict(), "retrain": retrain_}
+
+
 def _retrain(
-    decision: Decision, summary: dict[str, Any], current: pa.Table, reference: pa.Table, task: Task,
-    training: PipelineConfig, ledger: Ledger, submit: Submitter | None, config: DriftConfig, now: datetime,
+    decision: Decision, reason: dict[str, Any], current: pa.Table, reference: pa.Table, task: Task,
+    training: PipelineConfig, ledger: Ledger, submit: Submitter, config: DriftConfig, now: datetime,
 ) -> dict[str, Any]:
-    if submit is None:
-        return {"submitted": False, "status": "not submitted: no submitter (trigger.submitter is none, or --dry-run)"}
-    reason = {
-        "window": summary["window"], "window_id": decision.window_id, "reasons": decision.reasons,
-        "drift_share": summary["drift"]["share"], "drifted": summary["drift"]["drifted"],
-        "prediction_drift": summary["prediction_drift"], "performance": summary["performance"],
-    }
+    """Fresh data (``reference`` plus ``current``'s labelled rows, ``reason`` in its metadata) and
+    the training pipeline submitted once for ``decision``'s ledger id (:func:`~kfmlops.monitoring.trigger.retrain`)."""
     data_dir = Path(config.trigger.data_dir or kfmlops_home() / "drift" / "data") / config.model_name / decision.window_id
     labelled = current.filter(pc.is_valid(current[task.label]))
     reference = reference.drop_columns([c for c in reference.column_names if c == PREDICTION or c.startswith(PROBA_PREFIX)])
@@ -527,11 +628,13 @@ def _retrain(
                                       task).pipeline_arguments()
     arguments["run_tags"] = {  # why this run started, on the new MLflow run
         "kfmlops.retrain.window_id": decision.window_id,
+        "kfmlops.retrain.signals": ",".join(decision.signals),
         "kfmlops.retrain.reasons": json.dumps(decision.reasons)[:TAG_LIMIT],
-        "kfmlops.retrain.drift_share": f"{summary['drift']['share']:.4f}",
     }
+    if reason.get("drift_share") is not None:
+        arguments["run_tags"]["kfmlops.retrain.drift_share"] = f"{reason['drift_share']:.4f}"
     try:
-        entry, submitted = retrain(decision, config.model_name, summary["window"], arguments, ledger, submit, now.timestamp())
+        entry, submitted = retrain(decision, config.model_name, reason["window"], arguments, ledger, submit, now.timestamp())
     except Exception as exc:  # recorded in the ledger and the summary; main() exits non-zero
         log.exception("drift: submitting the training pipeline failed")
         return {"submitted": False, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "source": arguments["data"]["source"]}
@@ -598,6 +701,18 @@ def render(summary: dict[str, Any]) -> str:
         if links:
             sections.append(("Evidently reports", "<p>Interactive, on a sample of the rows (the figures above use "
                              f"every row):</p><ul>{links}</ul>"))
+    anomalies = summary.get("anomalies")
+    if anomalies:
+        text = "; ".join(anomalies["reasons"]) or "No sudden shift of the prediction rate or the served scores."
+        sections.append(("Serving anomalies (reported, never a reason to retrain)",
+                         f"<p>{report.verdict(not anomalies['anomalous'], warning=True)} {report.fmt(text)}</p>"))
+    late = summary.get("late_labels")
+    if late and late["evaluated"]:
+        sections.append((f"Late labels: {len(late['evaluated'])} windows re-evaluated, {late['awaiting']} still awaiting labels",
+                         report.table({"window": f"{w['window']['start']} .. {w['window']['end']}",
+                                       "labelled rows": w["labelled_rows"], "performance": json.dumps(w["performance"]),
+                                       "reasons": "; ".join(w["decision"]["reasons"] + w["decision"]["blocked"]),
+                                       "retrain": w["retrain"].get("status", "no")} for w in late["evaluated"])))
     return report.page(f"Drift: {summary['model']}", sections)
 
 
@@ -627,4 +742,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for problem in summary["problems"]:
         print(f"  check incomplete: {problem}", file=sys.stderr)
+    for reason in (summary["anomalies"] or {}).get("reasons", []):
+        print(f"  serving anomaly: {reason}")
+    late = summary["late_labels"] or {}
+    for window in late.get("evaluated", []):
+        print(f"  late labels: window {window['window']['start']} .. {window['window']['end']} re-evaluated on "
+              f"{window['labelled_rows']} labelled rows: signals {window['decision']['signals'] or 'none'}, "
+              f"retrain {window['retrain'].get('status', 'no')}")
+    if late.get("awaiting"):
+        print(f"  late labels: {late['awaiting']} windows await their labels")
     return exit_code(summary)

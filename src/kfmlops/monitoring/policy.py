@@ -7,10 +7,9 @@ reasons), and whether a retrain may start now or what blocks it (window too smal
 labelled rows, the window already handled, cool-down, daily cap).
 
 The :class:`Ledger` is a directory with one JSON record per window that started (or tried to
-start) a retrain. A record is created with exclusive, atomic semantics (written to a temporary
-file, fsync'd, then hard-linked to its final name, which fails if the name exists), so two job
-attempts for the same window can never both claim it, and a crash never leaves a half-written
-record. Cool-down and the daily cap count every claimed window of the model, submitted or not.
+start) a retrain. A record is created with exclusive, atomic semantics
+(:class:`~kfmlops.monitoring.records.Records`), so two job attempts for the same window can never
+both claim it, and a crash never leaves a half-written record. Cool-down and the daily cap count every claimed window of the model, submitted or not.
 """
 
 from __future__ import annotations
@@ -18,13 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from kfmlops.durable import fsync_path
 from kfmlops.monitoring.config import WATCHED_METRICS, PolicyConfig
+from kfmlops.monitoring.records import Records
 from kfmlops.typed import ConfigError
 
 CLAIMED, SUBMITTED, FAILED = "claimed", "submitted", "failed"
@@ -78,55 +75,22 @@ def window_id(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class Ledger:
+class Ledger(Records[LedgerEntry]):
     """One JSON record per window that claimed a retrain, in ``directory`` (local disk or mounted volume)."""
 
     def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def get(self, window_id_: str) -> LedgerEntry | None:
-        path = self._path(window_id_)
-        try:
-            return LedgerEntry(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            return None
+        super().__init__(directory, LedgerEntry)
 
     def entries(self, model: str) -> list[LedgerEntry]:
-        found = []
-        for path in self.directory.glob("*.json"):
-            entry = LedgerEntry(**json.loads(path.read_text()))
-            if entry.model == model:
-                found.append(entry)
-        return sorted(found, key=lambda e: e.claimed_at)
+        return sorted((e for e in self.all() if e.model == model), key=lambda e: e.claimed_at)
 
     def claim(self, entry: LedgerEntry) -> bool:
         """Create ``entry``'s record unless its window already has one; True when this call created it."""
-        temporary = self._write_temporary(entry)
-        try:
-            os.link(temporary, self._path(entry.window_id))
-        except FileExistsError:
-            return False
-        finally:
-            temporary.unlink()
-        fsync_path(self.directory)
-        return True
+        return self.create(entry)
 
     def update(self, entry: LedgerEntry) -> None:
         """Atomically replace the record of a window this process claimed."""
-        os.replace(self._write_temporary(entry), self._path(entry.window_id))
-        fsync_path(self.directory)
-
-    def _path(self, window_id_: str) -> Path:
-        return self.directory / f"{window_id_}.json"
-
-    def _write_temporary(self, entry: LedgerEntry) -> Path:
-        temporary = self.directory / f".{entry.window_id}.{uuid.uuid4().hex}.tmp"
-        with open(temporary, "w") as handle:
-            json.dump(asdict(entry), handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return temporary
+        self.replace(entry)
 
 
 def signals(figures: Figures, policy: PolicyConfig) -> tuple[list[str], list[str]]:

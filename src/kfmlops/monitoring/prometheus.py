@@ -7,7 +7,11 @@ and ``method``), ``kfmlops_drift_prediction_score`` and ``kfmlops_drift_predicti
 labelled ``column``: ``prediction``, ``proba:<positive class>``, and ``method``),
 ``kfmlops_drift_rows_checked``, ``kfmlops_drift_labelled_rows``, ``kfmlops_drift_performance``
 (also labelled ``task`` and ``metric``: ``roc_auc``, ``accuracy``, ``macro_f1``, ``rmse``...),
-``kfmlops_drift_retrain_triggered`` (0/1) and ``kfmlops_drift_last_run_timestamp_seconds``.
+``kfmlops_drift_retrain_triggered`` (0/1: drift, or performance on labels that arrived late),
+``kfmlops_drift_windows_awaiting_labels``, ``kfmlops_drift_late_label_evaluations``,
+``kfmlops_drift_last_run_timestamp_seconds``; for a window of the log, ``kfmlops_serving_anomaly``
+(0/1, also labelled ``check``: ``rate`` or ``scores``), ``kfmlops_serving_rate_max_abs_z`` and
+``kfmlops_serving_score_psi``.
 
 Beside the figures, what the alerts compare them with and what the dashboards show:
 
@@ -95,8 +99,26 @@ def registry_for(summary: dict[str, Any], model: str, policy: PolicyConfig, retr
             bound, side = ("minimum", "above") if directions[name] else ("maximum", "below")
             gauge(f"kfmlops_drift_performance_{bound}", f"policy.min_performance: the window's metric must stay {side} this.",
                   limit, task=task, metric=name)
-    gauge("kfmlops_drift_retrain_triggered", "1 when this run started a retrain.", float(bool(summary.get("retrain", {}).get("submitted"))))
+    late = summary.get("late_labels") or {}
+    gauge("kfmlops_drift_windows_awaiting_labels", "Windows judged before enough labels arrived, still waiting.",
+          late.get("awaiting"))
+    gauge("kfmlops_drift_late_label_evaluations", "Windows this run re-evaluated on labels that arrived late.",
+          len(late["evaluated"]) if late else None)
+    started = [summary.get("retrain", {})] + [w["retrain"] for w in late.get("evaluated", [])]
+    gauge("kfmlops_drift_retrain_triggered", "1 when this run started a retrain (drift, or performance on late labels).",
+          float(any(r.get("submitted") for r in started)))
     _retrain_gauges(registry, model, list(retrains))
+    anomalies = summary.get("anomalies")
+    if anomalies:
+        flagged = Gauge("kfmlops_serving_anomaly", "1 when the check found a sudden shift (reported, never retrained on).",
+                        ["model", "check"], registry=registry)
+        for check in ("rate", "scores"):
+            if anomalies[check]["checked"]:
+                flagged.labels(model=model, check=check).set(float(anomalies[check]["anomalous"]))
+        gauge("kfmlops_serving_rate_max_abs_z", "Largest robust z-score of a window interval's prediction count.",
+              anomalies["rate"].get("max_abs_z"))
+        gauge("kfmlops_serving_score_psi", "PSI of the window's served scores against the trailing hours'.",
+              anomalies["scores"].get("psi"))
     return registry
 
 

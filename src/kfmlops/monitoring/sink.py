@@ -30,6 +30,12 @@ already hold, so a SIGKILL loses no acknowledged event and duplicates none. On s
 pending event is written, the log committed and the write-ahead log removed. A failure in the
 background (a commit that fails) is logged, counted in ``/healthz`` and retried; it never stops
 the sink, and the events stay in the write-ahead log until they are committed.
+
+In production: with ``auth_token_file`` (or ``$KFMLOPS_SINK_AUTH_TOKEN_FILE``) every POST must carry
+``Authorization: Bearer <token>`` (:mod:`~kfmlops.monitoring.bearer`; 401 otherwise, nothing
+written); with ``tls_cert_file`` and ``tls_key_file`` it serves HTTPS where the mesh does not. Every
+``compaction.interval_minutes`` it merges the small files of closed hours
+(:mod:`~kfmlops.monitoring.compaction`; ``kfmlops sink compact`` does it on demand).
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from kfmlops.monitoring.bearer import BearerToken
+from kfmlops.monitoring.compaction import compact
 from kfmlops.monitoring.config import InferenceLogConfig, SinkConfig
 from kfmlops.monitoring.payloads import request_rows, response_rows
 from kfmlops.monitoring.sink_metrics import CONTENT_TYPE, SinkMetrics
@@ -61,6 +70,7 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
 _CLOCK_SLACK_NS = 600 * 10**9  # replay reads files committed up to 10 min before the oldest segment (clock steps)
 _MAX_SYNCS_IN_FLIGHT = 8
+AUTH_TOKEN_ENV = "KFMLOPS_SINK_AUTH_TOKEN_FILE"
 
 
 class EventError(ValueError):
@@ -290,12 +300,15 @@ class Sink:
         self._committer: asyncio.Task | None = None
         self._ticker: asyncio.Task | None = None
         self._checkpoint: asyncio.Task | None = None
+        self._compactor: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.wal = await asyncio.to_thread(WriteAheadLog, self.config.wal_path)
         await asyncio.to_thread(self._replay)
         self._committer = asyncio.create_task(self._commit_forever())
         self._ticker = asyncio.create_task(self._tick())
+        if self.config.compaction.interval_minutes:
+            self._compactor = asyncio.create_task(self._compact_periodically())
 
     async def submit(self, event: InferenceEvent, headers: dict[str, str], body: bytes, received: datetime) -> None:
         """Return once ``event`` is in the write-ahead log, fsync'd; raises :class:`Unavailable`."""
@@ -319,6 +332,8 @@ class Sink:
         the write-ahead log is kept for the next start (logged, never raised)."""
         self._stopping = True
         self._ticker.cancel()
+        if self._compactor is not None:
+            self._compactor.cancel()
         self._wake.set()
         try:
             if self._committer is not None:
@@ -369,6 +384,21 @@ class Sink:
         self.log.append(records)
         log.info("sink: replayed %d events from the write-ahead log (%d requests already committed)",
                  self.replayed, len(committed))
+
+    async def _compact_periodically(self) -> None:
+        """Compact the log's closed hours every ``compaction.interval_minutes`` (an hour another
+        replica is compacting is skipped); a failure is logged and counted, and never refuses events."""
+        while True:
+            await asyncio.sleep(self.config.compaction.interval_minutes * 60)
+            try:
+                done = await asyncio.to_thread(compact, self.log.root, self.config.compaction, self.config.log.compression)
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = f"compacting the log: {type(exc).__name__}: {exc}"
+                log.exception("sink: compacting the log failed (tried again in %s min)", self.config.compaction.interval_minutes)
+                continue
+            log.info("sink: compacted %d files into %d (%d rows) in %d closed hours", done.inputs, done.outputs, done.rows,
+                     done.hours)
 
     async def _tick(self) -> None:
         """Wake the committer now and then: waiting events expire even when nothing arrives."""
@@ -463,9 +493,16 @@ def _answer(futures: list[asyncio.Future], error: Exception | None) -> None:
 
 def create_app(log_: InferenceLog, config: SinkConfig):
     """The sink as an ASGI application writing into ``log_``; the app closes the log at shutdown.
-    ``GET /metrics`` serves its Prometheus metrics (:mod:`~kfmlops.monitoring.sink_metrics`)."""
+    ``GET /metrics`` serves its Prometheus metrics (:mod:`~kfmlops.monitoring.sink_metrics`).
+
+    With ``auth_token_file`` set, a POST without ``Authorization: Bearer <token>`` (or with another
+    token) is answered 401 before its body is read, and nothing of it is written
+    (:class:`~kfmlops.monitoring.bearer.BearerToken`); ``GET /healthz`` and ``GET /metrics`` ask no
+    token (probes, the scraper).
+    """
     state: dict[str, Sink] = {}
     metrics = SinkMetrics(lambda: state.get("sink"))
+    token = BearerToken(config.auth_token_file) if config.auth_token_file else None
 
     async def lifespan(receive, send) -> None:
         while True:
@@ -491,7 +528,8 @@ def create_app(log_: InferenceLog, config: SinkConfig):
             return
         sink = state["sink"]
         if scope["method"] == "GET" and scope["path"] in ("/healthz", "/ready"):
-            await _respond(send, 200, sink.health())
+            auth = {"auth": "bearer" if token else "none", "auth_problem": token.problem if token else None}
+            await _respond(send, 200, sink.health() | auth)
             return
         if scope["method"] == "GET" and scope["path"] == "/metrics":
             body = metrics.exposition()
@@ -502,6 +540,11 @@ def create_app(log_: InferenceLog, config: SinkConfig):
         if scope["method"] != "POST":
             await _respond(send, 405, {"error": "POST CloudEvents here"})
             return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if token is not None and not token.accepts(headers.get("authorization")):
+            await _respond(send, 401, {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                           [(b"www-authenticate", b'Bearer realm="kfmlops-sink"')])
+            return
         body = bytearray()
         while True:
             message = await receive()
@@ -511,7 +554,6 @@ def create_app(log_: InferenceLog, config: SinkConfig):
                 return
             if not message.get("more_body"):
                 break
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         received = datetime.now(timezone.utc)
         try:
             event = parse_event(headers, bytes(body), received, config.rows_per_event)
@@ -528,23 +570,32 @@ def create_app(log_: InferenceLog, config: SinkConfig):
     return app
 
 
-async def _respond(send, status: int, payload: dict[str, Any]) -> None:
+async def _respond(send, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def server_config(app, config: SinkConfig):
+    """uvicorn's settings for the sink: ``host``/``port``, and HTTPS when ``tls_cert_file`` is set."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=config.host, port=config.port, lifespan="on", log_level="warning",
+                          ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file)
 
 
 def serve(config: SinkConfig) -> None:
     """Run the sink with uvicorn until SIGINT/SIGTERM, then write what is pending and commit."""
     import uvicorn
 
-    app = create_app(InferenceLog(config.log), config)
-    uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, lifespan="on", log_level="warning")).run()
+    uvicorn.Server(server_config(create_app(InferenceLog(config.log), config), config)).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kfmlops sink serve`` runs the receiver; ``kfmlops sink import-labels`` commits ground truth."""
+    """``kfmlops sink serve`` runs the receiver; ``kfmlops sink import-labels`` commits ground truth;
+    ``kfmlops sink compact`` merges the small files of closed hours (:mod:`~kfmlops.monitoring.compaction`)."""
     parser = argparse.ArgumentParser(prog="kfmlops sink", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="receive inference-log CloudEvents into Parquet")
@@ -552,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", help="the inference log directory")
     run.add_argument("--host")
     run.add_argument("--port", type=int)
+    run.add_argument("--auth-token-file", help=f"the bearer token's file (a mounted Secret); also ${AUTH_TOKEN_ENV}")
+    run.add_argument("--tls-cert-file", help="serve HTTPS with this PEM certificate (with --tls-key-file)")
+    run.add_argument("--tls-key-file")
     labels = commands.add_parser(
         "import-labels", help="commit a file of request id -> label (the model's class names, or numbers) under the log"
     )
@@ -559,11 +613,25 @@ def main(argv: list[str] | None = None) -> int:
     labels.add_argument("file")
     labels.add_argument("--label-column", default="label")
     labels.add_argument("--request-id-column", default="request_id")
+    compaction = commands.add_parser(
+        "compact", help="merge the small Parquet files of closed hours into larger ones (safe beside running sinks)"
+    )
+    compaction.add_argument("--config", help="sink YAML (SinkConfig): its log root and compaction settings")
+    compaction.add_argument("--root", help="the inference log directory")
     args = parser.parse_args(argv)
 
     if args.command == "import-labels":
         n = import_ground_truth(args.root, args.file, label=args.label_column, request_id=args.request_id_column)
         print(f"imported {n} labels into {args.root}")
+        return 0
+    if args.command == "compact":
+        if not (args.config or args.root):
+            parser.error("compact needs --config or --root")
+        config = SinkConfig.from_yaml(args.config) if args.config else SinkConfig(log=InferenceLogConfig(root=args.root))
+        root = args.root or config.log.root
+        done = compact(root, config.compaction, config.log.compression)
+        print(f"compacted {done.inputs} files into {done.outputs} ({done.rows} rows) in {done.hours} closed hours of "
+              f"{root}; {done.recovered} interrupted compactions recovered, {done.busy} hours busy")
         return 0
     if args.config:
         config = SinkConfig.from_yaml(args.config)
@@ -571,8 +639,10 @@ def main(argv: list[str] | None = None) -> int:
         config = SinkConfig(log=InferenceLogConfig(root=args.root))
     else:
         parser.error("serve needs --config or --root")
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    flags = {"host": args.host, "port": args.port, "auth_token_file": args.auth_token_file or os.environ.get(AUTH_TOKEN_ENV),
+             "tls_cert_file": args.tls_cert_file, "tls_key_file": args.tls_key_file}
+    overrides = {k: v for k, v in flags.items() if v}
     if args.root and args.config:
         overrides["log"] = config.log.model_copy(update={"root": args.root})
-    serve(config.model_copy(update=overrides))
+    serve(SinkConfig.model_validate(config.model_dump() | overrides))
     return 0

@@ -23,6 +23,15 @@ place, and the directory fsync'd. Readers (and pyarrow datasets) skip dot-prefix
 crash leaves either a whole committed file or an ignored temporary, never a half-written part.
 Files are never appended to or rewritten, so any number of writer processes can share a root.
 
+Compaction (:mod:`~kfmlops.monitoring.compaction`) merges the small files of a closed hour into a
+``part-<ns>-<uuid>.compacted.parquet`` file. Its invariant, which readers here rely on: the
+compacted file's inputs are listed in a manifest (``_compaction-<uuid>.json`` in the hour's
+directory) that is fsync'd before the file is published and removed only after every input is;
+a reader counts a committed file unless a manifest lists it as an input of a compacted file the
+same listing shows (:func:`hour_files`). A reader whose listing changed under it (a manifest or a
+compacted file came or went between its listing before and after reading, or a listed file
+vanished) reads again (:func:`read_consistently`), so no row is ever missed or counted twice.
+
 Ground truth arrives later as a file of request id -> label; :func:`import_ground_truth` commits
 it under ``labels/`` as given (canonical labels: class names, or numbers for regression; stored as
 text) and :func:`read_window` left-joins it onto the predictions it reads.
@@ -61,6 +70,8 @@ LABELS = "labels"
 INPUT_PREFIX = "input."
 OUTPUT_PREFIX = "output."
 KEYS = ["request_id", "row_index"]
+MANIFEST_PREFIX = "_compaction-"
+COMPACTED_SUFFIX = ".compacted.parquet"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _META_SCHEMA = pa.schema([
     ("request_id", pa.string()),
@@ -75,6 +86,7 @@ LABEL_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("row_index", pa.int32()), ("label", pa.string()), ("labelled_at", TIMESTAMP)
 ])
 _STALE_TEMPORARY_S = 3600.0
+_READ_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -313,16 +325,71 @@ def _make_dirs(directory: Path) -> None:
 
 def committed_request_ids(root: str | os.PathLike, since_ns: int) -> set[str]:
     """Request ids in the prediction files committed at or after ``since_ns`` (epoch ns, from the
-    files' names) under ``root``, every model and hour."""
-    ids: set[str] = set()
-    for path in (Path(root) / PREDICTIONS).glob("model=*/hour=*/part-*.parquet"):
+    files' names; a compacted file is named after its newest input) under ``root``, every model and hour."""
+
+    def read(files: list[Path]) -> set[str]:
+        ids: set[str] = set()
+        for path in files:
+            try:
+                committed_at = int(path.name.split("-")[1])
+            except (IndexError, ValueError):
+                continue
+            if committed_at >= since_ns:
+                ids.update(pq.read_table(path, columns=["request_id"])["request_id"].to_pylist())
+        return ids
+
+    return read_consistently(sorted((Path(root) / PREDICTIONS).glob("model=*/hour=*")), read)
+
+
+def hour_files(hour_dir: Path) -> tuple[list[Path], frozenset[str]]:
+    """The committed files of one hour partition that a reader counts, and the partition's
+    compaction state (its manifests and compacted files), from one listing of the directory.
+
+    A file listed as an input by a manifest whose compacted file is in the same listing is left
+    out (its rows are in the compacted file); a manifest that vanished before it was read belongs
+    to a compaction that finished meanwhile, which :func:`read_consistently` notices.
+    """
+    try:
+        names = {entry.name for entry in os.scandir(hour_dir)}
+    except (FileNotFoundError, NotADirectoryError):
+        return [], frozenset()
+    files = {n for n in names if n.endswith(".parquet") and not n.startswith((".", "_"))}
+    manifests = {n for n in names if n.startswith(MANIFEST_PREFIX) and n.endswith(".json")}
+    for name in manifests:
         try:
-            committed_at = int(path.name.split("-")[1])
-        except (IndexError, ValueError):
+            manifest = json.loads((hour_dir / name).read_text())
+        except FileNotFoundError:
             continue
-        if committed_at >= since_ns:
-            ids.update(pq.read_table(path, columns=["request_id"])["request_id"].to_pylist())
-    return ids
+        if manifest["output"] in files:
+            files -= set(manifest["inputs"])
+    state = frozenset(f"{hour_dir.name}/{n}" for n in names if n in manifests or n.endswith(COMPACTED_SUFFIX))
+    return [hour_dir / n for n in sorted(files)], state
+
+
+def read_consistently(hour_dirs: list[Path], read: Callable[[list[Path]], Any]) -> Any:
+    """``read(files)`` over the counted files of ``hour_dirs`` (:func:`hour_files`), again until no
+    compaction changed those partitions while it read; returns what ``read`` returned."""
+    for attempt in range(_READ_ATTEMPTS):
+        files, before = _listing(hour_dirs)
+        try:
+            result = read(files)
+        except OSError:  # a listed input was removed by a compaction that finished meanwhile
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+        else:
+            if _listing(hour_dirs)[1] == before:
+                return result
+        time.sleep(min(0.01 * 2 ** attempt, 1.0))
+    raise RuntimeError(f"compaction kept changing {len(hour_dirs)} partitions of the inference log while they were read")
+
+
+def _listing(hour_dirs: list[Path]) -> tuple[list[Path], frozenset[str]]:
+    files, state = [], frozenset()
+    for hour_dir in hour_dirs:
+        counted, compaction = hour_files(hour_dir)
+        files += counted
+        state |= compaction
+    return files, state
 
 
 def _remove_stale_temporaries(root: Path) -> None:
@@ -395,17 +462,19 @@ def logged_models(root: str | os.PathLike) -> list[str]:
     return sorted(names)
 
 
-def window_files(root: str | os.PathLike, model: str, start: datetime, end: datetime) -> list[Path]:
-    """Committed Parquet files of ``model`` in hour partitions overlapping ``[start, end)``."""
+def window_hours(root: str | os.PathLike, model: str, start: datetime, end: datetime) -> list[Path]:
+    """The hour partitions of ``model`` overlapping ``[start, end)``."""
     first, last = hour_key(start), hour_key(end - timedelta(microseconds=1))
     model_dir = partition_dir(root, model, "x").parent
     if not model_dir.is_dir():
         return []
-    files = []
-    for hour_dir in sorted(model_dir.glob("hour=*")):
-        if first <= hour_dir.name.removeprefix("hour=") <= last:
-            files += sorted(p for p in hour_dir.glob("*.parquet") if not p.name.startswith((".", "_")))
-    return files
+    return [d for d in sorted(model_dir.glob("hour=*")) if first <= d.name.removeprefix("hour=") <= last]
+
+
+def window_files(root: str | os.PathLike, model: str, start: datetime, end: datetime) -> list[Path]:
+    """Committed Parquet files of ``model`` in hour partitions overlapping ``[start, end)``, as one
+    listing counts them (:func:`hour_files`)."""
+    return _listing(window_hours(root, model, start, end))[0]
 
 
 def read_window(
@@ -417,14 +486,17 @@ def read_window(
     Files whose column types differ (int vs float inputs) are unified to the wider type. The result
     has a nullable ``label`` (text, as imported) column when labels exist.
     """
-    files = window_files(root, model, start, end)
-    if not files:
-        return _META_SCHEMA.empty_table()
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-    wanted = [n for n in schema.names if columns is None or n in (*KEYS, "timestamp") or columns(n)]
-    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
-    ts = ds.field("timestamp")
-    table = dataset.to_table(columns=wanted, filter=(ts >= pa.scalar(start, TIMESTAMP)) & (ts < pa.scalar(end, TIMESTAMP)))
+
+    def read(files: list[Path]) -> pa.Table:
+        if not files:
+            return _META_SCHEMA.empty_table()
+        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+        wanted = [n for n in schema.names if columns is None or n in (*KEYS, "timestamp") or columns(n)]
+        dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+        ts = ds.field("timestamp")
+        return dataset.to_table(columns=wanted, filter=(ts >= pa.scalar(start, TIMESTAMP)) & (ts < pa.scalar(end, TIMESTAMP)))
+
+    table = read_consistently(window_hours(root, model, start, end), read)
     labels = read_labels(root)
     if labels is None or table.num_rows == 0:
         return table
