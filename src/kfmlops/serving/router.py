@@ -149,7 +149,7 @@ class Router:
         import uvicorn
 
         self.port = free_port()
-        config = uvicorn.Config(self._app, host=LOOPBACK, port=self.port, lifespan="on", log_level="warning",
+        config = uvicorn.Config(self._app, host=LOOPBACK, port=self.port, lifespan="on", log_level="warning", interface="asgi3",
                                 access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="kfmlops-router", daemon=True)
