@@ -8,6 +8,8 @@ against the stored JSON Schema for its ``apiVersion``/``kind`` and raises
 * ``serving.kserve.io/v1alpha1`` ``ServingRuntime``
 * ``trainer.kubeflow.org/v1alpha1`` ``TrainJob``
 * ``kubeflow.org/v1`` ``PyTorchJob``
+* ``networking.istio.io/v1`` ``VirtualService``
+* ``v1`` ``Service`` (Kubernetes core)
 
 The schemas (``tests/schemas/*.json.gz``; where they come from: ``tests/schemas/README.md``)
 close every object (``additionalProperties: false``), so a misspelt or misplaced field fails
@@ -37,6 +39,8 @@ SCHEMA_FILES: dict[tuple[str, str], str] = {
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "serving.kserve.io_v1alpha1_ServingRuntime.json.gz",
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainer.kubeflow.org_v1alpha1_TrainJob.json.gz",
     ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_v1_PyTorchJob.json.gz",
+    ("networking.istio.io/v1", "VirtualService"): "networking.istio.io_v1_VirtualService.json.gz",
+    ("v1", "Service"): "v1_Service.json.gz",
 }
 
 __all__ = ["CRDValidationError", "SCHEMA_FILES", "crd_errors", "crd_schema", "has_schema", "validate_crd"]

@@ -7,6 +7,7 @@ holds the pinned upstream SDK releases (see README.md in this folder)::
     /tmp/schemagen/bin/pip install kubernetes==36.0.3 six "pydantic>=2.10,<3"
     /tmp/schemagen/bin/pip install --no-deps kserve==0.21.0 \
         kubeflow-training==1.9.4 kubeflow-trainer-api==2.3.0
+    /tmp/schemagen/bin/pip install cloudcoil-models-istio==1.24.2.1
     /tmp/schemagen/bin/python tests/schemas/generate.py
 
 The upstream projects generate their Python SDK models from the same Go API
@@ -227,6 +228,7 @@ def main() -> None:
     _stub_package("kubeflow.training.models")
     import kubeflow.training.models as kt  # noqa: E402
     import kubeflow_trainer_api.models as ktr  # noqa: E402
+    from cloudcoil.models.istio.networking import v1 as istio  # noqa: E402
 
     out = {
         "serving.kserve.io_v1beta1_InferenceService":
@@ -241,6 +243,10 @@ def main() -> None:
         "trainer.kubeflow.org_v1alpha1_TrainJob":
             _pin_kind(pydantic_schema(ktr.TrainerV1alpha1TrainJob),
                       "TrainerV1alpha1TrainJob", "trainer.kubeflow.org/v1alpha1", "TrainJob"),
+        "networking.istio.io_v1_VirtualService":
+            _pin_kind(pydantic_schema(istio.VirtualService), "VirtualService", "networking.istio.io/v1", "VirtualService"),
+        "v1_Service":
+            _pin_kind(swagger_schema("V1Service", k8s), "V1Service", "v1", "Service"),
     }
     for name, schema in out.items():
         for model, required in REQUIRED_OVERRIDES.items():
