@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+import yaml
 from schemas import validate_crd
 from serving_fixtures import BLESSED, served_store, sklearn_model  # noqa: F401  (fixtures)
 
@@ -30,8 +31,10 @@ from kfmlops.monitoring.config import InferenceLogConfig
 from kfmlops.monitoring.store import InferenceLog
 from kfmlops.provenance import generate_keypair
 from kfmlops.register import CHAMPION, current_champion, register
-from kfmlops.serving.config import AbTest, BlueGreen, Check, DeployConfig, Probe, Shadow, Slo
+from kfmlops.serving import routing_specs
+from kfmlops.serving.config import AbTest, BlueGreen, Check, DeployConfig, InferenceServiceConfig, Probe, RequestLogger, Shadow, Slo
 from kfmlops.serving.deploy import deploy
+from kfmlops.serving.inferenceservice import to_yaml
 from kfmlops.serving.experiment import ab_test, compare_shadow, logged_rows, served_frame, statistical_test
 from kfmlops.serving.predictor import records
 from kfmlops.serving.process import PredictorProcess
@@ -303,3 +306,64 @@ def test_ab_without_enough_traffic_decides_nothing(store):
     verdict = result.canary.probe["verdict"]
     assert verdict["decision"] == "inconclusive" and verdict["p_value"] is None
     assert "ran out before each arm had 100000 labelled rows" in verdict["reason"]
+
+
+# --- cluster manifests ---------------------------------------------------------------------------------
+
+SERVICE = InferenceServiceConfig(name="adult", namespace="models", labels={"team": "ml"},
+                                 logger=RequestLogger(url="http://kfmlops-sink.kfmlops.svc.cluster.local/"))
+MODEL = dict(storage_uri="s3://models/adult/4", registered_model="adult", model_version="4")
+
+
+def test_blue_green_manifests_validate_and_the_switch_is_one_selector_patch():
+    isvc, service = routing_specs.blue_green(SERVICE, colour="green", **MODEL)
+    for manifest in (isvc, service):
+        validate_crd(manifest)
+        validate_crd(yaml.safe_load(to_yaml(manifest)))
+    assert isvc["metadata"]["name"] == "adult-green"
+    assert isvc["metadata"]["annotations"][routing_specs.DEPLOYMENT_MODE] == "RawDeployment"
+    assert service["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "adult-green", "component": "predictor"}
+    back = routing_specs.switch_patch(SERVICE, "blue")
+    assert back == {"spec": {"selector": {"serving.kserve.io/inferenceservice": "adult-blue", "component": "predictor"}}}
+    with pytest.raises(ValueError, match="colour"):
+        routing_specs.blue_green(SERVICE, colour="red", **MODEL)
+
+
+def test_shadow_manifests_mirror_the_live_host_to_the_candidate():
+    isvc, virtual = routing_specs.shadow(SERVICE, mirror_percent=50, **MODEL)
+    validate_crd(isvc), validate_crd(virtual)
+    assert isvc["metadata"]["name"] == "adult-shadow" and isvc["spec"]["predictor"]["logger"]["url"].startswith("http://kfmlops-sink")
+    (route,) = virtual["spec"]["http"]
+    assert virtual["spec"]["hosts"] == ["adult-predictor.models.svc.cluster.local"]
+    assert route["route"] == [{"destination": {"host": "adult-predictor.models.svc.cluster.local", "port": {"number": 80}}, "weight": 100}]
+    assert route["mirror"]["host"] == "adult-shadow-predictor.models.svc.cluster.local"
+    assert route["mirrorPercentage"] == {"value": 50.0}
+
+
+def test_ab_manifests_route_by_the_arm_header_then_by_weight():
+    isvc, virtual = routing_specs.ab_test(SERVICE, AbTest(challenger_percent=20), **MODEL)
+    validate_crd(isvc), validate_crd(virtual)
+    sticky_champion, sticky_challenger, split = virtual["spec"]["http"]
+    assert sticky_challenger["match"] == [{"headers": {"x-kfmlops-arm": {"exact": "challenger"}}}]
+    assert sticky_challenger["route"][0]["destination"]["host"] == "adult-challenger-predictor.models.svc.cluster.local"
+    assert [r["weight"] for r in split["route"]] == [80, 20]
+    assert split["route"][1]["headers"] == {"response": {"set": {"x-kfmlops-arm": "challenger"}}}
+
+
+def test_the_schema_check_catches_a_misplaced_mirror_field():
+    from schemas import CRDValidationError
+
+    _, virtual = routing_specs.shadow(SERVICE, **MODEL)
+    virtual["spec"]["http"][0]["mirrorPercent"] = virtual["spec"]["http"][0].pop("mirrorPercentage")
+    with pytest.raises(CRDValidationError, match="mirrorPercent"):
+        validate_crd(virtual)
+
+
+def test_strategies_other_than_canary_are_refused_on_the_kserve_target():
+    from pydantic import ValidationError
+
+    assert DeployConfig().strategy == "canary"
+    with pytest.raises(ValidationError, match="routing_specs"):
+        DeployConfig(strategy="shadow", target="kserve")
+    with pytest.raises(ValidationError, match="ab.key_header|key_header"):
+        DeployConfig(strategy="ab", ab={"key_header": "Not A Header"})
