@@ -171,6 +171,42 @@ def test_the_router_switches_instantly_under_traffic_and_back(store, predictors)
         assert _answer(router.url, rows).json()["predictions"] == direct_blue
 
 
+class FakeCoreApi:
+    """Stands in for ``CoreV1Api``: records the Service patches."""
+
+    def __init__(self):
+        self.patches = []
+
+    def patch_namespaced_service(self, name, namespace, body):
+        self.patches.append((namespace, name, body))
+
+
+def test_kfmlops_models_rollback_switches_the_blue_green_service_back_on_command(store, tmp_path, monkeypatch, capsys):
+    import json
+
+    from kfmlops import kube
+    from kfmlops.registry import main as models
+
+    api = FakeCoreApi()
+    monkeypatch.setattr(kube, "core_v1_api", lambda: api)
+    _champion(store, store.twin)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"source": "unused.csv", "label": "y"},
+        "mlflow": {"tracking_uri": store.mlflow.tracking_uri, "model_name": "adult"},
+        "audit": {"directory": store.settings.audit.directory},
+        "provenance": {"signing_key_file": store.settings.provenance.signing_key_file, "development_keys": False},
+        "deploy": {"inference_service": {"name": "adult", "namespace": "models"}},
+    }))
+    code = models(["--config", str(config), "--json", "rollback", "adult", store.good, "--reason", "green misbehaves",
+                   "--by", "ops", "--switch", "blue"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["to_version"] == store.good and current_champion(store.mlflow) == store.good
+    selector = {"serving.kserve.io/inferenceservice": "adult-blue", "component": "predictor"}
+    assert out["switched"] == selector and api.patches == [("models", "adult", {"spec": {"selector": selector}})]
+    assert _last_audit(store).event == Event.ROLLBACK and _last_audit(store).actor == "ops"
+
+
 # --- shadow -------------------------------------------------------------------------------------------
 
 

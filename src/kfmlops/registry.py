@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("--by", default=None, help="who: recorded on both versions and in the audit log (default: "
                       "$KFMLOPS_ACTOR, else the pod's service account, else the login name)")
     back.add_argument("--force", action="store_true", help="allow a version whose gates did not pass")
+    back.add_argument("--switch", choices=("blue", "green"), help="blue-green on a cluster: also switch the Service "
+                      "deploy.inference_service.name (of --config) back to this colour's InferenceService at once")
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -282,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             move = rollback(client, args.name, args.version, reason=args.reason, by=audit.actor(args.by), force=args.force)
             audit.log_event(settings, move.audit_entry())
-            out = json.dumps(asdict(move)) if args.json else _rollback_text(move)
+            moved = asdict(move)
+            out = _rollback_text(move)
+            if args.switch:
+                service = settings.deploy.inference_service
+                moved["switched"] = _switch(service, args.switch)
+                out += f"\nService {service.namespace}/{service.name} now selects {service.name}-{args.switch}"
+            out = json.dumps(moved) if args.json else out
     except (RegistryError, ConfigError, audit.AuditError) as exc:
         print(f"kfmlops models: {exc}", file=sys.stderr)
         return 1
@@ -291,6 +299,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(out)
     return 0
+
+
+def _switch(service, colour: str) -> dict:
+    """Switch the blue-green Service to ``colour`` after the alias moved; a RegistryError that says so when it fails."""
+    from kfmlops.serving.rollout import switch_colour
+
+    try:
+        return switch_colour(service, colour)["spec"]["selector"]
+    except Exception as exc:
+        raise RegistryError(f"champion moved, but Service {service.namespace}/{service.name} was not switched to "
+                            f"{colour}: {type(exc).__name__}: {str(exc)[:300]}") from None
 
 
 def registry_uri(mlflow_config: MlflowConfig, tracking_uri: str | None) -> str:
