@@ -339,6 +339,8 @@ def _routed(live: PredictorProcess, candidate: Upstream, previous: str, name: st
                 steps.append(f"{config.strategy}: versions {previous} (champion) and {candidate.version} (candidate) "
                              "up behind the router; the champion answers")
                 check = strategy(router, champion, candidate, run)
+                log.info("%s check of version %s: %s %s", config.strategy, candidate.version,
+                         "passed" if check.passed else "failed", json.dumps(check.probe, default=str)[:3000])
                 if check.passed:
                     router.switch(Routes(live=candidate))
                     steps.append(f"promoted: version {candidate.version} answers all traffic")
