@@ -1,8 +1,8 @@
 """Rollout strategies beside the canary: blue-green, shadow and A/B, against real predictor processes.
 
 One registry (``rollout_store``) holds three versions of ``adult``: 1 and 2 the same tabular net
-(equal arms), 3 a scikit-learn logistic regression fitted on shuffled labels (a deliberately worse
-model that predicts the majority class); the test rows are Adult's complete ones. Each strategy's promote and roll-back path runs through
+(equal arms), 3 a scikit-learn logistic regression fitted on flipped labels (a deliberately worse
+model, wrong where the others are right); the test rows are Adult's complete ones. Each strategy's promote and roll-back path runs through
 :func:`kfmlops.serving.deploy.deploy` on target ``local``; the router's own guarantees (the
 instant switch, a shadow's answer never returned, sticky keys) are checked on the router in front
 of real predictors; the statistical tests on known figures; the cluster manifests against the CRD
@@ -42,7 +42,8 @@ from kfmlops.serving.router import ARM_HEADER, REQUEST_ID_HEADER, Router, Routes
 from kfmlops.tasks import Task
 from kfmlops.tracking import start_run
 
-QUICK = Check(probe=Probe(rows=300, concurrency=4, timeout_s=60), slo=Slo(p99_latency_ms=2000))
+# Loose latency SLOs: the 2-core machine is shared, and latency is not what these tests judge.
+QUICK = Check(probe=Probe(rows=300, concurrency=4, timeout_s=60), slo=Slo(p99_latency_ms=10_000))
 FAILING = Check(probe=QUICK.probe, slo=Slo(p99_latency_ms=0.001))  # no predictor answers in 1 µs
 
 
@@ -71,10 +72,11 @@ def store(served_store, adult, tmp_path_factory) -> RolloutStore:
     features = test.drop(columns=[task.label])
     for name in ("good", "twin"):
         register(served_store.model_dir, start_run(config, name, {}), config, BLESSED, features, task=task, signing_key=private)
-    shuffled = pd.read_parquet(adult.train_path).sample(n=3000, random_state=0)
-    shuffled[task.label] = shuffled[task.label].sample(frac=1.0, random_state=1).to_numpy()
-    shuffled.to_parquet(root / "shuffled.parquet")
-    bad_dir = sklearn_model(str(root / "shuffled.parquet"), task, root / "bad")
+    flipped = pd.read_parquet(adult.train_path).sample(n=3000, random_state=0)
+    negative, positive = task.classes
+    flipped[task.label] = np.where(flipped[task.label] == negative, positive, negative)
+    flipped.to_parquet(root / "flipped.parquet")
+    bad_dir = sklearn_model(str(root / "flipped.parquet"), task, root / "bad")
     register(bad_dir, start_run(config, "bad", {}), config, BLESSED, features, task=task, signing_key=private)
     (root / "signing.pem").write_bytes(private)
     settings = Settings(mlflow=config, audit=AuditConfig(directory=str(root / "audit")),
@@ -294,7 +296,7 @@ def test_the_statistical_tests_on_known_figures():
         statistical_test(regression, "two-proportion-z")
 
 
-AB = dict(challenger_percent=50, min_samples_per_arm=700, batch_rows=250, max_duration_s=300)
+AB = dict(challenger_percent=50, min_samples_per_arm=400, batch_rows=200, max_duration_s=300, key_column="fnlwgt")
 
 
 def _looks_respect_the_minimum(result, minimum: int) -> None:
@@ -308,8 +310,8 @@ def test_ab_a_clearly_better_challenger_is_promoted(store):
     assert result.status == "promoted", result
     verdict = result.canary.probe["verdict"]
     assert verdict["decision"] == "challenger" and verdict["p_value"] < 0.05 and verdict["test"] == "two-proportion-z"
-    assert verdict["values"]["challenger"] > verdict["values"]["champion"] + 0.03
-    _looks_respect_the_minimum(result, 700)
+    assert verdict["values"]["challenger"] > verdict["values"]["champion"] + 0.3
+    _looks_respect_the_minimum(result, 400)
     assert current_champion(store.mlflow) == store.good
     record = _last_audit(store)
     assert record.event == Event.DEPLOYED and record.details["strategy"] == "ab"
@@ -329,7 +331,7 @@ def test_ab_equal_arms_are_inconclusive_and_the_champion_is_kept(store):
     assert result.status == "rolled_back", result
     verdict = result.canary.probe["verdict"]
     assert verdict["decision"] == "inconclusive" and verdict["p_value"] >= 0.05
-    _looks_respect_the_minimum(result, 700)
+    _looks_respect_the_minimum(result, 400)
     assert "inconclusive, the champion is kept" in result.canary.reasons[0]
     assert current_champion(store.mlflow) == store.good
     record = _last_audit(store)
