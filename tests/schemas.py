@@ -12,6 +12,8 @@ against the stored JSON Schema for its ``apiVersion``/``kind`` and raises
   is the SDK models' plus the enums and required fields of Katib's validating webhook; its
   cross-field rules are :func:`katib_webhook_errors`)
 * ``monitoring.coreos.com/v1`` ``PrometheusRule``, ``ServiceMonitor``, ``PodMonitor``
+* ``networking.istio.io/v1`` ``VirtualService``
+* ``v1`` ``Service`` (Kubernetes core)
 
 The schemas (``tests/schemas/*.json.gz``; where they come from: ``tests/schemas/README.md``)
 close every object (``additionalProperties: false``), so a misspelt or misplaced field fails
@@ -44,6 +46,8 @@ SCHEMA_FILES: dict[tuple[str, str], str] = {
     ("kubeflow.org/v1beta1", "Experiment"): "kubeflow.org_v1beta1_Experiment.json.gz",
     **{("monitoring.coreos.com/v1", kind): f"monitoring.coreos.com_v1_{kind}.json.gz"
        for kind in ("PrometheusRule", "ServiceMonitor", "PodMonitor")},
+    ("networking.istio.io/v1", "VirtualService"): "networking.istio.io_v1_VirtualService.json.gz",
+    ("v1", "Service"): "v1_Service.json.gz",
 }
 
 __all__ = ["CRDValidationError", "SCHEMA_FILES", "crd_errors", "crd_schema", "has_schema", "katib_webhook_errors",

@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("--by", default=None, help="who: recorded on both versions and in the audit log (default: "
                       "$KFMLOPS_ACTOR, else the pod's service account, else the login name)")
     back.add_argument("--force", action="store_true", help="allow a version whose gates did not pass")
+    back.add_argument("--switch", choices=("blue", "green"), help="blue-green on a cluster: also switch the Service "
+                      "deploy.inference_service.name (of --config) back to this colour's InferenceService at once")
     card = sub.add_parser("card", help="a version's model card, generated from the registry, its run and the audit log")
     card.add_argument("name")
     card.add_argument("version", nargs="?", help="default: the champion, else the latest version")
@@ -307,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             move = rollback(client, args.name, args.version, reason=args.reason, by=audit.actor(args.by), force=args.force)
             audit.log_event(settings, move.audit_entry())
-            out = json.dumps(asdict(move)) if args.json else _rollback_text(move)
+            moved = asdict(move)
+            out = _rollback_text(move)
+            if args.switch:
+                service = settings.deploy.inference_service
+                moved["switched"] = _switch(service, args.switch)
+                out += f"\nService {service.namespace}/{service.name} now selects {service.name}-{args.switch}"
+            out = json.dumps(moved) if args.json else out
     except (RegistryError, ConfigError, audit.AuditError) as exc:
         print(f"kfmlops models: {exc}", file=sys.stderr)
         return 1
@@ -335,6 +343,17 @@ def _card(client, args: argparse.Namespace, settings) -> str:
         Path(args.output).write_text(text)
         return f"wrote {args.output}"
     return text.rstrip("\n")
+
+
+def _switch(service, colour: str) -> dict:
+    """Switch the blue-green Service to ``colour`` after the alias moved; a RegistryError that says so when it fails."""
+    from kfmlops.serving.rollout import switch_colour
+
+    try:
+        return switch_colour(service, colour)["spec"]["selector"]
+    except Exception as exc:
+        raise RegistryError(f"champion moved, but Service {service.namespace}/{service.name} was not switched to "
+                            f"{colour}: {type(exc).__name__}: {str(exc)[:300]}") from None
 
 
 def registry_uri(mlflow_config: MlflowConfig, tracking_uri: str | None) -> str:

@@ -8,6 +8,7 @@ holds the pinned upstream SDK releases (see README.md in this folder)::
     /tmp/schemagen/bin/pip install --no-deps kserve==0.21.0 \
         kubeflow-training==1.9.4 kubeflow-trainer-api==2.3.0
     /tmp/schemagen/bin/pip install cloudcoil-models-prometheus-operator==0.80.1.0
+    /tmp/schemagen/bin/pip install cloudcoil-models-istio==1.24.2.1
     /tmp/schemagen/bin/python tests/schemas/generate.py
 
 ``generate.py NAME ...`` rewrites only the named files (e.g. ``kubeflow.org_v1beta1_Experiment``,
@@ -254,7 +255,6 @@ def _training():
 
 def _trainjob() -> dict:
     import kubeflow_trainer_api.models as ktr  # noqa: E402
-    from cloudcoil.models.prometheus_operator import v1 as po  # noqa: E402
 
     return _pin_kind(pydantic_schema(ktr.TrainerV1alpha1TrainJob),
                      "TrainerV1alpha1TrainJob", "trainer.kubeflow.org/v1alpha1", "TrainJob")
@@ -302,6 +302,12 @@ def _prometheus_operator(kind: str) -> dict:
     return _pin_kind(pydantic_schema(getattr(po, kind)), kind, "monitoring.coreos.com/v1", kind)
 
 
+def _virtual_service() -> dict:
+    from cloudcoil.models.istio.networking import v1 as istio  # noqa: E402
+
+    return _pin_kind(pydantic_schema(istio.VirtualService), "VirtualService", "networking.istio.io/v1", "VirtualService")
+
+
 KINDS = {
     "serving.kserve.io_v1beta1_InferenceService": lambda: _pin_kind(
         swagger_schema("V1beta1InferenceService", _kserve(), _k8s()),
@@ -316,6 +322,8 @@ KINDS = {
     "kubeflow.org_v1beta1_Experiment": _experiment,
     **{f"monitoring.coreos.com_v1_{kind}": (lambda kind=kind: _prometheus_operator(kind))
        for kind in ("PrometheusRule", "ServiceMonitor", "PodMonitor")},
+    "networking.istio.io_v1_VirtualService": _virtual_service,
+    "v1_Service": lambda: _pin_kind(swagger_schema("V1Service", _k8s()), "V1Service", "v1", "Service"),
 }
 
 

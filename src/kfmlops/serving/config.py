@@ -8,7 +8,8 @@
 - :class:`InferenceServiceConfig`: what the KServe ``InferenceService`` looks like (runtime, image,
   resources, replicas and autoscaling, request logger, scheduling).
 - :class:`DeployConfig`: the deploy stage (target, SLOs for the pre-push validation and for the
-  canary, the canary's traffic share).
+  canary, the canary's traffic share, and the rollout ``strategy``: canary, blue-green, shadow or
+  an A/B test, each with its typed settings: :class:`BlueGreen`, :class:`Shadow`, :class:`AbTest`).
 """
 
 from __future__ import annotations
@@ -155,8 +156,56 @@ class Check(SettingsModel):
     slo: Slo = Slo()
 
 
+class BlueGreen(SettingsModel):
+    """Blue-green: green (the candidate) fully up beside blue (the live version), validated on its own
+    URL, then the route switches at once; blue stays up for the after-switch check and the route
+    switches back at once when it fails."""
+
+    green: Check = Field(default=Check(probe=Probe(rows=1000, concurrency=4)),
+                         description="The check of green on its own URL before the switch.")
+    after_switch: Check = Field(default=Check(probe=Probe(rows=500, concurrency=4)),
+                                description="The check of the live route once it points at green; failing "
+                                "switches the route back to blue.")
+
+
+class Shadow(SettingsModel):
+    """Shadow: the live version answers; every request is mirrored to the candidate, whose answer is
+    logged beside the live one, compared, and never returned."""
+
+    check: Check = Field(default=Check(probe=Probe(rows=1000, concurrency=4)),
+                         description="The traffic sent through the live route (test rows) and the live route's SLOs.")
+    min_compared: int = Field(default=200, ge=1, description="Rows that both versions answered needed for a verdict.")
+    max_disagreement: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Largest share of mirrored rows where the candidate's answer differs "
+        "from the live one: another predicted class (classification), or a value off by more than "
+        "regression_tolerance relative to the live value (regression).")
+    regression_tolerance: float = Field(default=0.1, gt=0.0, description="Regression: relative difference that counts as disagreeing.")
+    max_candidate_error_rate: float = Field(default=0.0, ge=0.0, le=1.0,
+                                            description="Share of mirrored requests the candidate may fail (5xx, transport).")
+
+
+class AbTest(SettingsModel):
+    """An A/B test: keys hashed into arms (sticky), each arm's predictions logged with its version,
+    later labels joined by request id, then a two-sided test on the arms' quality."""
+
+    challenger_percent: int = Field(default=50, ge=1, le=99, description="Share of keys routed to the challenger.")
+    key_header: str = Field(default="x-kfmlops-key", pattern=r"^[a-z0-9-]+$",
+                            description="Request header holding the sticky key (a user or session id).")
+    key_column: str | None = Field(default=None, description="Else the value of this input column of a request's first "
+                                   "instance; neither given: the request id (no stickiness beyond one request).")
+    salt: str = Field(default="kfmlops-ab", description="Mixed into the key's hash: another salt, another assignment.")
+    test: Literal["auto", "two-proportion-z", "welch-t"] = Field(
+        default="auto", description="'two-proportion-z': accuracy (classification), pooled two-proportion z-test; "
+        "'welch-t': squared errors (regression), Welch's unequal-variance t-test; 'auto': the one for the task.")
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5, description="Two-sided significance level.")
+    min_samples_per_arm: int = Field(default=400, ge=10, description="The planned sample: the test runs once, at the "
+                                     "first look where each arm holds this many labelled predictions (no peeking before).")
+    max_duration_s: float = Field(default=600.0, gt=0.0, description="The experiment ends after this: undecided means inconclusive.")
+    batch_rows: int = Field(default=200, ge=1, description="Locally: test rows sent between two looks at the labelled log.")
+
+
 class DeployConfig(SettingsModel):
-    """The deploy stage: validate the candidate locally, then roll it out as a canary."""
+    """The deploy stage: validate the candidate locally, then roll it out by ``strategy``."""
 
     target: Literal["local", "kserve"] = Field(
         default="local",
@@ -170,8 +219,25 @@ class DeployConfig(SettingsModel):
         "and the registry model's own on the test rows: absolute for probabilities, relative to the largest value for "
         "regression (kfmlops.serving.outputs.score_diff)."
     )
+    strategy: Literal["canary", "blue-green", "shadow", "ab"] = Field(
+        default="canary", description="'canary': canary_traffic_percent to the candidate, then all; 'blue-green': the "
+        "candidate fully up beside the live version, one switch, instant switch back; 'shadow': the candidate gets a "
+        "copy of live traffic, compared, never returned; 'ab': a sticky split, labels joined, a statistical test. "
+        "Strategies other than canary run on target 'local'; on a cluster apply kfmlops.serving.routing_specs.")
     validation: Check = Check()
     canary: Check = Check(probe=Probe(rows=1000, concurrency=4))
+    blue_green: BlueGreen = BlueGreen()
+    shadow: Shadow = Shadow()
+    ab: AbTest = AbTest()
+    log_root: str | None = Field(default=None, description="The inference log that shadow and A/B rollouts write the "
+                                 "versions' answers to (a sink's root); unset: a temporary directory, removed afterwards.")
     ready_timeout_s: float = Field(default=600.0, gt=0.0, description="Wait for the InferenceService to be Ready.")
     poll_interval_s: float = Field(default=5.0, gt=0.0)
     inference_service: InferenceServiceConfig = InferenceServiceConfig()
+
+    @model_validator(mode="after")
+    def _strategy_target(self) -> "DeployConfig":
+        if self.strategy != "canary" and self.target != "local":
+            raise ValueError(f"strategy {self.strategy!r} runs on target 'local' only; on a cluster apply the manifests of "
+                             "kfmlops.serving.routing_specs (see the README's 'Rollout strategies')")
+        return self

@@ -16,19 +16,42 @@ the version with the outcome. No KFP here: the component wraps :func:`deploy`.
    4xx, and the predictor must still be ready afterwards). A model whose MLflow flavors do not fit
    ``inference_service.runtime`` is refused here too. A failure ends here: ``rejected``, and the
    alias goes back.
-3. **Canary**: the target (:mod:`kfmlops.serving.rollout`) puts the candidate up with
-   ``canary_traffic_percent`` of the traffic (all of it on a first rollout) and the canary check
-   probes the candidate's own URL (in the runtime's protocol; the scores are compared on our own
-   runtime only, since KServe's runtimes answer in their own format). Healthy: the candidate takes
-   100% (``promoted``). Unhealthy, or a step failed: traffic goes back to the previous version and
-   the ``champion`` alias back to the previous champion (``rolled_back``).
+3. **Roll out** by ``config.strategy``; the outcome is ``promoted`` (the candidate takes all
+   traffic) or ``rolled_back`` (traffic back on the previous version, and the ``champion`` alias on
+   the previous champion). ``DeployResult.canary`` holds the strategy's check.
+
+   - ``canary``: the target (:mod:`kfmlops.serving.rollout`) puts the candidate up with
+     ``canary_traffic_percent`` of the traffic (all of it on a first rollout) and the canary check
+     probes the candidate's own URL (in the runtime's protocol; the scores are compared on our own
+     runtime only, since KServe's runtimes answer in their own format). Healthy: the candidate
+     takes 100%. Unhealthy, or a step failed: rolled back.
+
+   The others run locally: the previous version's predictor starts beside the candidate's, both
+   behind a :class:`~kfmlops.serving.router.Router` (on a first rollout there is nothing to run
+   beside, and the candidate is checked as a canary at 100%):
+
+   - ``blue-green``: green (the candidate) is checked on its own URL while blue serves; the route
+     switches in one assignment; the live route is checked; failing, it switches back to blue at
+     once (blue is still up).
+   - ``shadow``: blue answers the test traffic; each request is mirrored to the candidate; both
+     answers go to the inference log and are compared (:func:`~kfmlops.serving.experiment.compare_shadow`);
+     within ``max_disagreement`` (and the candidate's error rate), the candidate takes the route.
+   - ``ab``: keys are split between the arms; the test rows go through the router in batches, each
+     batch's labels (the test split's) imported after its predictions are logged (labels arrive
+     later); once each arm holds ``min_samples_per_arm`` labelled rows the test runs once
+     (:func:`~kfmlops.serving.experiment.ab_test`): the challenger significantly better is
+     promoted; the champion better, an inconclusive test, or too few rows before the traffic or
+     ``max_duration_s`` ran out keep the champion (rolled back, the reason says which).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -45,12 +68,15 @@ from kfmlops.register import (
     current_champion,
     promote,
 )
-from kfmlops.serving.config import Check, DeployConfig
+from kfmlops.monitoring.config import InferenceLogConfig
+from kfmlops.monitoring.store import InferenceLog, import_ground_truth
+from kfmlops.serving.config import Check, DeployConfig, Probe
 from kfmlops.serving.inferenceservice import PROTOCOL, check_runtime
 from kfmlops.serving.outputs import score_diff
 from kfmlops.serving.probe import bad_requests, probe, send_bad_requests
 from kfmlops.serving.process import PredictorProcess, PredictorStartError
 from kfmlops.serving.rollout import KServeTarget, LocalTarget, RolloutTarget
+from kfmlops.serving.router import Router, Routes, Upstream
 from kfmlops.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -81,9 +107,10 @@ class DeployResult:
     target: str
     traffic_percent: int
     validation: CheckResult
-    canary: CheckResult | None
+    canary: CheckResult | None  # the rollout strategy's check (canary, blue-green, shadow or A/B)
     steps: list[str]
     manifest: str | None = None
+    strategy: str = "canary"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -98,7 +125,8 @@ class DeployResult:
         return Entry(event=event, model=self.model_name, version=str(self.version), actor=actor,
                      reason="; ".join(failed) or f"deploy {self.status}",
                      details={"status": self.status, "target": self.target, "traffic_percent": self.traffic_percent,
-                              "previous_version": self.previous_version, "champion": self.champion})
+                              "previous_version": self.previous_version, "champion": self.champion,
+                              "strategy": self.strategy})
 
 
 @dataclass(frozen=True)
@@ -160,7 +188,10 @@ def deploy(
         previous = None if tag == "none" else tag
 
     frame = pd.read_parquet(test_path)
-    frame = frame.drop(columns=[task.label]) if task.label in frame.columns else frame
+    labels = frame[task.label] if task.label in frame.columns else None
+    if config.strategy == "ab" and labels is None:
+        raise DeployError(f"{test_path} has no label column {task.label!r}: an A/B test needs labels")
+    frame = frame.drop(columns=[task.label]) if labels is not None else frame
     if frame.empty:
         raise DeployError(f"{test_path} has no rows to validate with")
     model_uri = f"models:/{name}/{version}"
@@ -180,7 +211,8 @@ def deploy(
         champion = version if status == "promoted" else _restore(client, name, version, previous)
         if status != "promoted":
             steps.append(f"champion alias restored to {champion}")
-        outcome = DeployResult(status, name, version, previous, champion, config.target, percent, validation, canary, steps, manifest)
+        outcome = DeployResult(status, name, version, previous, champion, config.target, percent, validation, canary, steps,
+                               manifest, config.strategy)
         return _finish(client, outcome, (canary or validation).reasons)
 
     if reference.runtime_problem is not None:
@@ -213,7 +245,16 @@ def deploy(
                 poll_interval_s=config.poll_interval_s,
             )
 
-        canary, percent, rollout = _canary(target, version, name, frame, task, config, expected, steps)
+        if config.strategy == "canary" or previous is None:
+            if config.strategy != "canary":
+                steps.append(f"{config.strategy}: no previous version to run beside, so a canary at 100%")
+            canary, percent, rollout = _canary(target, version, name, frame, task, config, expected, steps)
+        else:
+            live = PredictorProcess(f"models:/{name}/{previous}", model_name=name, tracking_uri=uri, serving=serving,
+                                    verify_key=verify_key(provenance))
+            canary, percent = _routed(live, Upstream("candidate", version, candidate.url), previous, name, frame, labels,
+                                      task, config, expected, steps)
+            rollout = None
     manifest = getattr(rollout, "manifest", None)
     if canary.passed:
         return result("promoted", validation, canary, percent, manifest)
@@ -256,6 +297,153 @@ def _canary(
         canary = CheckResult(False, [f"{type(exc).__name__}: {exc}"], {})
         steps.append("canary step failed")
     return canary, 0, target
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a routed strategy works with: the model name, the test rows (and their labels), the task,
+    the settings, the candidate's reference scores, the inference log's root and the steps so far."""
+
+    name: str
+    frame: pd.DataFrame
+    labels: pd.Series | None
+    task: Task
+    config: DeployConfig
+    expected: np.ndarray
+    root: str
+    steps: list[str]
+
+    def check(self, url: str, check: Check, compare: bool = True) -> CheckResult:
+        """:func:`_check_url` of ``url`` with the test rows (the scores compared with the candidate's when ``compare``)."""
+        return _check_url(url, self.name, self.frame, self.task if compare else None, check, self.expected,
+                          self.config.max_prediction_diff)
+
+    def served(self, since: datetime) -> pd.DataFrame:
+        """The versions' logged predictions since ``since``, labels joined (:func:`~kfmlops.serving.experiment.served_frame`)."""
+        from kfmlops.serving.experiment import logged_rows, served_frame
+
+        threshold = self.config.inference_service.serving.decision_threshold
+        return served_frame(logged_rows(self.root, self.name, since), self.task, threshold)
+
+
+def _routed(live: PredictorProcess, candidate: Upstream, previous: str, name: str, frame: pd.DataFrame,
+            labels: pd.Series | None, task: Task, config: DeployConfig, expected: np.ndarray, steps: list[str],
+            ) -> tuple[CheckResult, int]:
+    """Blue-green, shadow or A/B: ``live`` (the previous version's predictor, started here) beside the
+    candidate, both behind a router; returns (the strategy's check, the candidate's final share)."""
+    strategy = {"blue-green": _blue_green, "shadow": _shadow, "ab": _ab}[config.strategy]
+    try:
+        with live, tempfile.TemporaryDirectory(prefix="kfmlops-rollout-") as scratch:
+            champion = Upstream("champion", previous, live.url)
+            run = _Run(name, frame, labels, task, config, expected, config.log_root or scratch, steps)
+            with InferenceLog(InferenceLogConfig(root=run.root)) as log_, \
+                    Router(Routes(live=champion), model_name=name, log=log_) as router:
+                steps.append(f"{config.strategy}: versions {previous} (champion) and {candidate.version} (candidate) "
+                             "up behind the router; the champion answers")
+                check = strategy(router, champion, candidate, run)
+                log.info("%s check of version %s: %s %s", config.strategy, candidate.version,
+                         "passed" if check.passed else "failed", json.dumps(check.probe, default=str)[:3000])
+                if check.passed:
+                    router.switch(Routes(live=candidate))
+                    steps.append(f"promoted: version {candidate.version} answers all traffic")
+                    return check, 100
+                router.switch(Routes(live=champion))
+                steps.append(f"traffic back on version {previous} alone")
+                return check, 0
+    except Exception as exc:  # a failed step: the champion keeps the traffic
+        log.exception("%s step failed", config.strategy)
+        steps.append(f"{config.strategy} step failed")
+        return CheckResult(False, [f"{type(exc).__name__}: {exc}"], {}), 0
+
+
+def _blue_green(router: Router, blue: Upstream, green: Upstream, run: _Run) -> CheckResult:
+    """Check green on its own URL, switch the route, check the live route; failing, switch back at once."""
+    settings = run.config.blue_green
+    own = run.check(green.url, settings.green)
+    run.steps.append(f"blue-green: green (version {green.version}) {'passed' if own.passed else 'failed'} on its own URL")
+    if not own.passed:
+        return CheckResult(False, [f"green: {r}" for r in own.reasons], {"green": own.probe}, own.max_prediction_diff)
+    switched = router.switch(Routes(live=green))
+    run.steps.append(f"blue-green: route switched to green in {switched * 1e6:.0f} µs; blue stays up")
+    after = run.check(router.url, settings.after_switch)
+    figures = {"green": own.probe, "after_switch": after.probe, "switch_s": switched}
+    if not after.passed:
+        figures["switch_back_s"] = router.switch(Routes(live=blue))
+        run.steps.append(f"blue-green: the live route failed after the switch; switched back to blue in "
+                         f"{figures['switch_back_s'] * 1e6:.0f} µs")
+    return CheckResult(after.passed, [f"after the switch: {r}" for r in after.reasons], figures, after.max_prediction_diff)
+
+
+def _shadow(router: Router, live: Upstream, candidate: Upstream, run: _Run) -> CheckResult:
+    """Mirror the test traffic to the candidate; compare the logged answers."""
+    from kfmlops.serving.experiment import compare_shadow
+
+    settings = run.config.shadow
+    since = datetime.now(timezone.utc)
+    router.switch(Routes(live=live, candidate=candidate, mode="mirror"))
+    run.steps.append(f"shadow: the champion answers; every request mirrored to version {candidate.version}")
+    served = run.check(router.url, settings.check, compare=False)  # the champion's answers: no reference to compare
+    router.settle()
+    comparison = compare_shadow(run.served(since), run.task, live.version, candidate.version, settings.regression_tolerance)
+    mirrored = router.stats().get(candidate.arm, {"requests": 0, "errors": 0})
+    error_rate = mirrored["errors"] / mirrored["requests"] if mirrored["requests"] else 1.0
+    reasons = [f"live route: {r}" for r in served.reasons]
+    if comparison["compared"] < settings.min_compared:
+        reasons.append(f"{comparison['compared']} rows compared < min_compared {settings.min_compared}")
+    elif comparison["disagreement"] > settings.max_disagreement:
+        reasons.append(f"the candidate disagrees with the champion on {comparison['disagreement']:.2%} of rows > "
+                       f"{settings.max_disagreement:.2%} (largest score difference {comparison['max_score_diff']:.3g})")
+    if error_rate > settings.max_candidate_error_rate:
+        reasons.append(f"the candidate failed {error_rate:.2%} of mirrored requests > {settings.max_candidate_error_rate:.2%}")
+    run.steps.append(f"shadow: {comparison['compared']} rows compared, disagreement {comparison['disagreement']}")
+    return CheckResult(not reasons, reasons, {"live": served.probe, "comparison": comparison, "mirrored": mirrored},
+                       comparison["max_score_diff"])
+
+
+def _ab(router: Router, champion: Upstream, challenger: Upstream, run: _Run) -> CheckResult:
+    """Split the test rows between the arms in batches, import each batch's labels after its
+    predictions, and test once, when both arms hold the minimum sample."""
+    from kfmlops.serving.experiment import ab_test, arm_outcomes, statistical_test
+
+    settings = run.config.ab
+    test = statistical_test(run.task, settings.test)
+    since, deadline = datetime.now(timezone.utc), time.monotonic() + settings.max_duration_s
+    router.switch(Routes(live=champion, candidate=challenger, mode="split", percent=settings.challenger_percent,
+                         key_header=settings.key_header, key_column=settings.key_column, salt=settings.salt))
+    run.steps.append(f"ab: {settings.challenger_percent}% of keys to version {challenger.version}; {test} at alpha "
+                     f"{settings.alpha} once each arm has {settings.min_samples_per_arm} labelled rows")
+    experiment = f"ab-{challenger.version}-{time.time_ns()}-"
+    looks, verdict = [], None
+    for start in range(0, len(run.frame), settings.batch_rows):
+        batch = run.frame.iloc[start : start + settings.batch_rows]
+        prefix = f"{experiment}{start}-"
+        probe(router.url, run.name, batch, Probe(rows=len(batch), concurrency=4), None, request_ids=prefix)
+        router.settle()
+        _import_labels(run.root, prefix, run.labels.iloc[start : start + len(batch)])  # labels arrive after predictions
+        outcomes = arm_outcomes(run.served(since), run.task, {"champion": champion.version, "challenger": challenger.version})
+        verdict = ab_test(outcomes["champion"], outcomes["challenger"], test=test, alpha=settings.alpha,
+                          min_samples=settings.min_samples_per_arm)
+        looks.append(verdict.samples)
+        if verdict.decision != "waiting" or time.monotonic() > deadline:
+            break
+    if verdict.decision == "waiting":
+        verdict = replace(verdict, decision="inconclusive", reason="the test traffic or max_duration_s ran out before "
+                          f"each arm had {settings.min_samples_per_arm} labelled rows ({verdict.samples})")
+    run.steps.append(f"ab: {verdict.decision}: {verdict.reason}")
+    figures = {"verdict": verdict.to_json(), "looks": looks, "arms": router.stats()}
+    if verdict.decision == "challenger":
+        return CheckResult(True, [], figures)
+    kept = "the champion is better" if verdict.decision == "champion" else "inconclusive, the champion is kept"
+    return CheckResult(False, [f"A/B {kept}: {verdict.reason}"], figures)
+
+
+def _import_labels(root: str, prefix: str, labels: pd.Series) -> None:
+    """Commit ``labels`` under the log as the labels of requests ``{prefix}0``, ``{prefix}1``, ..."""
+    truth = pd.DataFrame({"request_id": [f"{prefix}{i}" for i in range(len(labels))], "label": labels.astype(str).to_numpy()})
+    with tempfile.TemporaryDirectory(prefix="kfmlops-labels-") as tmp:
+        path = Path(tmp) / "labels.parquet"
+        truth.to_parquet(path)
+        import_ground_truth(root, str(path))
 
 
 def _reference(model_uri: str, task: Task, rows: pd.DataFrame, runtime: str) -> Reference:

@@ -72,9 +72,13 @@ class ProbeReport:
         }
 
 
-def probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe, task: Task | None, protocol: str = "v1") -> ProbeReport:
-    """Send ``frame``'s first ``config.rows`` rows to ``url``; see the module docstring."""
-    return asyncio.run(_probe(url, model_name, frame.head(config.rows).reset_index(drop=True), config, task, protocol))
+def probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe, task: Task | None, protocol: str = "v1",
+          request_ids: str | None = None) -> ProbeReport:
+    """Send ``frame``'s first ``config.rows`` rows to ``url``; see the module docstring. With
+    ``request_ids``, the request that starts at row ``i`` carries ``x-request-id: {request_ids}{i}``
+    (so that labels can be sent for it later)."""
+    head = frame.head(config.rows).reset_index(drop=True)
+    return asyncio.run(_probe(url, model_name, head, config, task, protocol, request_ids))
 
 
 def v2_body(frame: pd.DataFrame) -> dict:
@@ -89,7 +93,8 @@ def v2_body(frame: pd.DataFrame) -> dict:
     return {"inputs": inputs}
 
 
-async def _probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe, task: Task | None, protocol: str) -> ProbeReport:
+async def _probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe, task: Task | None, protocol: str,
+                 request_ids: str | None) -> ProbeReport:
     step = config.rows_per_request
     if protocol == "v2":
         path = f"/v2/models/{model_name}/infer"
@@ -125,7 +130,8 @@ async def _probe(url: str, model_name: str, frame: pd.DataFrame, config: Probe, 
                 return
             began = time.perf_counter()
             try:
-                response = await client.post(path, content=body, headers=JSON)
+                headers = JSON if request_ids is None else {**JSON, "x-request-id": f"{request_ids}{start}"}
+                response = await client.post(path, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 counts["errors"] += 1
                 samples.append(f"{type(exc).__name__}: {exc}")

@@ -150,6 +150,18 @@ class KServeTarget:
             time.sleep(self.poll_interval_s)
 
 
+def switch_colour(config: InferenceServiceConfig, colour: str, api=None) -> dict:
+    """Blue-green on a cluster: patch Service ``config.name`` to select ``colour``'s predictor pods
+    (:func:`kfmlops.serving.routing_specs.switch_patch`); ``api`` a ``CoreV1Api`` (from the cluster
+    config when not given). Returns the patch applied."""
+    from kfmlops.kube import core_v1_api
+    from kfmlops.serving.routing_specs import switch_patch
+
+    patch = switch_patch(config, colour)
+    (api if api is not None else core_v1_api()).patch_namespaced_service(config.name, config.namespace, patch)
+    return patch
+
+
 def canary_url(status: dict) -> str:
     """The URL that reaches only the latest revision (tag routing), else the service's cluster address."""
     for route in status.get("components", {}).get("predictor", {}).get("traffic", []):
