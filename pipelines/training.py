@@ -63,10 +63,9 @@ def release(
         with dsl.If(fair.outputs["Output"] == True, name="fairness-gate"):  # noqa: E712
             promoted = promote(model_name=version.outputs["model_name"], version=version.outputs["version"],
                                settings=settings)
-            with dsl.If(promoted.outputs["status"] == "promoted", name="approved"):  # else it waits: kfmlops approve
-                rollout = deploy(test_data=test_data, task=task, version=version.outputs["version"],
-                                 settings=settings)
-                kubernetes.use_secret_as_volume(rollout, VERIFY_SECRET, mount_path=VERIFY_MOUNT, optional=True)
+            rollout = deploy(test_data=test_data, task=task, version=version.outputs["version"],
+                             promotion=promoted.outputs["status"], settings=settings)  # "pending": waits, not deployed
+            kubernetes.use_secret_as_volume(rollout, VERIFY_SECRET, mount_path=VERIFY_MOUNT, optional=True)
     for step in (scored, judged, fair, explained, version, promoted, rollout):
         step.set_caching_options(False)  # each step records into MLflow: never replay it from cache
     return version.outputs["version"]

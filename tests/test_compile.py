@@ -46,12 +46,9 @@ def test_pipeline_gates_wrap_promote_and_deploy_on_both_training_backends():
     for gate in tasks["fairness-gate"]:
         assert "fairness-Output" in gate["triggerPolicy"]["condition"]
         inside = pipeline["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-        assert {t["taskInfo"]["name"] for t in inside.values()} == {"promote", "approved"}
-    for approved in tasks["approved"]:  # deploy only what promote promoted (not what waits for approval)
-        assert "promote-status" in approved["triggerPolicy"]["condition"]
-        assert "== 'promoted'" in approved["triggerPolicy"]["condition"]
-        inside = pipeline["components"][approved["componentRef"]["name"]]["dag"]["tasks"]
-        assert {t["taskInfo"]["name"] for t in inside.values()} == {"deploy"}
+        assert {t["taskInfo"]["name"] for t in inside.values()} == {"promote", "deploy"}
+        deploy_inputs = inside["deploy"]["inputs"]["parameters"]  # deploy only what promote promoted
+        assert deploy_inputs["promotion"]["taskOutputParameter"] == {"producerTask": "promote", "outputParameterKey": "status"}
     assert len(tasks["explain"]) == 2  # one release per backend; register waits for it
     assert all("explain" in t["dependentTasks"] for t in tasks["register"])
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

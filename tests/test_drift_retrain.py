@@ -68,7 +68,10 @@ def test_drift_retrains_through_the_same_gates(tmp_path, monkeypatch, adult_test
     }))
     assert drift_main(["--config", str(tmp_path / "drift.yaml"), "--now", NOW.isoformat()]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["served"]["version"] == served and summary["reference"]["uri"] == demo.data.source
+    uri = tracking_uri(demo.settings.mlflow)
+    snapshot = MlflowClient(uri, uri).get_model_version(demo.settings.mlflow.model_name, served).tags["kfmlops.snapshot.train"]
+    assert summary["served"]["version"] == served  # the reference is exactly the data it was trained on
+    assert summary["reference"]["uri"] == snapshot and snapshot.endswith("/train.parquet")
     assert summary["task"]["classes"] == ["<=50K", ">50K"]  # the served model's metadata
     assert summary["prediction_drift"]["drifted"] and summary["decision"]["fire"]
     retrain = summary["retrain"]

@@ -195,9 +195,9 @@ def rule_groups(windows: Windows = PRODUCTION, objectives: Objectives = Objectiv
     return [_serving(windows, objectives), _quality(windows), _retraining(windows), _sink(windows)]
 
 
-def rule_file(windows: Windows = PRODUCTION) -> str:
+def rule_file(windows: Windows = PRODUCTION, objectives: Objectives = Objectives()) -> str:
     """A Prometheus rule file (what ``promtool`` and ``prometheus --rule-file`` read)."""
-    return yaml.safe_dump({"groups": rule_groups(windows)}, sort_keys=False, width=120)
+    return yaml.safe_dump({"groups": rule_groups(windows, objectives)}, sort_keys=False, width=120)
 
 
 def prometheus_rule() -> str:
