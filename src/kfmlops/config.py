@@ -486,8 +486,9 @@ class Settings(SettingsModel):
     @model_validator(mode="after")
     def _defaults_inside_the_space(self) -> "Settings":
         # Trial 0 of a search is train as configured: every tuned setting's value must be a point of
-        # the space, so the tuned result is never worse than it on validation.
-        for path, parameter in self.tuning.space.items():
+        # the space, so the tuned result is never worse than it on validation. No search (n_trials 0):
+        # nothing to check, so a config with a space but tuning off may train anything.
+        for path, parameter in (self.tuning.space.items() if self.tuning.n_trials > 0 else ()):
             value = train_setting(self.train, path)
             if not _in_space(value, parameter):
                 raise PydanticCustomError(
