@@ -245,6 +245,7 @@ def _main(action: str, argv: list[str] | None) -> int:
 
     from kfmlops.audit import AuditError, actor
     from kfmlops.config import PipelineConfig
+    from kfmlops.tracking import answer
     from kfmlops.typed import ConfigError
 
     args = _parser(action).parse_args(argv)
@@ -265,7 +266,7 @@ def _main(action: str, argv: list[str] | None) -> int:
         print(f"kfmlops {action}: {exc}", file=sys.stderr)
         return 1
     except MlflowException as exc:
-        print(f"kfmlops {action}: the registry answered: {' '.join(exc.message.split())[:300]}", file=sys.stderr)
+        print(f"kfmlops {action}: the registry answered: {answer(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(out, default=str) if args.json else _text(action, out))
     return 0 if out.get("deploy", {}).get("status", "promoted") == "promoted" else 1

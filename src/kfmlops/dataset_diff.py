@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from kfmlops.tracking import answer
+
     from kfmlops.config import PipelineConfig, Settings
     from kfmlops.registry import RegistryError, registry_uri
     from kfmlops.snapshots import directory, prune
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kfmlops data: {exc}", file=sys.stderr)
         return 1
     except MlflowException as exc:
-        print(f"kfmlops data: the registry at {uri} answered: {' '.join(exc.message.split())[:300]}", file=sys.stderr)
+        print(f"kfmlops data: the registry at {uri} answered: {answer(exc)}", file=sys.stderr)
         return 1
     print(out)
     return 0

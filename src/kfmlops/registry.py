@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from kfmlops.tracking import answer
+
     from kfmlops import audit
     from kfmlops.config import PipelineConfig, Settings
     from kfmlops.typed import ConfigError
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kfmlops models: {exc}", file=sys.stderr)
         return 1
     except MlflowException as exc:
-        print(f"kfmlops models: the registry at {uri} answered: {' '.join(exc.message.split())[:300]}", file=sys.stderr)
+        print(f"kfmlops models: the registry at {uri} answered: {answer(exc)}", file=sys.stderr)
         return 1
     print(out)
     return 0

@@ -138,3 +138,8 @@ def failed_on_error(config: MlflowConfig, run_id: str) -> Iterator[None]:
 
 def end_run(config: MlflowConfig, run_id: str, status: str = "FINISHED") -> None:
     client(config).set_terminated(run_id, status)
+
+
+def answer(exc) -> str:
+    """An MlflowException's message on one line, at most 300 characters: what a CLI prints of it."""
+    return " ".join(exc.message.split())[:300]
